@@ -1,0 +1,126 @@
+"""Image-domain operators: Gaussian blur, super-resolution, inpainting, denoising."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .base import Operator, Param
+
+
+class GaussianBlur(Operator):
+    """Gaussian blur with a normalised kernel, zero boundary ("same" size output)."""
+
+    name = "blur-gaussian"
+    initial_name = "blurred image"
+    PARAMS = (
+        Param("sigma", float, 2.0, "kernel standard deviation in pixels"),
+        Param("kernel_size", int, None, "odd kernel width (default: 2 * ceil(3 sigma) + 1)"),
+    )
+
+    def _setup(self):
+        s = self.params["sigma"]
+        if s <= 0:
+            raise InputError(f"{self.name}: sigma must be positive, got {s}")
+        k = self.params["kernel_size"] or 2 * int(torch.tensor(3 * s).ceil()) + 1
+        if k % 2 == 0 or k < 3:
+            raise InputError(f"{self.name}: kernel_size must be odd and >= 3, got {k}")
+        self.params["kernel_size"] = k
+        r = torch.arange(k, dtype=torch.float64) - k // 2
+        g = torch.exp(-0.5 * (r / s) ** 2)
+        kernel = torch.outer(g, g)
+        self.kernel = (kernel / kernel.sum()).to(self.device, self.dtype)[None, None]
+
+    @property
+    def measurement_shape(self):
+        return self.image_shape
+
+    def forward(self, x):
+        x = self.check_image(x)
+        return F.conv2d(x, self.kernel, padding=self.kernel.shape[-1] // 2)
+
+    def adjoint(self, y):
+        y = self.check_measurement(y)
+        return F.conv_transpose2d(y, self.kernel, padding=self.kernel.shape[-1] // 2)
+
+    def initial(self, y):
+        return self.check_measurement(y).clone()
+
+
+class SuperResolution(Operator):
+    """Down-sampling by average pooling over ``factor x factor`` blocks."""
+
+    name = "superres"
+    initial_name = "bicubic upsampling"
+    PARAMS = (Param("factor", int, 4, "down-sampling factor (average pooling)"),)
+
+    def _setup(self):
+        f = self.params["factor"]
+        if f < 1 or any(s % f for s in self.image_shape):
+            raise InputError(
+                f"{self.name}: factor must be >= 1 and divide the image size {self.image_shape}, "
+                f"got {f}"
+            )
+
+    @property
+    def measurement_shape(self):
+        f = self.params["factor"]
+        return (self.image_shape[0] // f, self.image_shape[1] // f)
+
+    def forward(self, x):
+        return F.avg_pool2d(self.check_image(x), self.params["factor"])
+
+    def adjoint(self, y):
+        f = self.params["factor"]
+        return F.interpolate(self.check_measurement(y), scale_factor=f, mode="nearest") / f**2
+
+    def initial(self, y):
+        y = self.check_measurement(y)
+        return F.interpolate(y, scale_factor=self.params["factor"], mode="bicubic",
+                             align_corners=False)
+
+
+class Inpainting(Operator):
+    """Keep a random ``fraction`` of pixels (a seeded mask); the rest are missing (zero)."""
+
+    name = "inpaint"
+    initial_name = "masked image"
+    PARAMS = (
+        Param("fraction", float, 0.3, "fraction of pixels observed"),
+        Param("mask_seed", int, 0, "seed of the pixel mask"),
+    )
+
+    def _setup(self):
+        frac = self.params["fraction"]
+        if not 0 < frac <= 1:
+            raise InputError(f"{self.name}: fraction must be in (0, 1], got {frac}")
+        g = torch.Generator().manual_seed(self.params["mask_seed"])
+        mask = torch.rand(self.image_shape, generator=g, dtype=torch.float64) < frac
+        self.mask = mask.to(self.device, self.dtype)
+
+    @property
+    def measurement_shape(self):
+        return self.image_shape
+
+    def forward(self, x):
+        return self.check_image(x) * self.mask
+
+    def adjoint(self, y):
+        return self.check_measurement(y) * self.mask
+
+
+class Denoising(Operator):
+    """The identity: the measurement is the noisy image itself."""
+
+    name = "denoise"
+    initial_name = "noisy image"
+
+    @property
+    def measurement_shape(self):
+        return self.image_shape
+
+    def forward(self, x):
+        return self.check_image(x).clone()
+
+    def adjoint(self, y):
+        return self.check_measurement(y).clone()

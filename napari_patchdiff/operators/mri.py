@@ -1,0 +1,85 @@
+"""Single-coil Cartesian MRI: ``y = M F x`` with the orthonormal 2D FFT and a line mask.
+
+k-space is centred (``fftshift``); sampled lines are rows of k-space (phase encodes along the
+first image axis). Measurements are complex ``(B, 1, H, W)`` with zeros where not sampled.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .base import Operator, Param
+
+#: fully sampled centre fraction per acceleration (the fastMRI convention)
+CENTRE_FRACTION = {4: 0.08, 8: 0.04}
+
+
+def line_mask(n: int, acceleration: int, kind: str, seed: int = 0) -> np.ndarray:
+    """Boolean mask over ``n`` phase-encode lines: a fully sampled centre plus ``kind`` lines.
+
+    ``kind`` is "equispaced" or "random"; about ``n / acceleration`` lines are kept in total.
+    """
+    if acceleration < 1:
+        raise InputError(f"acceleration must be >= 1, got {acceleration}")
+    centre = max(2, int(round(n * CENTRE_FRACTION.get(acceleration, 0.32 / acceleration))))
+    mask = np.zeros(n, dtype=bool)
+    lo = (n - centre) // 2
+    mask[lo : lo + centre] = True
+    n_more = max(0, int(round(n / acceleration)) - centre)
+    free = np.flatnonzero(~mask)
+    if kind == "equispaced":
+        picks = free[np.round(np.linspace(0, len(free) - 1, n_more)).astype(int)] if n_more else []
+    elif kind == "random":
+        picks = np.random.default_rng(seed).choice(free, size=n_more, replace=False)
+    else:
+        raise InputError(f"mask must be 'equispaced' or 'random', got {kind!r}")
+    mask[picks] = True
+    return mask
+
+
+class CartesianMRI(Operator):
+    """Single-coil Cartesian MRI with an equispaced or random line mask and a sampled centre."""
+
+    name = "mri-cartesian"
+    is_complex = True
+    initial_name = "zero-filled"
+    measurement_units = "complex k-space, orthonormal FFT (same energy as the image)"
+    PARAMS = (
+        Param("acceleration", int, 4, "undersampling factor (4 or 8)"),
+        Param("mask", str, "equispaced", "line pattern", ("equispaced", "random")),
+        Param("mask_seed", int, 0, "seed of the random line mask"),
+    )
+
+    def _setup(self):
+        rows = line_mask(self.image_shape[0], self.params["acceleration"], self.params["mask"],
+                         self.params["mask_seed"])
+        m = torch.from_numpy(rows)[:, None].expand(self.image_shape)
+        self.mask = m.to(device=self.device, dtype=self.dtype).contiguous()
+
+    @property
+    def measurement_shape(self):
+        return self.image_shape
+
+    def _fft(self, x):
+        return torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=(-2, -1))
+
+    def _ifft(self, k):
+        return torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)), norm="ortho")
+
+    def forward(self, x):
+        x = self.check_image(x)
+        return self._fft(x.to(self.measurement_dtype)) * self.mask
+
+    def adjoint(self, y):
+        y = self.check_measurement(y)
+        return self._ifft(y * self.mask).real
+
+    def normal(self, x):
+        x = self.check_image(x)
+        return self._ifft(self._fft(x.to(self.measurement_dtype)) * self.mask).real
+
+    def initial(self, y):
+        """Zero-filled reconstruction: magnitude of the inverse FFT of the masked k-space."""
+        y = self.check_measurement(y)
+        return self._ifft(y * self.mask).abs()

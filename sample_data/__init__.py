@@ -1,0 +1,1 @@
+"""Curated sample data shipped with napari-patchdiff (see README.md here)."""
