@@ -1,0 +1,158 @@
+"""Operators: adjoint tests, shapes, devices, agreement of CT with an independent implementation."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_patchdiff.errors import InputError
+from napari_patchdiff.operators import OPERATORS, add_noise, as_batch, line_mask, make_operator
+
+CT_KW = {"views": 20}
+ASTRA = {"ct-parallel", "ct-fan"}  # float32-only backend
+
+
+def _params(name):
+    return CT_KW if name.startswith("ct") else {}
+
+
+def _inner(a, b):
+    return (torch.conj(a) * b).real.sum() if a.is_complex() else (a * b).sum()
+
+
+@pytest.mark.parametrize("name", OPERATORS.names())
+def test_adjoint(name):
+    g = torch.Generator().manual_seed(0)
+    op = make_operator(name, (48, 64), dtype=torch.float64, **_params(name))
+    x = torch.rand(3, 1, 48, 64, generator=g, dtype=torch.float64)
+    y = op(x)
+    assert tuple(y.shape) == (3, 1, *op.measurement_shape)
+    assert y.is_complex() == op.is_complex
+    yr = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    if op.is_complex:
+        yr = torch.complex(yr, torch.randn(y.shape, generator=g, dtype=torch.float64))
+    lhs, rhs = _inner(y, yr), _inner(x, op.adjoint(yr))
+    tol = 1e-4 if name in ASTRA else 1e-5
+    assert abs(float(lhs - rhs)) <= tol * abs(float(lhs))
+    # normal() is A^T A
+    torch.testing.assert_close(op.normal(x), op.adjoint(op(x)), rtol=1e-5, atol=1e-5)
+    assert op.initial(y).shape == x.shape
+
+
+@pytest.mark.parametrize("name", OPERATORS.names())
+def test_float32_default_and_autograd(name):
+    op = make_operator(name, (32, 32), **_params(name))
+    x = torch.rand(2, 1, 32, 32, requires_grad=True)
+    y = op(x)
+    assert x.dtype == torch.float32 and op.dtype == torch.float32
+    loss = (y.abs() ** 2).sum() if y.is_complex() else (y**2).sum()
+    loss.backward()
+    # d/dx |Ax|^2 = 2 A^T A x
+    torch.testing.assert_close(x.grad, 2 * op.normal(x.detach()), rtol=1e-3, atol=1e-3)
+
+
+def test_ct_parallel_matches_skimage_radon():
+    """ODL/ASTRA parallel beam agrees with scikit-image's independent Radon transform."""
+    from skimage.transform import radon
+
+    n, views, det = 128, 36, 256
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    img = ((xx / 40) ** 2 + (yy / 25) ** 2 <= 1).astype(np.float64)
+    img += 0.5 * (((xx - 10) / 8) ** 2 + ((yy + 5) / 12) ** 2 <= 1)
+    op = make_operator("ct-parallel", (n, n), views=views, detectors=det)
+    ours = op(torch.from_numpy(img).float()[None, None])[0, 0].numpy()  # (views, det)
+    # ODL's angles are cell midpoints of [0, 180); its angle a is skimage's a - 90 degrees.
+    angles = (np.arange(views) + 0.5) * 180 / views
+    ref = radon(img, theta=angles - 90, circle=False)  # (detector, angle), pixel size 1
+    half = math.sqrt(2) * n / 2
+    centres = -half + (np.arange(det) + 0.5) * (2 * half / det)
+    pos = np.arange(ref.shape[0]) - ref.shape[0] // 2
+    resampled = np.stack([np.interp(pos, centres, ours[j]) for j in range(views)], axis=1)
+    assert np.linalg.norm(resampled - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_ct_limited_angle_and_fan_shapes():
+    op = make_operator("ct-parallel", (64, 64), views=30, angular_range=90)
+    assert op.measurement_shape[0] == 30
+    fan = make_operator("ct-fan", (64, 64), views=40, src_radius=200, det_radius=100)
+    assert fan.measurement_shape == (40, 128)
+    with pytest.raises(InputError, match="src_radius"):
+        make_operator("ct-fan", (64, 64), src_radius=10)
+
+
+def test_fbp_reconstructs_a_disc():
+    n = 64
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    img = torch.from_numpy(((xx**2 + yy**2) <= 20**2).astype(np.float32))[None, None] * 0.5
+    op = make_operator("ct-parallel", (n, n), views=180)
+    rec = op.initial(op(img))
+    assert float((rec - img).abs().mean()) < 0.03
+
+
+def test_mri_masks():
+    for acc in (4, 8):
+        for kind in ("equispaced", "random"):
+            m = line_mask(256, acc, kind, seed=1)
+            assert abs(m.sum() - 256 / acc) <= 1
+            c = m[128 - 4 : 128 + 4]
+            assert c.all(), "centre must be fully sampled"
+    assert not np.array_equal(line_mask(256, 4, "random", 1), line_mask(256, 4, "random", 2))
+    op = make_operator("mri-cartesian", (64, 64), acceleration=4)
+    y = op(torch.rand(1, 1, 64, 64))
+    assert y.dtype == torch.complex64
+    assert float(y.abs()[0, 0, op.mask == 0].max()) == 0.0
+
+
+def test_mri_full_sampling_is_unitary():
+    op = make_operator("mri-cartesian", (32, 32), acceleration=1, dtype=torch.float64)
+    x = torch.rand(1, 1, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(op.adjoint(op(x)), x)
+    torch.testing.assert_close(op(x).abs().pow(2).sum(), x.pow(2).sum().to(torch.float64))
+
+
+def test_noise_is_seeded_and_scaled():
+    y = torch.zeros(4, 1, 100, 100)
+    a, b = add_noise(y, 0.1, seed=3), add_noise(y, 0.1, seed=3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, add_noise(y, 0.1, seed=4))
+    assert abs(float(a.std()) - 0.1) < 0.005
+    c = add_noise(torch.zeros(2, 1, 50, 50, dtype=torch.complex64), 0.2, seed=0)
+    assert abs(float(c.real.std()) - 0.2) < 0.01 and abs(float(c.imag.std()) - 0.2) < 0.01
+    with pytest.raises(InputError):
+        add_noise(y, -1.0)
+
+
+def test_bad_inputs_give_clear_errors():
+    op = make_operator("blur-gaussian", (32, 32))
+    with pytest.raises(InputError, match="shape"):
+        op(torch.rand(1, 1, 16, 32))
+    with pytest.raises(InputError, match="NaN"):
+        op(torch.full((1, 1, 32, 32), float("nan")))
+    with pytest.raises(InputError, match="floating"):
+        op(torch.ones(1, 1, 32, 32, dtype=torch.int64))
+    with pytest.raises(InputError, match="unknown operator"):
+        make_operator("ct-helical", (32, 32))
+    with pytest.raises(InputError, match="no parameter"):
+        make_operator("superres", (32, 32), views=3)
+    with pytest.raises(InputError, match="divide"):
+        make_operator("superres", (30, 30), factor=4)
+    with pytest.raises(InputError, match="odd"):
+        make_operator("blur-gaussian", (32, 32), kernel_size=4)
+
+
+def test_as_batch_roundtrip():
+    for shape in [(8, 9), (3, 8, 9), (2, 1, 8, 9)]:
+        x = torch.rand(shape)
+        b, back = as_batch(x)
+        assert b.ndim == 4 and torch.equal(back(b), x)
+    with pytest.raises(InputError):
+        as_batch(torch.rand(2, 2, 8, 9))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", OPERATORS.names())
+def test_cuda_matches_cpu(name):
+    x = torch.rand(2, 1, 32, 32)
+    cpu = make_operator(name, (32, 32), **_params(name))
+    gpu = make_operator(name, (32, 32), device="cuda", **_params(name))
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), rtol=1e-3, atol=1e-3)
