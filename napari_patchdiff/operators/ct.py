@@ -4,6 +4,19 @@ Geometry convention: the image covers ``[-W/2, W/2] x [-H/2, H/2]`` with pixel s
 measurement is a line integral of the normalised attenuation in pixel-length units (a ray through
 100 pixels of water, value 0.5, measures 50). ASTRA computes in float32; float64 inputs are cast
 for the projection and the result is cast back, so adjoint tests hold to ~1e-6 relative.
+
+Two backends compute the same ray transform:
+
+``matrix`` (default)
+    The sparse system matrix of the very ASTRA projector that ODL's ``RayTransform`` runs
+    (built once per geometry through ODL's own ASTRA set-up and cached), applied with torch
+    sparse products: batched, on CPU or CUDA, and 3-8x faster than one ODL call per slice.
+    Used while the matrix fits :data:`MATRIX_BUDGET` non-zeros.
+``odl``
+    ``odl.applications.tomo.RayTransform`` called slice by slice (``astra_cuda`` on CUDA
+    devices where ASTRA has CUDA, else ``astra_cpu``).
+
+FBP always goes through ODL (``fbp_op``, Hann filter, frequency scaling 0.9).
 """
 from __future__ import annotations
 
@@ -24,6 +37,74 @@ def _astra_impl(device: torch.device) -> str:
     if not tomo.ASTRA_AVAILABLE:
         raise InputError("CT operators need the astra-toolbox package (pip install astra-toolbox)")
     return "astra_cpu"
+
+
+#: largest system matrix (non-zeros) the ``matrix`` backend builds; about 12 bytes each, twice
+MATRIX_BUDGET = 40_000_000
+
+
+_MATRICES: dict = {}
+
+
+def _cached_matrices(key, ray, device_str: str):
+    """:func:`_system_matrix`, built once per geometry ``key`` and device in this process."""
+    if key not in _MATRICES:
+        if len(_MATRICES) >= 8:
+            _MATRICES.pop(next(iter(_MATRICES)))
+        _MATRICES[key] = _system_matrix(ray, device_str)
+    return _MATRICES[key]
+
+
+def _system_matrix(ray, device_str: str):
+    """The ASTRA projector of ``ray`` as torch sparse CSR matrices ``(W, W^T)``.
+
+    Built with ODL's own ASTRA set-up functions, so the projector type and geometry are exactly
+    those of ``ray``; ODL applies no forward scaling, and its adjoint scaling is returned too.
+    """
+    import warnings
+
+    import astra
+    from odl.applications.tomo.backends import astra_setup
+    from odl.applications.tomo.backends.astra_cpu import default_astra_proj_type
+
+    vol = astra_setup.astra_volume_geometry(ray.domain, "cpu")
+    proj = astra_setup.astra_projection_geometry(ray.geometry, "cpu")
+    pid = astra_setup.astra_projector(default_astra_proj_type(ray.geometry), vol, proj, 2)
+    mid = astra.projector.matrix(pid)
+    try:
+        w = astra.matrix.get(mid).tocsr()
+    finally:
+        astra.matrix.delete(mid)
+        astra.projector.delete(pid)
+    adjoint_scale = float(ray.domain.weighting.const) / float(ray.range.weighting.const)
+    wt = w.T.tocsr()
+
+    def to_torch(m, scale=1.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(m.indptr.astype(np.int64)),
+                torch.from_numpy(m.indices.astype(np.int64)),
+                torch.from_numpy((m.data * scale).astype(np.float32)),
+                size=m.shape,
+            ).to(device_str)
+
+    return to_torch(w), to_torch(wt, adjoint_scale)
+
+
+class _MatrixApply(torch.autograd.Function):
+    """``y = W x`` for a batch of slices; the backward pass applies ``W^T``."""
+
+    @staticmethod
+    def forward(ctx, x, w, wt, out_shape):
+        ctx.wt, ctx.w, ctx.in_shape = wt, w, tuple(x.shape[2:])
+        flat = x.detach().reshape(x.shape[0], -1).to(torch.float32).T.contiguous()
+        out = (w @ flat).T.reshape(x.shape[0], 1, *out_shape)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _MatrixApply.apply(grad, ctx.wt, ctx.w, ctx.in_shape), None, None, None
 
 
 class _OdlApply(torch.autograd.Function):
@@ -64,6 +145,17 @@ class _CTBase(Operator):
         self.ray = tomo.RayTransform(space, self._geometry(space), impl=_astra_impl(self.device))
         self.fbp_op = tomo.fbp_op(self.ray, filter_type="Hann", frequency_scaling=0.9)
         self._meas_shape = tuple(self.ray.range.shape)
+        backend = self.params["backend"]
+        if backend == "matrix" and self._matrix_nnz_estimate() > MATRIX_BUDGET:
+            backend = "odl"  # too large a matrix for memory: fall back to per-slice ODL calls
+        key = (self.name, self.image_shape, tuple(sorted(self.params.items())), str(self.device))
+        self._matrices = (_cached_matrices(key, self.ray, str(self.device))
+                          if backend == "matrix" else None)
+        self.backend = backend
+
+    def _matrix_nnz_estimate(self) -> int:
+        h, w = self.image_shape
+        return int(2 * self._meas_shape[0] * self._meas_shape[1] * max(h, w))
 
     def _angles(self):
         return odl.uniform_partition(0.0, math.radians(self.params["angular_range"]), self.params["views"])
@@ -82,10 +174,14 @@ class _CTBase(Operator):
 
     def forward(self, x):
         x = self.check_image(x)
+        if self._matrices is not None:
+            return _MatrixApply.apply(x, *self._matrices, self._meas_shape)
         return _OdlApply.apply(x, self.ray, self._meas_shape)
 
     def adjoint(self, y):
         y = self.check_measurement(y)
+        if self._matrices is not None:
+            return _MatrixApply.apply(y, *self._matrices[::-1], self.image_shape)
         return _OdlApply.apply(y, self.ray.adjoint, self.image_shape)
 
     def initial(self, y):
@@ -102,6 +198,7 @@ class ParallelBeamCT(_CTBase):
         Param("views", int, 60, "number of projection angles (8, 20, 60: sparse view)"),
         Param("angular_range", float, 180.0, "angular range in degrees (180 full; 90 or 120 limited angle)"),
         Param("detectors", int, None, "detector pixels (default: ceil(sqrt(2) * max(H, W)))"),
+        Param("backend", str, "matrix", "ray transform backend", ("matrix", "odl")),
     )
 
     def _geometry(self, space):
@@ -121,6 +218,7 @@ class FanBeamCT(_CTBase):
         Param("src_radius", float, 500.0, "source to rotation centre distance, in pixels"),
         Param("det_radius", float, 500.0, "rotation centre to detector distance, in pixels"),
         Param("detectors", int, None, "detector pixels (default: 2 * max(H, W))"),
+        Param("backend", str, "matrix", "ray transform backend", ("matrix", "odl")),
     )
 
     def _geometry(self, space):
