@@ -1,0 +1,319 @@
+"""The project's own U-Net and the EDM-preconditioned denoiser built on it.
+
+Written for this project from the published formulas (Karras et al. 2022, "Elucidating the design
+space of diffusion-based generative models", section 5 / table 1); no code is taken from other
+repositories.
+
+Architecture (:class:`UNet`)
+----------------------------
+* ``conv_in`` (3x3, ``in_channels -> channels[0]``).
+* Encoder: per level ``blocks_per_level`` residual blocks, then (except at the last level) a
+  stride-2 3x3 convolution. Every block output and every downsampled map is kept as a U-Net skip.
+* Middle: two residual blocks at the coarsest level (an attention block between them when
+  ``attention=True``).
+* Decoder: per level ``blocks_per_level + 1`` residual blocks, each taking the concatenation of
+  the current map and one encoder skip; nearest-neighbour x2 upsampling + 3x3 conv between levels.
+* Output: GroupNorm, SiLU, 3x3 conv to ``out_channels`` (initialised near zero, so an untrained
+  denoiser starts as ``D = c_skip x``).
+
+Residual block: ``GroupNorm -> SiLU -> conv3x3 -> GroupNorm -> (1 + scale) * h + shift -> SiLU ->
+dropout -> conv3x3``; the block output is ``(h + skip(x)) / sqrt(2)`` (``skip`` is identity or a
+1x1 conv when the channel count changes). ``scale, shift`` come from a per-block linear map of
+the noise embedding.
+
+Noise embedding: ``channels[0] // 2`` sine and ``channels[0] // 2`` cosine features of
+``c_noise = ln(sigma) / 4`` at geometrically spaced frequencies ``2 pi f``, ``f`` in
+``[1/8, 32]`` (fixed, not learned), then ``Linear -> SiLU -> Linear`` to ``emb_dim``.
+
+Input sizes: the spatial size must be a multiple of ``2 ** (levels - 1)`` (4 for the three-level
+configurations; patches 16/32/56/64 and the 304 x 304 padded canvas of a 256 image all are). Other
+sizes are accepted: the input is zero-padded at the bottom/right to the next multiple and the
+output cropped back. That padding also zero-fills the coordinate channels, which slightly changes
+the result near the bottom/right edge, so the priors always use multiples.
+
+Parameter counts (checked in ``tests/test_priors.py``)::
+
+    tiny  (channels 8-16,            1 block,  emb 32):      44,065 parameters
+    cpu   (channels 32-64-128,       2 blocks, emb 128):  3,719,649 parameters
+    gpu   (channels 64-128-256-256,  2 blocks, emb 256): 24,757,953 parameters (sizes % 8)
+
+Cost of the ``cpu`` network: 77.8 GFLOP for 25 patches of 56 x 56 (one assembled evaluation of a
+256 x 256 image); channels-last memory format is 10-30 % faster on CPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["UNet", "EDMDenoiser", "CONFIGS", "build_unet", "count_parameters", "unet_config"]
+
+_SQRT_HALF = 1.0 / math.sqrt(2.0)
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: up to 32, at least 4 channels per group, dividing ``channels``."""
+    g = min(32, max(1, channels // 4))
+    while channels % g:
+        g -= 1
+    return g
+
+
+class NoiseEmbedding(nn.Module):
+    """Sine/cosine features of ``c_noise`` at fixed geometric frequencies, then an MLP."""
+
+    def __init__(self, num_features: int, emb_dim: int, fmin: float = 0.125, fmax: float = 32.0):
+        super().__init__()
+        half = max(1, num_features // 2)
+        freqs = 2.0 * math.pi * torch.exp(torch.linspace(math.log(fmin), math.log(fmax), half))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * half, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        arg = c_noise.reshape(-1, 1).to(self.freqs.dtype) * self.freqs
+        return self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(in_ch), in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = nn.GroupNorm(_groups(out_ch), out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(torch.addcmul(shift, self.norm2(h), scale + 1.0))
+        h = self.conv2(self.dropout(h))
+        return (h + self.skip(x)) * _SQRT_HALF
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over pixels, residual with the 1/sqrt(2) scaling."""
+
+    def __init__(self, channels: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads if channels % heads == 0 else 1
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2),
+                                             v.transpose(-1, -2))
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return (self.proj(out) + x) * _SQRT_HALF
+
+
+class UNet(nn.Module):
+    """The noise-conditional U-Net ``F(x, c_noise)`` (see the module docstring).
+
+    Parameters
+    ----------
+    in_channels : input channels (1 image + 2 coordinate channels by default).
+    out_channels : output channels.
+    channels : channels per level; the number of levels is ``len(channels)``.
+    blocks_per_level : residual blocks per encoder level (decoder levels have one more).
+    emb_dim : width of the noise embedding (default ``4 * channels[0]``).
+    dropout : dropout probability inside the residual blocks.
+    attention : add self-attention at the coarsest level.
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, channels=(32, 64, 128),
+                 blocks_per_level: int = 2, emb_dim: int | None = None, dropout: float = 0.05,
+                 attention: bool = False):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) < 1 or blocks_per_level < 1:
+            raise ValueError("channels must be non-empty and positive, blocks_per_level >= 1")
+        emb_dim = int(emb_dim or 4 * channels[0])
+        self.config = dict(in_channels=int(in_channels), out_channels=int(out_channels),
+                           channels=list(channels), blocks_per_level=int(blocks_per_level),
+                           emb_dim=emb_dim, dropout=float(dropout), attention=bool(attention))
+        self.levels = len(channels)
+        self.multiple = 2 ** (self.levels - 1)
+
+        self.embed = NoiseEmbedding(channels[0], emb_dim)
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_ch = [channels[0]]
+        cur = channels[0]
+        for i, ch in enumerate(channels):
+            level = nn.ModuleList()
+            for _ in range(blocks_per_level):
+                level.append(ResBlock(cur, ch, emb_dim, dropout))
+                cur = ch
+                skip_ch.append(cur)
+                if attention and i == self.levels - 1:
+                    level.append(AttentionBlock(cur))
+            if i < self.levels - 1:
+                level.append(nn.Conv2d(cur, cur, 3, stride=2, padding=1))
+                skip_ch.append(cur)
+            self.down.append(level)
+
+        self.mid = nn.ModuleList([ResBlock(cur, cur, emb_dim, dropout)])
+        if attention:
+            self.mid.append(AttentionBlock(cur))
+        self.mid.append(ResBlock(cur, cur, emb_dim, dropout))
+
+        self.up = nn.ModuleList()
+        for i in reversed(range(self.levels)):
+            ch = channels[i]
+            level = nn.ModuleList()
+            for _ in range(blocks_per_level + 1):
+                level.append(ResBlock(cur + skip_ch.pop(), ch, emb_dim, dropout))
+                cur = ch
+                if attention and i == self.levels - 1:
+                    level.append(AttentionBlock(cur))
+            if i > 0:
+                level.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                           nn.Conv2d(cur, cur, 3, padding=1)))
+            self.up.append(level)
+        assert not skip_ch
+
+        self.norm_out = nn.GroupNorm(_groups(cur), cur)
+        self.conv_out = nn.Conv2d(cur, out_channels, 3, padding=1)
+        with torch.no_grad():
+            self.conv_out.weight.mul_(1e-3)
+            self.conv_out.bias.zero_()
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        h0, w0 = x.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h0) % m, (-w0) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        emb = self.embed(c_noise.reshape(-1).expand(x.shape[0]) if c_noise.numel() == 1
+                         else c_noise.reshape(-1))
+        h = self.conv_in(x)
+        skips = [h]
+        for level in self.down:
+            for layer in level:
+                if isinstance(layer, ResBlock):
+                    h = layer(h, emb)
+                    skips.append(h)
+                elif isinstance(layer, AttentionBlock):
+                    h = layer(h)
+                    skips[-1] = h
+                else:  # downsampling conv
+                    h = layer(h)
+                    skips.append(h)
+        for layer in self.mid:
+            h = layer(h, emb)
+        for level in self.up:
+            for layer in level:
+                if isinstance(layer, ResBlock):
+                    h = layer(torch.cat([h, skips.pop()], dim=1), emb)
+                elif isinstance(layer, AttentionBlock):
+                    h = layer(h)
+                else:  # upsampling
+                    h = layer(h)
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        if ph or pw:
+            out = out[..., :h0, :w0]
+        return out
+
+
+class EDMDenoiser(nn.Module):
+    """EDM-preconditioned denoiser ``D(x, sigma) = c_skip x + c_out F(c_in x, coords; c_noise)``.
+
+    ``c_skip = sd^2 / (s^2 + sd^2)``, ``c_out = s sd / sqrt(s^2 + sd^2)``,
+    ``c_in = 1 / sqrt(s^2 + sd^2)``, ``c_noise = ln(s) / 4`` with ``sd = sigma_data``.
+    The coordinate channels are concatenated after the ``c_in`` scaling (they are not scaled).
+
+    ``forward(x, sigma, coords)``: ``x`` (N, 1, h, w); ``sigma`` a float, a 0-d tensor or a
+    tensor of N values; ``coords`` (N or 1, 2, h, w) (or None for a network with
+    ``in_channels == 1``). Returns (N, 1, h, w).
+    """
+
+    def __init__(self, net: UNet, sigma_data: float = 0.5):
+        super().__init__()
+        self.net = net
+        self.sigma_data = float(sigma_data)
+
+    @property
+    def coord_channels(self) -> int:
+        return self.net.config["in_channels"] - self.net.config["out_channels"]
+
+    def forward(self, x: torch.Tensor, sigma, coords: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = self.net.conv_in.weight.dtype
+        x = x.to(dtype)
+        n = x.shape[0]
+        sigma = torch.as_tensor(sigma, dtype=dtype, device=x.device).reshape(-1)
+        if sigma.numel() == 1:
+            sigma = sigma.expand(n)
+        elif sigma.numel() != n:
+            raise ValueError(f"sigma has {sigma.numel()} values for a batch of {n}")
+        sigma = sigma.clamp_min(1e-8)
+        s = sigma.reshape(-1, 1, 1, 1)
+        sd2 = self.sigma_data ** 2
+        c_skip = sd2 / (s * s + sd2)
+        c_out = s * self.sigma_data / torch.sqrt(s * s + sd2)
+        c_in = 1.0 / torch.sqrt(s * s + sd2)
+        c_noise = torch.log(sigma) / 4.0
+        inp = c_in * x
+        if self.coord_channels:
+            if coords is None:
+                raise ValueError("this network needs coordinate channels")
+            coords = coords.to(dtype=dtype, device=x.device)
+            if coords.shape[0] != n:
+                coords = coords.expand(n, -1, -1, -1)
+            inp = torch.cat([inp, coords], dim=1)
+        return c_skip * x + c_out * self.net(inp, c_noise)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    channels: tuple
+    blocks_per_level: int
+    emb_dim: int
+    dropout: float = 0.05
+    attention: bool = False
+    in_channels: int = 3
+    out_channels: int = 1
+
+
+#: Named architectures. ``cpu`` is the default for CPU training (about 4 M parameters).
+CONFIGS: dict[str, UNetConfig] = {
+    "tiny": UNetConfig(channels=(8, 16), blocks_per_level=1, emb_dim=32),
+    "cpu": UNetConfig(channels=(32, 64, 128), blocks_per_level=2, emb_dim=128),
+    "gpu": UNetConfig(channels=(64, 128, 256, 256), blocks_per_level=2, emb_dim=256),
+}
+
+
+def unet_config(config) -> dict:
+    """Architecture dict (the checkpoint's ``architecture`` entry) from a name, a
+    :class:`UNetConfig` or a dict."""
+    if isinstance(config, str):
+        if config not in CONFIGS:
+            from ..errors import InputError
+            raise InputError(f"unknown network configuration {config!r}; "
+                             f"choose one of: {', '.join(CONFIGS)}")
+        config = CONFIGS[config]
+    if isinstance(config, UNetConfig):
+        config = asdict(config)
+    cfg = dict(config)
+    cfg["channels"] = [int(c) for c in cfg["channels"]]
+    return cfg
+
+
+def build_unet(config) -> UNet:
+    """A :class:`UNet` from a configuration name or architecture dict."""
+    cfg = unet_config(config)
+    cfg.pop("name", None)
+    return UNet(**cfg)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,207 @@
+"""The prior interface the samplers use: ``prior.denoise(x, sigma) ~ E[x0 | x]``.
+
+Every prior works on whole images ``(B, 1, H, W)`` on the normalised [0, 1] scale and counts its
+network evaluations in ``prior.nfe`` (one per :meth:`Prior.denoise` call, whatever the batch or
+the number of patches). ``denoise`` does not switch off autograd: samplers that need
+``grad_x |y - A D(x)|`` call it with ``x.requires_grad_()``; others wrap it in
+``torch.no_grad()``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from .checkpoint import check_compatible, checkpoint_paths, load_checkpoint
+from .patches import assembled_denoise, averaged_denoise, coordinate_grid, pad_image, \
+    stitched_denoise
+
+__all__ = ["Prior", "PatchPrior", "WholeImagePrior", "load_prior", "shipped_priors",
+           "SHIPPED_DIR", "MODES"]
+
+SHIPPED_DIR = Path(__file__).with_name("shipped")
+MODES = ("assembled", "average", "stitch")
+
+
+class Prior:
+    """Base class. Subclasses implement :meth:`_denoise`.
+
+    Attributes
+    ----------
+    nfe : network evaluations so far (reset with :meth:`reset_nfe`).
+    metadata : the checkpoint metadata (conventions, training record), ``{}`` if unknown.
+    device : the device the network runs on.
+    """
+
+    name = "prior"
+
+    def __init__(self, metadata: dict[str, Any] | None = None, device="cpu"):
+        self.nfe = 0
+        self.metadata = dict(metadata or {})
+        self.device = torch.device(device)
+
+    def denoise(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None):
+        """Denoised estimate of ``x`` (B, 1, H, W) at noise level ``sigma`` (float or (B,))."""
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise InputError(f"prior.denoise expects (B, 1, H, W), got {tuple(x.shape)}")
+        self.nfe += 1
+        return self._denoise(x, sigma, generator)
+
+    __call__ = denoise
+
+    def _denoise(self, x, sigma, generator):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reset_nfe(self) -> None:
+        self.nfe = 0
+
+    def to(self, device) -> "Prior":
+        self.device = torch.device(device)
+        return self
+
+    def check(self, image_shape, modality: str | None = None) -> None:
+        """Raise InputError if images of ``image_shape``/``modality`` break this prior's
+        conventions (no-op without metadata)."""
+        if self.metadata:
+            check_compatible(self.metadata, image_shape, modality, pad=getattr(self, "pad", None),
+                             patch_size=getattr(self, "patch_size", None))
+
+
+class _NetworkPrior(Prior):
+    def __init__(self, denoiser: torch.nn.Module, metadata=None, device=None):
+        dev = device if device is not None else next(denoiser.parameters()).device
+        super().__init__(metadata, dev)
+        self.denoiser = denoiser.eval().to(self.device)
+
+    def to(self, device) -> "Prior":
+        super().to(device)
+        self.denoiser.to(self.device)
+        return self
+
+    def _prepare(self, x, sigma):
+        x = x.to(self.device, torch.float32)
+        if isinstance(sigma, torch.Tensor):
+            sigma = sigma.to(self.device, torch.float32)
+        return x, sigma
+
+
+class PatchPrior(_NetworkPrior):
+    """PaDIS patch prior.
+
+    ``mode='assembled'``: one random grid shift per call (the PaDIS denoiser);
+    ``'average'``: fixed grid with overlap 8, averaged; ``'stitch'``: same grid, overwrite.
+    ``generator`` passed to :meth:`denoise` draws the shift (default: torch's global RNG).
+    """
+
+    name = "patch"
+
+    def __init__(self, denoiser, patch_size: int = 56, pad: int = 24, mode: str = "assembled",
+                 max_batch: int | None = 64, overlap: int = 8, metadata=None, device=None):
+        super().__init__(denoiser, metadata, device)
+        if mode not in MODES:
+            raise InputError(f"unknown patch prior mode {mode!r}; choose one of: {', '.join(MODES)}")
+        if int(patch_size) < 1 or int(pad) < 0:
+            raise InputError(f"invalid patch size {patch_size} / pad {pad}")
+        self.patch_size = int(patch_size)
+        self.pad = int(pad)
+        self.mode = mode
+        self.max_batch = max_batch
+        self.overlap = int(overlap)
+
+    def _denoise(self, x, sigma, generator):
+        x, sigma = self._prepare(x, sigma)
+        if self.mode == "assembled":
+            return assembled_denoise(self.denoiser, x, sigma, self.patch_size, self.pad,
+                                     generator=generator, max_batch=self.max_batch)
+        fn = averaged_denoise if self.mode == "average" else stitched_denoise
+        return fn(self.denoiser, x, sigma, self.patch_size, self.pad, overlap=self.overlap,
+                  max_batch=self.max_batch)
+
+    def __repr__(self):
+        return (f"PatchPrior(patch_size={self.patch_size}, pad={self.pad}, mode={self.mode!r}, "
+                f"device={self.device})")
+
+
+class WholeImagePrior(_NetworkPrior):
+    """The network applied to the whole zero-padded image at once, with the coordinate channels
+    over the whole canvas (``pad`` from the metadata, default 0). Works with a whole-image
+    checkpoint and, as an ablation, with a patch network (a patch as large as the canvas).
+    ``max_batch`` images per network call (None: all)."""
+
+    name = "whole"
+
+    def __init__(self, denoiser, pad: int | None = None, max_batch: int | None = None,
+                 metadata=None, device=None):
+        super().__init__(denoiser, metadata, device)
+        self.pad = int(self.metadata.get("pad", 0) if pad is None else pad)
+        self.max_batch = max_batch
+
+    def _denoise(self, x, sigma, generator):
+        x, sigma = self._prepare(x, sigma)
+        b, _, h, w = x.shape
+        canvas = pad_image(x, self.pad)
+        coords = coordinate_grid(*canvas.shape[-2:], device=x.device, dtype=x.dtype)
+        s = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1)
+        s = s.expand(b) if s.numel() == 1 else s
+        step = self.max_batch or b
+        outs = [self.denoiser(canvas[i:i + step], s[i:i + step], coords)
+                for i in range(0, b, step)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        p = self.pad
+        return out[:, :, p:p + h, p:p + w]
+
+    def __repr__(self):
+        return f"WholeImagePrior(pad={self.pad}, device={self.device})"
+
+
+def shipped_priors() -> dict[str, Path]:
+    """Names -> weight files of the priors shipped in ``napari_patchdiff/priors/shipped/``."""
+    out = {}
+    if SHIPPED_DIR.is_dir():
+        for f in sorted(SHIPPED_DIR.iterdir()):
+            if f.name.endswith(".state.safetensors"):
+                continue
+            if f.suffix in (".safetensors", ".pt"):
+                out.setdefault(f.stem, f)
+    return out
+
+
+def load_prior(name_or_path, device="cpu", mode: str | None = None,
+               patch_size: int | None = None, max_batch: int | None = 64,
+               channels_last: bool | None = None) -> Prior:
+    """A ready prior from a shipped name (see :func:`shipped_priors`) or a checkpoint path.
+
+    ``kind == 'patch'`` checkpoints give a :class:`PatchPrior` (``mode`` default 'assembled',
+    patch size from the metadata's ``inference_patch_size``, default 56, pad from the metadata);
+    ``mode='whole'`` applies a patch network to whole images instead. ``kind == 'whole'`` gives a
+    :class:`WholeImagePrior`. The network is frozen (``requires_grad=False``) and in eval mode;
+    ``channels_last`` (default: on for CPU, faster there) sets its memory format.
+    """
+    shipped = shipped_priors()
+    key = str(name_or_path)
+    if key in shipped:
+        path = shipped[key]
+    else:
+        path = Path(key).expanduser()
+        cands = checkpoint_paths(path)
+        if not (path.exists() or cands["weights"].exists() or cands["pt"].exists()):
+            choices = ", ".join(shipped) or "none are shipped"
+            raise InputError(f"unknown prior {key!r}: no such checkpoint file, and not the name "
+                             f"of a shipped prior ({choices})")
+    denoiser, meta = load_checkpoint(path, device=device)
+    denoiser.requires_grad_(False)
+    if channels_last if channels_last is not None else torch.device(device).type == "cpu":
+        denoiser.to(memory_format=torch.channels_last)
+    meta = dict(meta, source=str(path))
+    if meta["kind"] == "whole" or mode == "whole":
+        if mode not in (None, "whole"):
+            raise InputError(f"a whole-image prior has no patch mode {mode!r}")
+        return WholeImagePrior(denoiser, pad=int(meta["pad"]), metadata=meta, device=device)
+    p = int(patch_size or meta.get("inference_patch_size") or 56)
+    prior = PatchPrior(denoiser, patch_size=p, pad=int(meta["pad"]), mode=mode or "assembled",
+                       max_batch=max_batch, metadata=meta, device=device)
+    if patch_size is not None:
+        check_compatible(meta, meta["image_size"], None, patch_size=p)
+    return prior

@@ -1,0 +1,403 @@
+"""Tests of the priors subpackage and of training (tiny network, seconds each)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_patchdiff.errors import InputError
+from napari_patchdiff.events import CancelToken, Cancelled
+from napari_patchdiff.priors import (CONFIGS, EDMDenoiser, MixedPatchSampler, PatchPrior,
+                                     WholeImagePrior, assembled_denoise, averaged_denoise,
+                                     build_unet, check_compatible, coordinate_grid,
+                                     count_parameters, load_checkpoint, load_prior,
+                                     overlapping_origins, pad_image, random_patches,
+                                     read_metadata, save_checkpoint, stitched_denoise,
+                                     tiling_origins)
+from napari_patchdiff.priors import prior as prior_mod
+from napari_patchdiff.training import (TrainEvent, load_training_slices, split_slices, train,
+                                       TrainingVolume)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _squares(n=6, size=32):
+    vol = np.zeros((n, size, size), np.float32)
+    for i in range(n):
+        a = 6 + i % 3
+        vol[i, a:size - a, a:size - a] = 0.4 + 0.1 * (i % 4)
+    return vol
+
+
+TINY_TRAIN = dict(config="tiny", patch_sizes=(16, 32), probs=(0.5, 0.5), batch=4, pad=8,
+                  inference_patch_size=16, lr=1e-3, val_fraction=0.2, val_patches=8)
+
+
+# ------------------------------------------------------------------------------- network
+
+def test_parameter_counts():
+    counts = {k: count_parameters(build_unet(k)) for k in CONFIGS}
+    assert counts["tiny"] == 44_065 and counts["tiny"] < 100_000
+    assert counts["cpu"] == 3_719_649 and 3e6 <= counts["cpu"] <= 5e6
+    assert counts["gpu"] == 24_757_953 and counts["gpu"] > counts["cpu"]
+
+
+@pytest.mark.parametrize("size", [16, 32, 56, 64, 50])
+def test_unet_sizes(size):
+    den = EDMDenoiser(build_unet("tiny"))
+    x = torch.rand(2, 1, size, size + 4)
+    coords = coordinate_grid(size, size + 4)
+    out = den(x, torch.tensor([0.1, 1.0]), coords)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+class _Recorder(torch.nn.Module):
+    """A stand-in network F that records its input and returns a constant 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {"in_channels": 3, "out_channels": 1}
+        self.conv_in = torch.nn.Conv2d(1, 1, 1)  # only its dtype is used
+
+    def forward(self, inp, c_noise):
+        self.inp, self.c_noise = inp, c_noise
+        return torch.ones_like(inp[:, :1])
+
+
+def test_edm_preconditioning():
+    net = _Recorder()
+    den = EDMDenoiser(net, sigma_data=0.5)
+    x = torch.rand(2, 1, 8, 8)
+    coords = coordinate_grid(8, 8)
+    sigma = torch.tensor([0.2, 3.0])
+    out = den(x, sigma, coords)
+    s = sigma.reshape(-1, 1, 1, 1)
+    c_in = 1 / torch.sqrt(s ** 2 + 0.25)
+    c_skip = 0.25 / (s ** 2 + 0.25)
+    c_out = s * 0.5 / torch.sqrt(s ** 2 + 0.25)
+    torch.testing.assert_close(net.inp[:, :1], c_in * x)
+    torch.testing.assert_close(net.inp[:, 1:], coords.expand(2, -1, -1, -1))  # not scaled
+    torch.testing.assert_close(net.c_noise, torch.log(sigma) / 4)
+    torch.testing.assert_close(out, c_skip * x + c_out)
+
+
+def test_untrained_denoiser_is_c_skip():
+    den = EDMDenoiser(build_unet("tiny"))
+    with torch.no_grad():
+        den.net.conv_out.weight.zero_()
+    x = torch.rand(1, 1, 16, 16)
+    torch.testing.assert_close(den(x, 0.5, coordinate_grid(16, 16)), x * 0.25 / 0.5)
+
+
+# ------------------------------------------------------------------------------- patches
+
+def test_coordinate_grid():
+    g = coordinate_grid(5, 9)
+    assert g.shape == (1, 2, 5, 9)
+    torch.testing.assert_close(g[0, 0, 0], torch.linspace(-1, 1, 9))  # x along columns
+    torch.testing.assert_close(g[0, 1, :, 0], torch.linspace(-1, 1, 5))  # y along rows
+    ext = coordinate_grid(5, 9, rows=7, cols=11)  # extrapolated affine map
+    torch.testing.assert_close(ext[:, :, :5, :9], g)
+    assert ext[0, 0, 0, -1] == pytest.approx(1 + 2 * 2 / 8)
+
+
+def test_random_patches_match_canvas():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(3, 1, 20, 24)
+    pad, p = 4, 8
+    patches, coords, origins = random_patches(imgs, p, pad, g, index=torch.tensor([0, 2, 2, 1]))
+    canvas = pad_image(imgs, pad)
+    grid = coordinate_grid(*canvas.shape[-2:])
+    for k, n in enumerate([0, 2, 2, 1]):
+        r, c = origins[k].tolist()
+        torch.testing.assert_close(patches[k, 0], canvas[n, 0, r:r + p, c:c + p])
+        torch.testing.assert_close(coords[k], grid[0, :, r:r + p, c:c + p])
+    # locations uniform over the whole canvas: extremes reached
+    big = random_patches(imgs[:1].expand(2000, -1, -1, -1), p, pad, g)[2]
+    assert big[:, 0].min() == 0 and big[:, 0].max() == 28 - p
+    assert big[:, 1].min() == 0 and big[:, 1].max() == 32 - p
+
+
+def test_mixed_patch_sampler():
+    s = MixedPatchSampler((16, 32, 64), (0.2, 0.3, 0.5), batch=8)
+    assert s.multipliers == {16: 16, 32: 4, 64: 1}
+    g = torch.Generator().manual_seed(1)
+    draws = [s.draw(g) for _ in range(2000)]
+    assert all(b * p * p == 8 * 64 * 64 for p, b in draws)
+    freq = {p: sum(d[0] == p for d in draws) / 2000 for p in (16, 32, 64)}
+    assert freq[16] == pytest.approx(0.2, abs=0.04) and freq[64] == pytest.approx(0.5, abs=0.04)
+    with pytest.raises(ValueError):
+        MixedPatchSampler((16, 32), (0.5, 0.6))
+
+
+@pytest.mark.parametrize("h,w,p,pad", [(256, 256, 56, 24), (64, 48, 16, 8), (50, 37, 16, 4),
+                                       (32, 32, 16, 0), (40, 40, 64, 12)])
+def test_tiling_covers_fov_once(h, w, p, pad):
+    shifts = [(a, b) for a in range(max(pad, 1)) for b in range(max(pad, 1))]
+    for a, b in shifts[:: max(1, len(shifts) // 40)] + [shifts[-1]]:
+        rows, cols = tiling_origins(h, w, p, pad, (a, b))
+        cover = np.zeros((max(rows[-1] + p, h + 2 * pad), max(cols[-1] + p, w + 2 * pad)), int)
+        for r in rows:
+            for c in cols:
+                cover[r:r + p, c:c + p] += 1
+        assert (cover <= 1).all()  # non-overlapping
+        assert (cover[pad:pad + h, pad:pad + w] == 1).all()  # whole field of view once
+        assert rows[0] == a and cols[0] == b
+    if (h, p, pad) == (256, 56, 24):  # the paper's set-up: 5 x 5 patches, never past the canvas
+        for a in range(pad):
+            rows, _ = tiling_origins(h, w, p, pad, (a, a))
+            assert len(rows) == 5 and rows[-1] + p <= h + 2 * pad
+
+
+def _analytic(x, sigma, coords):
+    """A position-aware pointwise 'denoiser': x f(sigma) + g(coords)."""
+    f = (1.0 / (1.0 + sigma ** 2)).reshape(-1, 1, 1, 1)
+    cx, cy = coords[:, :1], coords[:, 1:]
+    return x * f + 0.3 * cx - 0.2 * cy + 0.1 * cx * cy
+
+
+def _expected(x, sigma, pad):
+    h, w = x.shape[-2:]
+    canvas = coordinate_grid(h + 2 * pad, w + 2 * pad)[:, :, pad:pad + h, pad:pad + w]
+    return _analytic(x, torch.as_tensor(sigma).reshape(-1).expand(x.shape[0]),
+                     canvas.expand(x.shape[0], -1, -1, -1))
+
+
+@pytest.mark.parametrize("h,w,p,pad", [(256, 256, 56, 24), (50, 58, 16, 4), (40, 40, 64, 12)])
+def test_assembled_denoise_matches_whole_image(h, w, p, pad):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, h, w, dtype=torch.float64)
+    sigma = torch.tensor([0.1, 2.0], dtype=torch.float64)
+    want = _expected(x, sigma, pad)
+    for _ in range(4):  # several random shifts (including grids past the canvas)
+        got = assembled_denoise(_analytic, x, sigma, p, pad, generator=g, max_batch=7)
+        torch.testing.assert_close(got, want)
+    for fn in (averaged_denoise, stitched_denoise):
+        torch.testing.assert_close(fn(_analytic, x, sigma, p, pad, max_batch=5), want)
+
+
+def test_overlapping_grid():
+    rows, cols = overlapping_origins(256, 256, 56, 24, overlap=8)
+    assert rows == [0, 48, 96, 144, 192, 240, 248] and cols == rows
+
+
+def test_prior_interface_and_gradients():
+    den = EDMDenoiser(build_unet("tiny"))
+    x = torch.rand(2, 1, 32, 32)
+    for mode in ("assembled", "average", "stitch"):
+        pr = PatchPrior(den, patch_size=16, pad=8, mode=mode, max_batch=5)
+        xg = x.clone().requires_grad_()
+        out = pr.denoise(xg, torch.tensor([0.1, 0.5]), generator=torch.Generator().manual_seed(0))
+        out.sum().backward()
+        assert out.shape == x.shape and xg.grad is not None and pr.nfe == 1
+        pr.denoise(x, 0.3)
+        assert pr.nfe == 2
+    whole = WholeImagePrior(den, pad=8)
+    assert whole.denoise(x, 0.2).shape == x.shape and whole.nfe == 1
+    assert whole.to("cpu") is whole and whole.device == torch.device("cpu")
+    with pytest.raises(InputError):
+        PatchPrior(den, mode="blend")
+    with pytest.raises(InputError):
+        whole.denoise(torch.rand(32, 32), 0.1)
+
+
+class _AnalyticModule(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, sigma, coords):
+        return _analytic(x, torch.as_tensor(sigma).reshape(-1).expand(x.shape[0]),
+                         coords.expand(x.shape[0], -1, -1, -1))
+
+
+def test_whole_image_prior_coordinates():
+    x = torch.rand(2, 1, 24, 20)
+    want = _expected(x, 0.4, 6)
+    torch.testing.assert_close(WholeImagePrior(_AnalyticModule(), pad=6).denoise(x, 0.4), want)
+    pr = PatchPrior(_AnalyticModule(), patch_size=8, pad=6)
+    torch.testing.assert_close(pr.denoise(x, 0.4), want)
+
+
+# ------------------------------------------------------------------------------- training
+
+def test_training_loss_falls(tmp_path):
+    events = list(train([(_squares(), "squares")], "unit", tmp_path / "p", steps=40, seed=0,
+                        log_every=1, val_every=0, save_every=0, **TINY_TRAIN))
+    assert all(isinstance(e, TrainEvent) for e in events)
+    assert [e.step for e in events] == list(range(1, 41)) and events[-1].done
+    losses = [e.loss for e in events]
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < 0.85 * first, (first, last)
+    assert events[-1].val_losses is not None and set(events[-1].val_losses) == \
+        {0.02, 0.05, 0.1, 0.2, 0.5, 1.0}
+    meta = read_metadata(tmp_path / "p.safetensors")
+    assert meta["steps"] == 40 and meta["kind"] == "patch" and meta["pad"] == 8
+    assert meta["training_data"] == [{"name": "squares", "slices": [0, 1, 3, 4, 5]}]
+    assert meta["validation_data"] == [{"name": "squares", "slices": [2]}]
+    assert meta["canvas_size"] == [48, 48] and meta["ema_decay"] == 0.999
+    assert set(meta["final_val_loss"]) == {"0.02", "0.05", "0.1", "0.2", "0.5", "1"}
+
+
+def test_whole_image_training(tmp_path):
+    events = list(train([(_squares(4), "sq")], "unit", tmp_path / "w", kind="whole", steps=3,
+                        config="tiny", batch=2, val_fraction=0, log_every=1))
+    assert events[-1].step == 3 and events[-1].val_losses is None
+    pr = load_prior(tmp_path / "w")
+    assert isinstance(pr, WholeImagePrior) and pr.pad == 0
+    assert pr.denoise(torch.rand(1, 1, 32, 32), 0.5).shape == (1, 1, 32, 32)
+
+
+def test_split_by_slices():
+    vols = [TrainingVolume(np.zeros((23, 8, 8)), "a"), TrainingVolume(np.zeros((5, 8, 8)), "b")]
+    tr, va = split_slices(vols, 0.1)
+    assert va == [(0, 5), (0, 15)] and len(tr) + len(va) == 28
+    assert not set(tr) & set(va)
+    with pytest.raises(InputError):
+        split_slices(vols, 0.7)
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    vol = [(_squares(), "squares")]
+    common = dict(steps=12, seed=3, log_every=1, val_every=6, save_every=4, **TINY_TRAIN)
+    full = list(train(vol, "unit", tmp_path / "full", **common))
+
+    token = CancelToken()
+    seen = []
+    with pytest.raises(Cancelled, match="step 5"):
+        for ev in train(vol, "unit", tmp_path / "part", **common, cancel=token):
+            seen.append(ev.step)
+            if ev.step == 5:
+                token.cancel()
+    assert seen == [1, 2, 3, 4, 5]
+    with pytest.raises(InputError, match="resume=True"):
+        next(train(vol, "unit", tmp_path / "part", **common))
+    rest = list(train(vol, "unit", tmp_path / "part", resume=True, **common))
+    assert [e.step for e in rest] == list(range(6, 13))
+    assert rest[-1].loss == pytest.approx(full[-1].loss, rel=1e-5, abs=1e-7)
+    a, _ = load_checkpoint(tmp_path / "full")
+    b, meta_b = load_checkpoint(tmp_path / "part")
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6, msg=k)
+    assert meta_b["steps"] == 12
+    # a resumed run must use the same configuration
+    with pytest.raises(InputError, match="pad"):
+        next(train(vol, "unit", tmp_path / "part", resume=True,
+                   **dict(common, steps=20, pad=4)))
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+def _meta(**kw):
+    meta = dict(kind="patch", architecture=dict(build_unet("tiny").config), pad=8,
+                image_size=[32, 32], canvas_size=[48, 48], modality="ct",
+                coordinates={"name": "canvas-linear-v1"}, patch_sizes=[16, 32],
+                inference_patch_size=16, intensity={"normalisation": "HU"})
+    meta.update(kw)
+    return meta
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    den = EDMDenoiser(build_unet("tiny"))
+    meta = _meta(steps=7, training_data=[{"name": "a", "slices": [1, 2]}])
+    path = save_checkpoint(tmp_path / "ck", den, meta)
+    assert path.name == "ck.safetensors" and (tmp_path / "ck.json").is_file()
+    den2, meta2 = load_checkpoint(tmp_path / "ck.safetensors")
+    for k, v in den.state_dict().items():
+        assert torch.equal(v, den2.state_dict()[k]), k
+    assert {k: meta2[k] for k in meta} == json.loads(json.dumps(meta))
+    assert json.loads((tmp_path / "ck.json").read_text()) == meta2
+    x = torch.rand(2, 1, 16, 16)
+    c = coordinate_grid(16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(den.eval()(x, 0.3, c), den2(x, 0.3, c), rtol=0, atol=0)
+    pr = load_prior(tmp_path / "ck", mode="average")
+    assert isinstance(pr, PatchPrior) and pr.patch_size == 16 and pr.pad == 8
+    assert pr.metadata["modality"] == "ct"
+
+
+def test_load_errors(tmp_path):
+    den = EDMDenoiser(build_unet("tiny"))
+    path = save_checkpoint(tmp_path / "ck", den, _meta())
+    raw = path.read_bytes()
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    with pytest.raises(InputError, match="unknown prior"):
+        load_prior("no-such-prior")
+    # truncated
+    (tmp_path / "trunc.safetensors").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "trunc.safetensors")
+    # garbage
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00\x01not a safetensors file" * 10)
+    with pytest.raises(InputError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    # no metadata anywhere
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in den.state_dict().items()},
+              str(tmp_path / "bare.safetensors"))
+    with pytest.raises(InputError, match="no metadata"):
+        load_checkpoint(tmp_path / "bare.safetensors")
+    # invalid metadata side-car
+    (tmp_path / "bare.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_checkpoint(tmp_path / "bare.safetensors")
+    (tmp_path / "bare.json").write_text(json.dumps({"kind": "patch"}))
+    with pytest.raises(InputError, match="lacks"):
+        load_checkpoint(tmp_path / "bare.safetensors")
+    # architecture mismatch (metadata says 'cpu', weights are 'tiny')
+    (tmp_path / "bare.json").write_text(json.dumps(
+        dict(_meta(architecture=build_unet("cpu").config), format_version=1)))
+    with pytest.raises(InputError, match="do not match the architecture"):
+        load_checkpoint(tmp_path / "bare.safetensors")
+    with pytest.raises(InputError, match="version"):
+        save_checkpoint(tmp_path / "v", den, _meta(format_version=99))
+
+
+def test_check_compatible():
+    meta = _meta()
+    check_compatible(meta, (32, 32), "ct", pad=8, patch_size=16)
+    check_compatible(meta, (3, 32, 32), "ct")
+    with pytest.raises(InputError, match="trained on ct images"):
+        check_compatible(meta, (32, 32), "mri")
+    with pytest.raises(InputError, match="pad 8"):
+        check_compatible(meta, (32, 32), "ct", pad=24)
+    with pytest.raises(InputError, match="resample"):
+        check_compatible(meta, (64, 64), "ct")
+    with pytest.raises(InputError, match="patch sizes"):
+        check_compatible(meta, (32, 32), "ct", patch_size=40)
+    with pytest.raises(InputError, match="multiple"):
+        check_compatible(meta, (32, 32), "ct", patch_size=17)
+    den = EDMDenoiser(build_unet("tiny"))
+    pr = PatchPrior(den, patch_size=16, pad=8, metadata=meta)
+    pr.check((32, 32), "ct")
+    with pytest.raises(InputError):
+        pr.check((32, 32), "mri")
+
+
+def test_shipped_lookup(tmp_path, monkeypatch):
+    den = EDMDenoiser(build_unet("tiny"))
+    save_checkpoint(tmp_path / "demo", den, _meta())
+    save_checkpoint(tmp_path / "ignored.state", den, _meta())
+    monkeypatch.setattr(prior_mod, "SHIPPED_DIR", tmp_path)
+    assert list(prior_mod.shipped_priors()) == ["demo"]
+    pr = load_prior("demo")
+    assert pr.metadata["source"].endswith("demo.safetensors")
+
+
+@pytest.mark.skipif(not Path("/work/shared/data/lung1.tif").is_file(), reason="no DATA.md files")
+def test_load_training_slices_ct():
+    vols = load_training_slices("ct")
+    assert [v.name for v in vols] == ["lung1.tif", "lung2.tif"]
+    assert vols[0].data.shape == (48, 256, 256) and vols[1].slices == list(range(45))
+    assert 0 <= vols[0].data.min() and vols[0].data.max() <= 1
