@@ -57,7 +57,9 @@ __all__ = ["TrainEvent", "TrainingVolume", "train", "load_training_slices", "spl
 
 VAL_SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 P_MEAN, P_STD, SIGMA_DATA = -1.2, 1.2, 0.5
-DATA_DIR = Path(os.environ.get("NAPARI_PATCHDIFF_DATA", "/work/shared/data"))
+#: the development data (``shared/data`` beside the repository), overridable by the environment
+DATA_DIR = Path(os.environ.get("NAPARI_PATCHDIFF_DATA",
+                              Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 INTENSITY = {
     "ct": "x = clip((HU + 1024) / 2048, 0, 1) (napari_patchdiff.conventions.hu_to_unit)",
@@ -139,7 +141,7 @@ def load_training_slices(spec: str = "ct", data_dir=None) -> list[TrainingVolume
     over 2 x 2 blocks in HU, then mapped by :func:`~napari_patchdiff.conventions.hu_to_unit`.
     ``"mri"``: brain1.tif (all 25 slices) normalised by its 99.5th percentile
     (:func:`~napari_patchdiff.conventions.normalise`). ``data_dir`` defaults to
-    ``$NAPARI_PATCHDIFF_DATA`` or ``/work/shared/data``.
+    ``$NAPARI_PATCHDIFF_DATA`` or ``shared/data`` beside the repository.
     """
     root = Path(data_dir) if data_dir is not None else DATA_DIR
     if spec == "ct":

@@ -1,0 +1,367 @@
+"""The ``napari-patchdiff`` command line: a thin layer over :mod:`napari_patchdiff.api`.
+
+Subcommands: ``reconstruct`` (simulate a measurement from a ground truth, or read a measured
+one, and reconstruct it), ``train`` and ``info`` (diffusion priors) and ``demo`` (the README's
+main job on the shipped sample data).
+Exit codes: 0 success, 2 bad input (a clear message on stderr), 1 unexpected failure,
+130 cancelled (Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, api, conventions, io
+from .conventions import MODALITIES
+from .errors import InputError
+from .events import Cancelled, CancelToken
+from .operators import OPERATORS, Param
+from .solvers import SOLVERS
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_params(parser, registry, what: str) -> list[str]:
+    """Add one option per parameter name over all entries of ``registry``; return the names."""
+    seen: dict[str, list[str]] = {}
+    specs: dict[str, Param] = {}
+    for entry in registry.names():
+        for p in _params_of(registry, entry):
+            seen.setdefault(p.name, []).append(entry)
+            specs.setdefault(p.name, p)
+    group = parser.add_argument_group(f"{what} parameters (each applies to the {what}s named)")
+    for name, p in specs.items():
+        kw = dict(default=None, help=f"{p.help} [{', '.join(seen[name])}]")
+        if p.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = p.type
+            if p.choices:
+                kw["choices"] = p.choices
+        group.add_argument(_flag(name), dest=f"p_{what}_{name}", **kw)
+    return list(specs)
+
+
+def _params_of(registry, entry) -> tuple[Param, ...]:
+    obj = registry.get(entry)
+    return tuple(getattr(obj, "PARAMS", None) or getattr(obj, "params", ()) or ())
+
+
+def _collect(args, registry, entry: str, what: str) -> dict:
+    """The parameter values the user gave; refuse ones the chosen entry does not take."""
+    given = {
+        k[len(f"p_{what}_"):]: v
+        for k, v in vars(args).items()
+        if k.startswith(f"p_{what}_") and v is not None
+    }
+    known = {p.name for p in _params_of(registry, entry)}
+    wrong = sorted(set(given) - known)
+    if wrong:
+        raise InputError(
+            f"{what} {entry!r} does not take {', '.join(_flag(w) for w in wrong)}; "
+            f"it takes {', '.join(_flag(k) for k in sorted(known)) or 'no parameters'}"
+        )
+    return given
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-patchdiff",
+        description="Reconstruct images from incomplete measurements (CT, MRI, deblurring, "
+        "super-resolution, inpainting) with classical methods and patch diffusion priors.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rec = sub.add_parser(
+        "reconstruct",
+        help="simulate a measurement from a ground truth (or read a measured one) and reconstruct",
+        description="Simulate y = A x + noise from TRUTH (TIFF, NumPy, DICOM file or folder, NIfTI; "
+        "CT in HU) and reconstruct it, or reconstruct a measured Y given with --measurement. "
+        "Writes recon.tif (float32, in TRUTH's units when TRUTH is given, else on the normalised "
+        "[0, 1] scale), measurement.tif and report.json into --out.",
+    )
+    rec.add_argument("truth", nargs="?", help="ground-truth image or volume; 'sample:ct' and "
+                     "'sample:mri' name the shipped sample data")
+    rec.add_argument("--measurement", help="a measured sinogram or k-space (TIFF or .npy; a "
+                     "measurement.tif written by this command carries its operator in a sidecar)")
+    rec.add_argument("--image-shape", type=int, nargs=2, metavar=("H", "W"),
+                     help="image size for --measurement when no sidecar gives it")
+    rec.add_argument("--operator", required=True, choices=OPERATORS.names(),
+                     help="forward operator")
+    rec.add_argument("--method", default="fbp", choices=SOLVERS.names(),
+                     help="reconstruction method (default: fbp; use zero-filled for MRI)")
+    rec.add_argument("--noise", type=float, default=0.0,
+                     help="std of the added Gaussian noise in measurement units: CT line "
+                     "integrals (pixel-length units), MRI orthonormal k-space (each of real and "
+                     "imaginary part), image units otherwise (default 0)")
+    rec.add_argument("--seed", type=int, default=0, help="seed of the noise (and of samplers)")
+    rec.add_argument("--slice", type=int, help="reconstruct only this slice of a volume")
+    rec.add_argument("--modality", choices=MODALITIES,
+                     help="intensity convention of TRUTH (default: guessed from metadata/values)")
+    rec.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    rec.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    rec.add_argument("--out", required=True, help="output folder")
+    rec.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_params(rec, OPERATORS, "operator")
+    _add_params(rec, SOLVERS, "method")
+    rec.set_defaults(func=cmd_reconstruct)
+
+    tr = sub.add_parser(
+        "train",
+        help="train a patch (or whole-image) diffusion prior on a few volumes",
+        description="Train a diffusion prior by denoising score matching (EDM) on patches of "
+        "VOLUMES (TIFF, NumPy, NIfTI, DICOM; CT in HU, MRI magnitude), with EMA weights, a "
+        "deterministic slice-wise validation split and periodic resumable checkpoints. "
+        "Writes PRIOR.safetensors (EMA weights + metadata), PRIOR.json and PRIOR.state.safetensors.",
+    )
+    tr.add_argument("volumes", nargs="+", help="training images or volumes; 'ct' / 'mri' name "
+                    "the training split of the development data (shared/data)")
+    tr.add_argument("--out", required=True, help="checkpoint path (without or with .safetensors)")
+    tr.add_argument("--modality", choices=("ct", "mri", "unit"),
+                    help="intensity convention of VOLUMES (default: guessed)")
+    tr.add_argument("--bin", type=int, default=1, help="average BIN x BIN blocks first "
+                    "(2 turns 512 x 512 CT into the 256 x 256 working size)")
+    tr.add_argument("--kind", default="patch", choices=("patch", "whole"),
+                    help="patch prior (PaDIS) or the whole-image comparison prior")
+    tr.add_argument("--config", default="cpu", choices=("tiny", "cpu", "gpu"),
+                    help="network size: tiny (tests), cpu (~3.7 M parameters), gpu (~25 M)")
+    tr.add_argument("--patch-sizes", type=int, nargs="+", default=[16, 32, 64],
+                    help="training patch sizes (default 16 32 64)")
+    tr.add_argument("--patch-probs", type=float, nargs="+",
+                    help="their probabilities (default 0.2 0.3 0.5)")
+    tr.add_argument("--steps", type=int, default=20000, help="total optimiser steps")
+    tr.add_argument("--batch", type=int, help="images per step at the largest patch size "
+                    "(smaller patches get proportionally more); default 8 (patch) / 4 (whole)")
+    tr.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    tr.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
+    tr.add_argument("--pad", type=int, help="zero padding of the canvas (default 24 for "
+                    "patch priors, 0 for whole-image priors)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
+    tr.add_argument("--threads", type=int, help="torch CPU threads")
+    tr.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
+    tr.add_argument("--overwrite", action="store_true", help="start afresh over --out")
+    tr.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
+    tr.add_argument("--val-every", type=int, default=500, help="validation every N steps")
+    tr.set_defaults(func=cmd_train)
+
+    info = sub.add_parser("info", help="print a prior's metadata",
+                          description="Print the metadata of a shipped prior (by name) or a "
+                          "checkpoint file, without loading its weights.")
+    info.add_argument("prior", help="shipped prior name or checkpoint path")
+    info.add_argument("--json", action="store_true", help="print the raw JSON")
+    info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job on the shipped sample data (20-view CT of a lung slice)",
+        description="Simulates 20-view parallel-beam CT of a test slice of the shipped CT volume, "
+        "reconstructs it, and writes recon.tif, figure.png and report.json into --out.",
+    )
+    demo.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
+    demo.add_argument("--device", default="cpu", help="torch device")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+class _Progress:
+    """Throttled one-line progress on stderr."""
+
+    def __init__(self, label: str, quiet: bool = False):
+        self.label, self.quiet, self.t0, self.last = label, quiet, time.perf_counter(), 0.0
+
+    def __call__(self, ev) -> None:
+        now = time.perf_counter()
+        if self.quiet or (now - self.last < 0.5 and not ev.done):
+            return
+        self.last = now
+        extra = f" nfe {ev.nfe}" if ev.nfe else ""
+        print(f"\r{self.label}: step {ev.step}/{ev.total}{extra} [{now - self.t0:.1f} s]",
+              end="\n" if ev.done else "", file=sys.stderr, flush=True)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {name!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return dev
+
+
+def _problem(args) -> api.Problem:
+    dtype = getattr(torch, args.dtype)
+    device = _device(args.device)
+    op_params = _collect(args, OPERATORS, args.operator, "operator")
+    if (args.truth is None) == (args.measurement is None):
+        raise InputError("give either TRUTH (to simulate a measurement) or --measurement Y")
+    if args.truth is not None:
+        truth = api.load_truth(args.truth, modality=args.modality, slice=args.slice)
+        return api.simulate(truth, args.operator, noise=args.noise, seed=args.seed,
+                            device=device, dtype=dtype, **op_params)
+    y, meta = io.read_measurement(args.measurement)
+    if meta.get("operator") not in (None, args.operator):
+        raise InputError(f"{args.measurement} was measured with operator "
+                         f"{meta['operator']!r}, not {args.operator!r}")
+    shape = args.image_shape or meta.get("image_shape")
+    if shape is None:
+        raise InputError("--measurement needs --image-shape H W (no sidecar gives the image size)")
+    for key, value in meta.get("operator_params", {}).items():
+        op_params.setdefault(key, value)
+    if args.slice is not None:
+        if y.ndim < 3:
+            raise InputError("--slice needs a stack of measurements")
+        y = y[args.slice]
+    problem = api.from_measurement(y, args.operator, shape, device=device, dtype=dtype, **op_params)
+    problem.noise = float(meta.get("noise_std", args.noise))
+    return problem
+
+
+def cmd_reconstruct(args) -> int:
+    problem = _problem(args)
+    method_params = _collect(args, SOLVERS, args.method, "method")
+    out = Path(args.out)
+    token = CancelToken()
+    result = api.solve(problem, args.method, cancel=token,
+                       on_event=_Progress(args.method, args.quiet), **method_params)
+    write_outputs(out, problem, result)
+    r = result.report
+    summary = f"{args.method}: {r['seconds']:.2f} s, {r['iterations']} iterations"
+    if "psnr" in r:
+        summary += f", PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}"
+    print(summary)
+    print(f"wrote {out}/recon.tif, {out}/measurement.tif, {out}/report.json")
+    return 0
+
+
+def write_outputs(out: Path, problem: api.Problem, result: api.Result) -> None:
+    """recon.tif (truth's units when known), measurement.tif, report.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    recon = result.recon
+    units = "normalised [0, 1]"
+    if problem.truth is not None:
+        recon = problem.truth.to_units(recon)
+        units = problem.truth.meta.get("units") or {"ct": "HU", "mri": "scanner units"}.get(
+            problem.truth.modality, units)
+    spacing = (problem.truth.meta.get("spacing") if problem.truth is not None else None)
+    io.write_tiff(out / "recon.tif", np.asarray(recon, dtype=np.float32),
+                  {**result.report, "units": units, "spacing": spacing})
+    y = problem.y.detach().cpu().numpy()[:, 0]
+    io.write_measurement(out / "measurement.tif", y[0] if problem.squeeze else y, {
+        "operator": problem.op.name,
+        "operator_params": {k: v for k, v in problem.op.params.items()},
+        "image_shape": list(problem.op.image_shape),
+        "noise_std": problem.noise,
+        "seed": problem.seed,
+        "units": problem.op.measurement_units,
+    })
+    (out / "report.json").write_text(json.dumps(io.json_safe(result.report), indent=2,
+                                                sort_keys=True) + "\n")
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), device=_device(args.device), seed=args.seed)
+    return 0
+
+
+def _training_volumes(args):
+    from .training import TrainingVolume, load_training_slices
+
+    if args.volumes in (["ct"], ["mri"]):
+        return load_training_slices(args.volumes[0]), args.volumes[0]
+    vols, modality = [], args.modality
+    for path in args.volumes:
+        arr, meta = io.read_image(path)
+        arr = arr[None] if arr.ndim == 2 else arr
+        if args.bin > 1:
+            d, h, w = arr.shape
+            b = args.bin
+            arr = arr[:, : h // b * b, : w // b * b].reshape(d, h // b, b, w // b, b).mean((2, 4))
+        modality = modality or io.guess_modality(arr, meta)
+        x, scale = conventions.normalise(arr, modality)
+        vols.append(TrainingVolume(x, Path(path).name, [], scale))
+    return vols, modality
+
+
+def cmd_train(args) -> int:
+    from .training import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    vols, modality = _training_volumes(args)
+    kw = dict(config=args.config, patch_sizes=tuple(args.patch_sizes), steps=args.steps,
+              lr=args.lr, ema=args.ema, device=device, resume=args.resume, seed=args.seed,
+              kind=args.kind, overwrite=args.overwrite, save_every=args.save_every,
+              val_every=args.val_every, cancel=CancelToken())
+    if args.patch_probs:
+        kw["probs"] = tuple(args.patch_probs)
+    for key in ("batch", "pad"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
+    n = sum(v.data.shape[0] for v in vols)
+    print(f"training a {args.kind} prior ({args.config}) on {n} slices of {len(vols)} "
+          f"volume(s), modality {modality}, device {device}", file=sys.stderr)
+    last = None
+    for last in train(vols, modality, args.out, **kw):
+        val = ""
+        if last.val_losses:
+            val = " val " + " ".join(f"{s:g}:{v:.4f}" for s, v in last.val_losses.items())
+        print(f"step {last.step}/{last.total} loss {last.loss:.4f}{val} "
+              f"[{last.seconds:.0f} s]", file=sys.stderr, flush=True)
+    print(f"wrote {last.checkpoint or args.out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .priors import read_metadata, shipped_priors
+
+    path = shipped_priors().get(args.prior, args.prior)
+    meta = read_metadata(path)
+    if args.json:
+        print(json.dumps(meta, indent=2, sort_keys=True))
+        return 0
+    for key in sorted(meta):
+        value = meta[key]
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, sort_keys=True)
+        print(f"{key:24s} {value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"napari-patchdiff: error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("\nnapari-patchdiff: cancelled", file=sys.stderr)
+        return 130
+    except torch.cuda.OutOfMemoryError as exc:
+        print(f"napari-patchdiff: error: out of GPU memory ({exc}); use fewer slices, "
+              f"--slice, or --device cpu", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("napari-patchdiff: error: out of memory; reconstruct fewer slices (--slice)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
