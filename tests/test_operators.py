@@ -168,3 +168,12 @@ def test_ct_matrix_backend_equals_odl_ray_transform(name):
     torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-4)
     y = ref(x)
     torch.testing.assert_close(fast.adjoint(y), ref.adjoint(y), rtol=1e-5, atol=1e-4)
+
+
+def test_separable_blur_equals_2d_convolution():
+    op = make_operator("blur-gaussian", (40, 40), sigma=1.7, dtype=torch.float64)
+    x = torch.rand(2, 1, 40, 40, dtype=torch.float64)
+    ref = torch.nn.functional.conv2d(x, op.kernel, padding=op.kernel.shape[-1] // 2)
+    torch.testing.assert_close(op(x), ref)
+    assert op.params["kernel_size"] == 13
+    torch.testing.assert_close(op.kernel.sum(), torch.tensor(1.0, dtype=torch.float64))

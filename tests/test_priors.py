@@ -18,8 +18,8 @@ from napari_patchdiff.priors import (CONFIGS, EDMDenoiser, MixedPatchSampler, Pa
                                      read_metadata, save_checkpoint, stitched_denoise,
                                      tiling_origins)
 from napari_patchdiff.priors import prior as prior_mod
-from napari_patchdiff.training import (TrainEvent, load_training_slices, split_slices, train,
-                                       TrainingVolume)
+from napari_patchdiff.training import (DATA_DIR, TrainEvent, TrainingVolume,
+                                       load_training_slices, split_slices, train)
 
 
 @pytest.fixture(autouse=True)
@@ -395,7 +395,7 @@ def test_shipped_lookup(tmp_path, monkeypatch):
     assert pr.metadata["source"].endswith("demo.safetensors")
 
 
-@pytest.mark.skipif(not Path("/work/shared/data/lung1.tif").is_file(), reason="no DATA.md files")
+@pytest.mark.skipif(not (DATA_DIR / "lung1.tif").is_file(), reason="no development data (shared/data)")
 def test_load_training_slices_ct():
     vols = load_training_slices("ct")
     assert [v.name for v in vols] == ["lung1.tif", "lung2.tif"]

@@ -34,10 +34,11 @@ __all__ = [
 # ------------------------------------------------------------------------------------------------
 # Tunable default tables (edit these; ``defaults()`` reads them at call time)
 #
-# Starting values were tuned on a 64 x 64 modified Shepp-Logan phantom (20-view parallel CT, 4x
-# equispaced MRI, sigma-2 blur, x4 super-resolution, 30 % inpainting), float64; re-tune on real
-# validation slices. ``L = ||A^T A||`` (power iteration) and ``sigma_x = noise_std / sqrt(L)``,
-# the measurement noise expressed on the image scale.
+# Starting values were tuned on a 64 x 64 modified Shepp-Logan phantom; the TV weights of CT, MRI,
+# deblurring and super-resolution were then re-tuned on real 256 x 256 validation slices (lung2
+# slice 47, brain1 slice 12: ``benchmarks/classical.py --tune``, results in
+# ``benchmarks/results/tv_tuning*.md``). ``L = ||A^T A||`` (power iteration) and
+# ``sigma_x = noise_std / sqrt(L)``, the measurement noise expressed on the image scale.
 # ------------------------------------------------------------------------------------------------
 
 #: CG iterations for noiseless data, per operator (early stopping is the regulariser).
@@ -66,9 +67,9 @@ _DEFAULT_CG_START = "initial"
 TV_WEIGHTS: dict[str, float] = {
     "ct-parallel": 2.0,
     "ct-fan": 2.0,
-    "mri-cartesian": 0.1,
-    "blur-gaussian": 1.0,
-    "superres": 0.1,
+    "mri-cartesian": 0.4,
+    "blur-gaussian": 6.0,
+    "superres": 0.2,
     "inpaint": 2.0,
     "denoise": 0.6,
 }
@@ -82,6 +83,24 @@ TV_NOISE_POWER: dict[str, int] = {
     "blur-gaussian": 2,
     "superres": 2,
 }
+
+def undersampling_factor(op) -> float:
+    """Extra TV weight for sparser sampling than the tuning reference of each operator.
+
+    Sparse or limited-angle CT and stronger MRI undersampling leave more of the image to the
+    regulariser. On the validation slices (``benchmarks/classical.py --tune``) the best weight
+    grew like ``60 / views`` for sparse-view CT (reference: 60 views over the full range), about
+    like the cube of the missing-angle ratio for limited-angle CT, and like the acceleration for
+    MRI (reference 4x). Other operators: 1.
+    """
+    if op.name in ("ct-parallel", "ct-fan"):
+        full = 180.0 if op.name == "ct-parallel" else 360.0
+        coverage = min(op.params["angular_range"], full) / full
+        return (60.0 / op.params["views"]) / coverage**3
+    if op.name == "mri-cartesian":
+        return op.params["acceleration"] / 4.0
+    return 1.0
+
 
 #: the image-domain noise level assumed for noiseless data (keeps a little TV for
 #: under-determined problems such as sparse-view CT or undersampled MRI)
@@ -368,7 +387,8 @@ def admm_tv_defaults(op, noise_std: float = 0.0, lam: float | None = None, **ove
     ``f`` has ``1 / f^2``) and the measurement noise on the image scale
     ``sigma_x = noise_std / sqrt(L)``:
 
-    * ``lam = TV_WEIGHTS[op] * L * max(sigma_x, TV_NOISE_FLOOR) ** TV_NOISE_POWER[op]``: the data
+    * ``lam = TV_WEIGHTS[op] * undersampling_factor(op) * L * max(sigma_x, TV_NOISE_FLOOR) **
+      TV_NOISE_POWER[op]``: the data
       term scales like ``L``, so ``lam / L`` is a weight on the image scale that grows with the
       noise (quadratically for the ill-conditioned CT/deblurring/super-resolution, linearly for
       MRI/inpainting/denoising), with a floor that keeps some TV on noiseless data;
@@ -384,7 +404,8 @@ def admm_tv_defaults(op, noise_std: float = 0.0, lam: float | None = None, **ove
     sigma_x = noise_std / math.sqrt(L)
     power = TV_NOISE_POWER.get(op.name, _DEFAULT_TV_POWER)
     if lam is None:
-        lam = TV_WEIGHTS.get(op.name, _DEFAULT_TV) * L * max(sigma_x, TV_NOISE_FLOOR) ** power
+        lam = (TV_WEIGHTS.get(op.name, _DEFAULT_TV) * undersampling_factor(op) * L
+               * max(sigma_x, TV_NOISE_FLOOR) ** power)
     rho = max(RHO_REL.get(op.name, _DEFAULT_RHO) * L, RHO_PER_LAM * lam)
     return {
         "lam": lam,
