@@ -81,17 +81,20 @@ def write_tiff(path, array, meta: dict | None = None) -> Path:
     data = np.asarray(array)
     if np.iscomplexobj(data) or not _is_real_numeric(data.dtype):
         raise InputError(f"cannot write an array of dtype {data.dtype} as a float32 TIFF")
-    data = data.astype(np.float32, copy=False)
+    return _write_tiff_and_sidecar(p, data.astype(np.float32, copy=False), meta, in_tiff=True)
+
+
+def _write_tiff_and_sidecar(p: Path, data: np.ndarray, meta, in_tiff: bool) -> Path:
+    """Write ``data`` (zlib TIFF) and ``meta`` (JSON sidecar) through temporary files in the
+    target folder moved into place, so a failure leaves no partial file. With ``in_tiff`` the
+    metadata also goes into the TIFF description."""
     safe = json_safe(dict(meta or {}))
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(safe, indent=2, sort_keys=True) + "\n"
-    tmp_tif = _temp_path(p.parent, ".tif")
-    tmp_json = _temp_path(p.parent, ".json")
+    tmp_tif, tmp_json = _temp_path(p.parent, ".tif"), _temp_path(p.parent, ".json")
+    extra = {"metadata": safe} if in_tiff else {}
     try:
-        tifffile.imwrite(
-            tmp_tif, data, compression="zlib", photometric="minisblack", metadata=safe
-        )
-        tmp_json.write_text(text, encoding="utf-8")
+        tifffile.imwrite(tmp_tif, data, compression="zlib", photometric="minisblack", **extra)
+        tmp_json.write_text(json.dumps(safe, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp_tif, p)
         os.replace(tmp_json, sidecar_path(p))
     finally:
@@ -111,18 +114,7 @@ def write_measurement(path, array, meta: dict | None = None) -> Path:
         raise InputError(f"write_measurement needs a .tif or .tiff path, got {p.name!r}")
     data = np.asarray(array)
     data = data.astype(np.complex64 if np.iscomplexobj(data) else np.float32, copy=False)
-    safe = json_safe(dict(meta or {}))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp_tif, tmp_json = _temp_path(p.parent, ".tif"), _temp_path(p.parent, ".json")
-    try:
-        tifffile.imwrite(tmp_tif, data, compression="zlib", photometric="minisblack")
-        tmp_json.write_text(json.dumps(safe, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp_tif, p)
-        os.replace(tmp_json, sidecar_path(p))
-    finally:
-        for tmp in (tmp_tif, tmp_json):
-            tmp.unlink(missing_ok=True)
-    return p
+    return _write_tiff_and_sidecar(p, data, meta, in_tiff=False)
 
 
 def read_measurement(path) -> tuple[np.ndarray, dict]:
