@@ -19,7 +19,7 @@ import torch
 
 from . import conventions, io, metrics
 from .errors import InputError
-from .events import CancelToken, StepEvent
+from .events import Cancelled, CancelToken, StepEvent
 from .operators import Operator, add_noise, make_operator
 from .solvers import get_solver
 
@@ -142,16 +142,29 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None,
 
 def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
           on_event: Callable[[StepEvent], None] | None = None, **params) -> Result:
-    """Run ``method`` to the end and return the reconstruction with its report."""
+    """Run ``method`` to the end and return the reconstruction with its report.
+
+    If the run is cancelled (the token, or Ctrl-C), the exception carries the last completed
+    step as ``exc.partial`` (a :class:`Result` whose report says ``"cancelled": True``).
+    """
     used = method_params(problem, method, **params)
     t0 = time.perf_counter()
     last = None
-    for last in get_solver(method).run(problem.op, problem.y, cancel=cancel, **used):
-        if on_event is not None:
-            on_event(last)
-    seconds = time.perf_counter() - t0
+    try:
+        for last in get_solver(method).run(problem.op, problem.y, cancel=cancel, **used):
+            if on_event is not None:
+                on_event(last)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        if last is not None:
+            exc.partial = _result(problem, method, used, last, time.perf_counter() - t0)
+            exc.partial.report["cancelled"] = True
+        raise
     if last is None:
         raise RuntimeError(f"method {method!r} yielded no step")
+    return _result(problem, method, used, last, time.perf_counter() - t0)
+
+
+def _result(problem: Problem, method: str, used: dict, last: StepEvent, seconds: float) -> Result:
     recon = last.estimate.detach().to("cpu", torch.float32).numpy()[:, 0]
     if problem.squeeze:
         recon = recon[0]

@@ -233,8 +233,16 @@ def cmd_reconstruct(args) -> int:
     method_params = _collect(args, SOLVERS, args.method, "method")
     out = Path(args.out)
     token = CancelToken()
-    result = api.solve(problem, args.method, cancel=token,
-                       on_event=_Progress(args.method, args.quiet), **method_params)
+    try:
+        result = api.solve(problem, args.method, cancel=token,
+                           on_event=_Progress(args.method, args.quiet), **method_params)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        partial = getattr(exc, "partial", None)
+        if partial is not None:  # keep what was computed, under names that say so
+            write_outputs(out, problem, partial, stem="recon_partial")
+            print(f"\ncancelled after {partial.report['iterations']} steps; wrote "
+                  f"{out}/recon_partial.tif and {out}/report.json", file=sys.stderr)
+        raise
     write_outputs(out, problem, result)
     r = result.report
     summary = f"{args.method}: {r['seconds']:.2f} s, {r['iterations']} iterations"
@@ -245,8 +253,8 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
-def write_outputs(out: Path, problem: api.Problem, result: api.Result) -> None:
-    """recon.tif (truth's units when known), measurement.tif, report.json."""
+def write_outputs(out: Path, problem: api.Problem, result: api.Result, stem: str = "recon") -> None:
+    """STEM.tif (truth's units when known), measurement.tif, report.json."""
     out.mkdir(parents=True, exist_ok=True)
     recon = result.recon
     units = "normalised [0, 1]"
@@ -255,7 +263,7 @@ def write_outputs(out: Path, problem: api.Problem, result: api.Result) -> None:
         units = problem.truth.meta.get("units") or {"ct": "HU", "mri": "scanner units"}.get(
             problem.truth.modality, units)
     spacing = (problem.truth.meta.get("spacing") if problem.truth is not None else None)
-    io.write_tiff(out / "recon.tif", np.asarray(recon, dtype=np.float32),
+    io.write_tiff(out / f"{stem}.tif", np.asarray(recon, dtype=np.float32),
                   {**result.report, "units": units, "spacing": spacing})
     y = problem.y.detach().cpu().numpy()[:, 0]
     io.write_measurement(out / "measurement.tif", y[0] if problem.squeeze else y, {

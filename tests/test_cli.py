@@ -146,3 +146,43 @@ def test_info_on_corrupt_checkpoint(tmp_path, capsys):
     bad.write_bytes(b"\x00\x01garbage")
     code, _, err = _run(capsys, "info", bad)
     assert code == 2 and "error:" in err
+
+
+def test_cancel_keeps_the_partial_result(tmp_path, capsys, monkeypatch):
+    """Ctrl-C mid-run exits 130 and writes the last finished step as recon_partial.tif."""
+    import napari_patchdiff.cli as cli
+
+    calls = {"n": 0}
+    real = cli._Progress.__call__
+
+    def interrupt_at_step_3(self, ev):
+        real(self, ev)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._Progress, "__call__", interrupt_at_step_3)
+    code, _, err = _run(capsys, "reconstruct", "sample:ct", "--slice", 3, "--operator",
+                        "ct-parallel", "--views", 20, "--method", "admm-tv", "--out", tmp_path)
+    assert code == 130 and "cancelled after 3 steps" in err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["cancelled"] is True and report["iterations"] == 3
+    assert tifffile.imread(tmp_path / "recon_partial.tif").shape == (256, 256)
+    assert not (tmp_path / "recon.tif").exists()
+
+
+def test_api_cancel_token_carries_partial():
+    from napari_patchdiff import api
+    from napari_patchdiff.events import Cancelled, CancelToken
+
+    problem = api.simulate(api.load_truth("sample:ct", slice=2), "blur-gaussian", noise=0.01)
+    token = CancelToken()
+
+    def cancel_after_two(ev):
+        if ev.step == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled) as exc:
+        api.solve(problem, "cg", cancel=token, on_event=cancel_after_two, iterations=10)
+    assert exc.value.partial.report["iterations"] == 2
+    assert exc.value.partial.recon.shape == (256, 256)
