@@ -10,7 +10,8 @@ Two backends compute the same ray transform:
 ``matrix`` (default)
     The sparse system matrix of the very ASTRA projector that ODL's ``RayTransform`` runs
     (built once per geometry through ODL's own ASTRA set-up and cached), applied with torch
-    sparse products: batched, on CPU or CUDA, and 3-8x faster than one ODL call per slice.
+    sparse products: batched, on CPU or CUDA; on the development CPU 1.5-2x faster than ODL
+    for one slice and 8-14x for 11 slices (``benchmarks/results/ct_backends.md``).
     Used while the matrix fits :data:`MATRIX_BUDGET` non-zeros.
 ``odl``
     ``odl.applications.tomo.RayTransform`` called slice by slice (``astra_cuda`` on CUDA
