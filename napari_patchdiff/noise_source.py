@@ -1,0 +1,81 @@
+"""One seeded source for all the randomness of a sampler, with antithetic twins.
+
+Every diffusion sampler in :mod:`napari_patchdiff.solvers.diffusion` draws its initial noise and
+every injected noise from :meth:`NoiseSource.randn`, in a fixed order. ``NoiseSource(seed,
+antithetic=True)`` returns exactly the negation of the stream that ``NoiseSource(seed)`` returns,
+so running a sampler twice with the two gives an antithetic pair (methods.md section 6: the
+WHOLE noise stream is negated, initial and injected noise alike).
+
+Randomness that must *not* be negated (the random grid shift of the PaDIS patch denoiser) comes
+from :attr:`NoiseSource.prior_generator`, a separate generator seeded from the same seed and
+identical in both members of a pair.
+
+Draws are made on the CPU in float64 and then moved to ``device``/``dtype``, so a seed gives
+the same numbers on every device (up to the final rounding to ``dtype``).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["NoiseSource", "as_noise_source"]
+
+#: offset between the seed of the Gaussian stream and that of the prior's generator
+_PRIOR_SEED_OFFSET = 0x5DEECE66D
+
+
+class NoiseSource:
+    """Deterministic Gaussian noise stream.
+
+    Parameters
+    ----------
+    seed : integer seed of the stream.
+    antithetic : if True, every draw is the negation of the draw ``antithetic=False`` gives.
+    device, dtype : where and how the draws are returned.
+
+    Attributes
+    ----------
+    draws : number of :meth:`randn` calls so far.
+    numbers : number of scalars drawn so far.
+    prior_generator : a CPU ``torch.Generator`` for the prior's own randomness (patch shifts),
+        seeded from ``seed`` and NOT negated in the antithetic twin.
+    """
+
+    def __init__(self, seed: int = 0, antithetic: bool = False, device="cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.seed = int(seed)
+        self.antithetic = bool(antithetic)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self.prior_generator = torch.Generator().manual_seed(
+            (self.seed + _PRIOR_SEED_OFFSET) % (2**63))
+        self.draws = 0
+        self.numbers = 0
+
+    def randn(self, shape, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        """Standard normal tensor of ``shape`` (negated if ``antithetic``)."""
+        shape = tuple(int(s) for s in shape)
+        z = torch.randn(shape, generator=self._gen, dtype=torch.float64)
+        if self.antithetic:
+            z = -z
+        self.draws += 1
+        self.numbers += z.numel()
+        return z.to(device=self.device if device is None else device,
+                    dtype=self.dtype if dtype is None else dtype)
+
+    def twin(self) -> "NoiseSource":
+        """A fresh source with the same seed and the opposite ``antithetic`` flag."""
+        return NoiseSource(self.seed, not self.antithetic, self.device, self.dtype)
+
+    def __repr__(self) -> str:
+        return (f"NoiseSource(seed={self.seed}, antithetic={self.antithetic}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+
+def as_noise_source(noise: NoiseSource | None, seed: int, device, dtype) -> NoiseSource:
+    """``noise`` itself, or a new :class:`NoiseSource` from ``seed`` if it is None."""
+    if noise is None:
+        return NoiseSource(seed, False, device, dtype)
+    if not isinstance(noise, NoiseSource):
+        raise TypeError(f"noise must be a NoiseSource or None, got {type(noise).__name__}")
+    return noise

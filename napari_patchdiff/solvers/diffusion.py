@@ -1,0 +1,355 @@
+"""Diffusion posterior samplers for any prior and any operator: DDS, DPS and PaDIS.
+
+Every sampler is a generator ``sampler(op, y, *, prior, ..., noise=None, seed=0, cancel=None)``
+that yields one :class:`~napari_patchdiff.events.StepEvent` per network evaluation with
+
+* ``estimate``: the current iterate ``(B, 1, H, W)`` (at the last step the reconstruction);
+* ``denoised``: the prior's denoised estimate ``D(x, sigma)`` at this step;
+* ``nfe``: network evaluations used by this run so far (``prior.nfe`` minus its value at start);
+* ``info``: ``{'sigma': noise level of this step, ...}``.
+
+Each step first calls ``cancel.check(x)`` with the current iterate, so a token set after step
+``k`` raises :class:`~napari_patchdiff.events.Cancelled` carrying the step-``k`` estimate.
+
+``prior`` is any object with the :class:`~napari_patchdiff.priors.prior.Prior` interface
+(``prior.denoise(x, sigma, generator=None)`` and a ``prior.nfe`` counter). It is passed by the
+caller as an object: it is NOT one of the registered ``params`` (the CLI/GUI load it and pass
+``prior=...`` to ``spec.run``). A batch ``y`` of ``B`` measurements gives ``B`` samples; repeat
+one measurement ``B`` times to draw ``B`` posterior samples of it in one batch.
+
+All randomness (initial noise and every injected noise) is drawn from one
+:class:`~napari_patchdiff.noise_source.NoiseSource` (``noise``, default
+``NoiseSource(seed)``); the prior's own randomness (patch shifts) comes from
+``noise.prior_generator``, which is the same in an antithetic pair.
+
+Images are on the normalised [0, 1] scale; the noise schedules (``sigma_max = 10``) are EDM's.
+MRI measurements are complex, the images (and ``A^T y``) real; the data terms use
+``torch.linalg.vector_norm`` so they work for both.
+
+Default parameters per operator and noise level (:func:`dds_defaults`, :func:`dps_defaults`,
+:func:`padis_defaults`) are read from the module-level tables below; they are starting values
+(not tuned on real data yet).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import InputError
+from ..events import CancelToken, StepEvent
+from ..noise_source import NoiseSource, as_noise_source
+from ..operators.base import Param
+from ..priors.sampling import edm_sigmas
+from .classical import _check_float, _check_int, conjugate_gradient, normal_norm
+
+__all__ = ["dds", "dps", "padis", "dds_defaults", "dps_defaults", "padis_defaults", "register",
+           "DDS_CG_ITERATIONS", "DDS_PRIOR_STD", "DPS_ZETA", "PADIS_ZETA"]
+
+# ------------------------------------------------------------------------------------------------
+# Tunable default tables (starting values; ``*_defaults()`` read them at call time)
+# ------------------------------------------------------------------------------------------------
+
+#: DDS: CG steps per sampling step. ``A^T A`` is a projection for MRI/inpainting/denoising, so
+#: one or two steps reach the data exactly; CT and deblurring use the paper's 5.
+DDS_CG_ITERATIONS: dict[str, int] = {
+    "ct-parallel": 5, "ct-fan": 5, "blur-gaussian": 5, "superres": 3,
+    "mri-cartesian": 2, "inpaint": 1, "denoise": 1,
+}
+_DEFAULT_DDS_CG = 5
+#: DDS noisy-data weighting: with noise ``noise_std > 0`` the data step solves
+#: ``(I + gamma A^T A) x = x0_hat + gamma A^T y`` with ``gamma = (DDS_PRIOR_STD / noise_std)^2``,
+#: i.e. the Gaussian posterior mean when the prior's estimate has error std ``DDS_PRIOR_STD``
+#: per pixel (an assumption) and the measurement noise std is ``noise_std``.
+DDS_PRIOR_STD: float = 0.05
+#: DPS step ``zeta`` on ``grad_x ||y - A D(x)||``, relative to ``1 / sqrt(||A^T A||)``
+DPS_ZETA: dict[str, float] = {}
+_DEFAULT_DPS_ZETA = 0.5
+#: PaDIS step ``zeta`` on ``grad_x ||y - A D(x)||``, relative to ``1 / sqrt(||A^T A||)``
+#: (0.3 is the paper's value for 20-view CT in its own units)
+PADIS_ZETA: dict[str, float] = {}
+_DEFAULT_PADIS_ZETA = 0.3
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _setup(op, y, prior, noise, seed, cancel):
+    if prior is None or not hasattr(prior, "denoise"):
+        raise InputError("a diffusion sampler needs prior=<a Prior object> (see load_prior)")
+    y = op.check_measurement(y)
+    noise = as_noise_source(noise, seed, op.device, op.dtype)
+    shape = (y.shape[0], 1, *op.image_shape)
+    return y, noise, shape, int(getattr(prior, "nfe", 0))
+
+
+def _denoise(prior, x, sigma, noise: NoiseSource):
+    """``prior.denoise`` in the iterate's dtype/device, with the pair-invariant generator."""
+    d = prior.denoise(x, float(sigma), generator=noise.prior_generator)
+    return d.to(device=x.device, dtype=x.dtype)
+
+
+def _nfe(prior, nfe0):
+    return int(getattr(prior, "nfe", 0)) - nfe0
+
+
+def _residual_norm(op, y, x):
+    """Per-item ``||y - A x||`` of shape (B,) (real or complex measurements)."""
+    r = y - op.forward(x)
+    return torch.linalg.vector_norm(r.reshape(r.shape[0], -1), dim=1)
+
+
+def _grad_residual(op, y, prior, x, sigma, noise):
+    """``(D(x), ||y - A D(x)|| per item, grad_x sum_i ||y_i - A D(x_i)||)`` by autograd."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        d = _denoise(prior, xg, sigma, noise)
+        res = _residual_norm(op, y, d)
+        (g,) = torch.autograd.grad(res.sum(), xg)
+    return d.detach(), res.detach(), g
+
+
+# ------------------------------------------------------------------------------------------------
+# DDS
+# ------------------------------------------------------------------------------------------------
+
+
+def dds_defaults(op, noise_std: float = 0.0, **overrides) -> dict:
+    """Default DDS parameters for ``op`` at measurement noise std ``noise_std``.
+
+    ``nfe = 50`` (the paper's count), ``eta = 0.15`` (the paper's stochasticity), ``cg_iterations
+    = DDS_CG_ITERATIONS[op]`` (5 for CT/deblurring, 1-2 for projection-like operators),
+    ``gamma = None`` (the noiseless formulation ``A^T A x = A^T y``) for ``noise_std = 0``, else
+    ``(DDS_PRIOR_STD / noise_std)^2``; ``sigma_max = 10``, ``sigma_min = 0.002`` (EDM), ``seed = 0``.
+    """
+    noise_std = _check_float("noise_std", noise_std, 0.0)
+    gamma = None if noise_std == 0 else (DDS_PRIOR_STD / noise_std) ** 2
+    return {"nfe": 50, "eta": 0.15, "cg_iterations": DDS_CG_ITERATIONS.get(op.name, _DEFAULT_DDS_CG),
+            "gamma": gamma, "sigma_max": 10.0, "sigma_min": 0.002, "seed": 0}
+
+
+def dds(op, y, *, prior, nfe: int = 50, eta: float = 0.15, cg_iterations: int = 5,
+        gamma: float | None = None, sigma_max: float = 10.0, sigma_min: float = 0.002,
+        noise: NoiseSource | None = None, seed: int = 0, cancel: CancelToken | None = None):
+    """Decomposed diffusion sampling (Chung, Lee, Ye 2024), ``nfe`` network evaluations, no backprop.
+
+    With ``sigma_0 > ... > sigma_{nfe-1}`` the EDM (rho = 7) schedule from ``sigma_max`` to
+    ``sigma_min`` and ``sigma_nfe = 0``, start at ``x = sigma_max z`` and per step:
+
+    1. Tweedie ``x0_hat = D(x, sigma_i)`` (under ``torch.no_grad``);
+    2. ``x0'`` = ``cg_iterations`` CG steps started at ``x0_hat`` on the data term: the noiseless
+       ``A^T A x = A^T y`` if ``gamma`` is None, else ``(I + gamma A^T A) x = x0_hat + gamma A^T y``
+       (early stopping keeps ``x0'`` near the prior's estimate);
+    3. ``x = x0' + sigma_{i+1} (eta z + sqrt(1 - eta^2) eps_hat)``, ``eps_hat = (x - x0_hat) /
+       sigma_i`` (DDIM/EDM style); at the last step ``x = x0'``.
+
+    With ``eta = 0`` the sampler is deterministic given the initial noise. ``info``:
+    ``sigma``, ``residual`` (``||y - A x0'||`` over the batch).
+    """
+    y, noise, shape, nfe0 = _setup(op, y, prior, noise, seed, cancel)
+    nfe = _check_int("nfe", nfe, 1)
+    cg_iterations = _check_int("cg_iterations", cg_iterations, 0)
+    eta = _check_float("eta", eta, 0.0)
+    if eta > 1:
+        raise InputError(f"eta must be in [0, 1], got {eta}")
+    sigma_max = _check_float("sigma_max", sigma_max, 0.0, strict=True)
+    sigma_min = _check_float("sigma_min", sigma_min, 0.0, strict=True)
+    if gamma is not None:
+        gamma = _check_float("gamma", gamma, 0.0, strict=True)
+    sigmas = edm_sigmas(nfe, sigma_min, sigma_max).tolist()
+
+    aty = op.adjoint(y)
+    if gamma is None:
+        def apply(v):
+            return op.normal(v)
+    else:
+        def apply(v):
+            return v + gamma * op.normal(v)
+
+    x = sigma_max * noise.randn(shape, op.dtype, op.device)
+    for i in range(nfe):
+        if cancel is not None:
+            cancel.check(x)
+        s, s_next = sigmas[i], sigmas[i + 1]
+        with torch.no_grad():
+            x0_hat = _denoise(prior, x, s, noise)
+            b = aty if gamma is None else x0_hat + gamma * aty
+            x0 = conjugate_gradient(apply, b, x0_hat, cg_iterations)
+            if s_next > 0:
+                eps_hat = (x - x0_hat) / s
+                z = noise.randn(shape, op.dtype, op.device) if eta > 0 else 0.0
+                x = x0 + s_next * (eta * z + math.sqrt(1.0 - eta * eta) * eps_hat)
+            else:
+                x = x0
+        res = float(torch.linalg.vector_norm(y - op.forward(x0)))
+        yield StepEvent(i + 1, nfe, x, x0_hat, nfe=_nfe(prior, nfe0),
+                        info={"sigma": s, "residual": res})
+
+
+# ------------------------------------------------------------------------------------------------
+# DPS
+# ------------------------------------------------------------------------------------------------
+
+
+def dps_defaults(op, noise_std: float = 0.0, **overrides) -> dict:
+    """Default DPS parameters: ``nfe = 1000`` (the published count), ``zeta = DPS_ZETA[op] /
+    sqrt(||A^T A||)`` (0.5 relative by default; the step on the gradient of the *norm*
+    ``||y - A D(x)||`` is scale-free in ``y`` but scales like ``1 / sqrt(L)`` with the operator),
+    ``sigma_max = 10``, ``sigma_min = 0.002``, ``seed = 0``. ``noise_std`` is checked but unused
+    (DPS's normalised step does not depend on it)."""
+    _check_float("noise_std", noise_std, 0.0)
+    zeta = DPS_ZETA.get(op.name, _DEFAULT_DPS_ZETA) / math.sqrt(normal_norm(op))
+    return {"nfe": 1000, "zeta": zeta, "sigma_max": 10.0, "sigma_min": 0.002, "seed": 0}
+
+
+def dps(op, y, *, prior, nfe: int = 1000, zeta: float = 0.5, sigma_max: float = 10.0,
+        sigma_min: float = 0.002, noise: NoiseSource | None = None, seed: int = 0,
+        cancel: CancelToken | None = None):
+    """Diffusion posterior sampling (Chung et al. 2023) on the EDM schedule, one network
+    evaluation with a backward pass per step.
+
+    Per step at ``sigma = sigma_i``: ``x0_hat = D(x, sigma)``, ``g = grad_x ||y - A x0_hat||``
+    (autograd through the denoiser, per item); the ancestral (DDPM-like) step of the
+    variance-exploding process
+    ``x' = x0_hat + (s'^2 / s^2)(x - x0_hat) + s' sqrt(1 - s'^2 / s^2) z`` (``s' = sigma_{i+1}``;
+    at the last step ``x' = x0_hat``), then ``x' -= zeta g``. ``info``: ``sigma``, ``residual``
+    (``||y - A x0_hat||`` over the batch).
+    """
+    y, noise, shape, nfe0 = _setup(op, y, prior, noise, seed, cancel)
+    nfe = _check_int("nfe", nfe, 1)
+    zeta = _check_float("zeta", zeta, 0.0)
+    sigma_max = _check_float("sigma_max", sigma_max, 0.0, strict=True)
+    sigma_min = _check_float("sigma_min", sigma_min, 0.0, strict=True)
+    sigmas = edm_sigmas(nfe, sigma_min, sigma_max).tolist()
+    x = sigma_max * noise.randn(shape, op.dtype, op.device)
+    for i in range(nfe):
+        if cancel is not None:
+            cancel.check(x)
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0_hat, res, g = _grad_residual(op, y, prior, x, s, noise)
+        with torch.no_grad():
+            if s_next > 0:
+                r = (s_next / s) ** 2
+                x = x0_hat + r * (x - x0_hat) + s_next * math.sqrt(1.0 - r) * noise.randn(shape, op.dtype, op.device)
+            else:
+                x = x0_hat
+            x = x - zeta * g
+        yield StepEvent(i + 1, nfe, x, x0_hat, nfe=_nfe(prior, nfe0),
+                        info={"sigma": s, "residual": float(torch.linalg.vector_norm(res))})
+
+
+# ------------------------------------------------------------------------------------------------
+# PaDIS
+# ------------------------------------------------------------------------------------------------
+
+
+def padis_defaults(op, noise_std: float = 0.0, **overrides) -> dict:
+    """Default PaDIS parameters (methods.md section 2): ``levels = 100``, ``inner = 10`` (1000
+    evaluations), ``zeta = PADIS_ZETA[op] / sqrt(||A^T A||)`` (0.3 relative by default),
+    ``sigma_max = 10``, ``sigma_min = 0.003``, ``seed = 0``. ``noise_std`` is checked but unused."""
+    _check_float("noise_std", noise_std, 0.0)
+    zeta = PADIS_ZETA.get(op.name, _DEFAULT_PADIS_ZETA) / math.sqrt(normal_norm(op))
+    return {"levels": 100, "inner": 10, "zeta": zeta, "sigma_max": 10.0, "sigma_min": 0.003,
+            "seed": 0}
+
+
+def padis(op, y, *, prior, levels: int = 100, inner: int = 10, zeta: float = 0.3,
+          sigma_max: float = 10.0, sigma_min: float = 0.003, noise: NoiseSource | None = None,
+          seed: int = 0, cancel: CancelToken | None = None):
+    """The PaDIS reference sampler (Hu et al. 2024; methods.md section 2), ``levels * inner``
+    network evaluations, each with a backward pass.
+
+    EDM (rho = 7) schedule of ``levels`` noise levels from ``sigma_max`` to ``sigma_min``; start
+    at ``x = sigma_max z``; at each level ``sigma``, ``inner`` iterations of
+
+    * ``D = D(x, sigma)``, ``g = grad_x ||y - A D(x)||`` (the norm, not squared, per item);
+    * ``x <- x - zeta g + (alpha / 2)(D - x) / sigma^2 + sqrt(alpha) z``, ``alpha = sigma^2 / 2``
+      (unadjusted Langevin on the prior score at ``sigma``, evaluated at the pre-update ``x``);
+      no noise at the last level.
+
+    The estimate yielded after the last iteration is ``x`` itself (at ``sigma_min`` it is within
+    ~``sigma_min`` of ``D(x)``). ``info``: ``sigma``, ``level``, ``residual``.
+    """
+    y, noise, shape, nfe0 = _setup(op, y, prior, noise, seed, cancel)
+    levels = _check_int("levels", levels, 1)
+    inner = _check_int("inner", inner, 1)
+    zeta = _check_float("zeta", zeta, 0.0)
+    sigma_max = _check_float("sigma_max", sigma_max, 0.0, strict=True)
+    sigma_min = _check_float("sigma_min", sigma_min, 0.0, strict=True)
+    sigmas = edm_sigmas(levels, sigma_min, sigma_max).tolist()[:levels]
+    total = levels * inner
+    x = sigma_max * noise.randn(shape, op.dtype, op.device)
+    step = 0
+    for j, s in enumerate(sigmas):
+        alpha = s * s / 2.0
+        last = j == levels - 1
+        for _ in range(inner):
+            if cancel is not None:
+                cancel.check(x)
+            d, res, g = _grad_residual(op, y, prior, x, s, noise)
+            with torch.no_grad():
+                x = x - zeta * g + (alpha / 2.0) * (d - x) / (s * s)
+                if not last:
+                    x = x + math.sqrt(alpha) * noise.randn(shape, op.dtype, op.device)
+            step += 1
+            yield StepEvent(step, total, x, d, nfe=_nfe(prior, nfe0),
+                            info={"sigma": s, "level": j + 1,
+                                  "residual": float(torch.linalg.vector_norm(res))})
+
+
+# ------------------------------------------------------------------------------------------------
+# registration
+# ------------------------------------------------------------------------------------------------
+
+_SEED = Param("seed", int, None, "seed of the noise stream (initial and injected noise)")
+_SIGMAS = (
+    Param("sigma_max", float, None, "largest noise level of the EDM schedule (images in [0, 1])"),
+    Param("sigma_min", float, None, "smallest nonzero noise level"),
+)
+
+DDS_PARAMS = (
+    Param("nfe", int, None, "network evaluations (sampling steps)"),
+    Param("eta", float, None, "stochasticity in [0, 1] (0: deterministic given the initial noise)"),
+    Param("cg_iterations", int, None, "CG steps on the data term per sampling step"),
+    Param("gamma", float, None,
+          "data weight of the noisy formulation (I + gamma A^T A) x = x0_hat + gamma A^T y "
+          "(default: None = noiseless A^T A x = A^T y for noiseless data)"),
+    *_SIGMAS, _SEED,
+)
+DPS_PARAMS = (
+    Param("nfe", int, None, "network evaluations (each with a backward pass)"),
+    Param("zeta", float, None, "step on grad ||y - A D(x)||"),
+    *_SIGMAS, _SEED,
+)
+PADIS_PARAMS = (
+    Param("levels", int, None, "noise levels"),
+    Param("inner", int, None, "Langevin iterations per level (nfe = levels * inner)"),
+    Param("zeta", float, None, "step on grad ||y - A D(x)||"),
+    *_SIGMAS, _SEED,
+)
+
+
+def register() -> None:
+    """Add "dds", "dps" and "padis" (kind "diffusion") to the solver registry; idempotent.
+
+    ``spec.run`` also needs ``prior=<Prior object>`` from the caller (not a registered param),
+    and optionally ``noise=<NoiseSource>`` (e.g. for antithetic pairs)::
+
+        spec = get_solver("dds")
+        params = spec.resolve(op, noise_std)
+        for event in spec.run(op, y, prior=prior, cancel=token, **params): ...
+    """
+    from . import SOLVERS, SolverSpec, register_solver
+
+    for name, fn, params, defaults, doc in (
+        ("dds", dds, DDS_PARAMS, dds_defaults,
+         "decomposed diffusion sampling: denoise, CG data step, DDIM step (50 evaluations)"),
+        ("dps", dps, DPS_PARAMS, dps_defaults,
+         "diffusion posterior sampling: gradient of the data misfit through the denoiser"),
+        ("padis", padis, PADIS_PARAMS, padis_defaults,
+         "PaDIS reference sampler: annealed Langevin with a data gradient (1000 evaluations)"),
+    ):
+        if name not in SOLVERS:
+            register_solver(SolverSpec(name, fn, params, defaults, "diffusion", doc))
