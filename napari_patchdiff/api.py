@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -133,25 +134,53 @@ def method_params(problem: Problem, method: str, **overrides) -> dict[str, Any]:
     return get_solver(method).resolve(problem.op, problem.noise, **overrides)
 
 
-def iterate(problem: Problem, method: str, cancel: CancelToken | None = None,
+def needs_prior(method: str) -> bool:
+    """Whether ``method`` is a diffusion sampler that needs a prior."""
+    return get_solver(method).kind == "diffusion"
+
+
+def resolve_prior(problem: Problem, method: str, prior=None):
+    """The prior object for a diffusion ``method`` (a shipped name, a path or a Prior), checked
+    against the problem's image size and modality; ``None`` for classical methods."""
+    if not needs_prior(method):
+        if prior is not None:
+            raise InputError(f"method {method!r} does not use a prior; drop --prior")
+        return None
+    if prior is None:
+        raise InputError(f"method {method!r} needs a prior: pass a shipped prior name "
+                         f"(e.g. 'ct') or a checkpoint path")
+    if isinstance(prior, (str, Path)):
+        from .priors import load_prior
+
+        prior = load_prior(prior, device=problem.op.device)
+    modality = problem.truth.modality if problem.truth is not None else None
+    prior.check(problem.op.image_shape, None if modality == "unit" else modality)
+    return prior
+
+
+def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, prior=None,
             **params) -> Iterator[StepEvent]:
     """The solver generator for ``problem`` (the GUI and CLI drive this)."""
     spec = get_solver(method)
-    return spec.run(problem.op, problem.y, cancel=cancel, **method_params(problem, method, **params))
+    extra = {"prior": resolve_prior(problem, method, prior)} if needs_prior(method) else {}
+    return spec.run(problem.op, problem.y, cancel=cancel, **extra,
+                    **method_params(problem, method, **params))
 
 
 def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
-          on_event: Callable[[StepEvent], None] | None = None, **params) -> Result:
+          on_event: Callable[[StepEvent], None] | None = None, prior=None, **params) -> Result:
     """Run ``method`` to the end and return the reconstruction with its report.
 
     If the run is cancelled (the token, or Ctrl-C), the exception carries the last completed
     step as ``exc.partial`` (a :class:`Result` whose report says ``"cancelled": True``).
     """
     used = method_params(problem, method, **params)
+    prior_obj = resolve_prior(problem, method, prior)
+    extra = {"prior": prior_obj} if prior_obj is not None else {}
     t0 = time.perf_counter()
     last = None
     try:
-        for last in get_solver(method).run(problem.op, problem.y, cancel=cancel, **used):
+        for last in get_solver(method).run(problem.op, problem.y, cancel=cancel, **extra, **used):
             if on_event is not None:
                 on_event(last)
     except (Cancelled, KeyboardInterrupt) as exc:
@@ -161,7 +190,11 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
         raise
     if last is None:
         raise RuntimeError(f"method {method!r} yielded no step")
-    return _result(problem, method, used, last, time.perf_counter() - t0)
+    result = _result(problem, method, used, last, time.perf_counter() - t0)
+    if prior_obj is not None:
+        result.report["prior"] = {k: prior_obj.metadata.get(k) for k in
+                                  ("name", "kind", "modality", "steps", "created")}
+    return result
 
 
 def _result(problem: Problem, method: str, used: dict, last: StepEvent, seconds: float) -> Result:

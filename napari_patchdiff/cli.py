@@ -29,17 +29,25 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: options of ``reconstruct`` itself that also feed a method parameter of the same name
+_GLOBAL_OPTIONS = ("seed",)
+
+
 def _add_params(parser, registry, what: str) -> list[str]:
     """Add one option per parameter name over all entries of ``registry``; return the names."""
     seen: dict[str, list[str]] = {}
     specs: dict[str, Param] = {}
     for entry in registry.names():
         for p in _params_of(registry, entry):
+            if p.name in _GLOBAL_OPTIONS:
+                continue  # e.g. --seed: one option serves the noise and the sampler
             seen.setdefault(p.name, []).append(entry)
             specs.setdefault(p.name, p)
     group = parser.add_argument_group(f"{what} parameters (each applies to the {what}s named)")
     for name, p in specs.items():
         kw = dict(default=None, help=f"{p.help} [{', '.join(seen[name])}]")
+        if p.type is not bool:
+            kw["metavar"] = name.upper()
         if p.type is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
@@ -63,6 +71,9 @@ def _collect(args, registry, entry: str, what: str) -> dict:
         if k.startswith(f"p_{what}_") and v is not None
     }
     known = {p.name for p in _params_of(registry, entry)}
+    for name in _GLOBAL_OPTIONS:
+        if name in known and getattr(args, name, None) is not None:
+            given[name] = getattr(args, name)
     wrong = sorted(set(given) - known)
     if wrong:
         raise InputError(
@@ -99,11 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="forward operator")
     rec.add_argument("--method", default="fbp", choices=SOLVERS.names(),
                      help="reconstruction method (default: fbp; use zero-filled for MRI)")
+    rec.add_argument("--prior", help="diffusion prior for dds/dps/padis: a shipped name "
+                     "(see `napari-patchdiff info`) or a checkpoint path")
     rec.add_argument("--noise", type=float, default=0.0,
                      help="std of the added Gaussian noise in measurement units: CT line "
                      "integrals (pixel-length units), MRI orthonormal k-space (each of real and "
                      "imaginary part), image units otherwise (default 0)")
-    rec.add_argument("--seed", type=int, default=0, help="seed of the noise (and of samplers)")
+    rec.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and of "
+                     "the diffusion samplers' noise stream")
     rec.add_argument("--slice", type=int, help="reconstruct only this slice of a volume")
     rec.add_argument("--modality", choices=MODALITIES,
                      help="intensity convention of TRUTH (default: guessed from metadata/values)")
@@ -234,7 +248,7 @@ def cmd_reconstruct(args) -> int:
     out = Path(args.out)
     token = CancelToken()
     try:
-        result = api.solve(problem, args.method, cancel=token,
+        result = api.solve(problem, args.method, cancel=token, prior=args.prior,
                            on_event=_Progress(args.method, args.quiet), **method_params)
     except (Cancelled, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial", None)

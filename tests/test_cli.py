@@ -186,3 +186,31 @@ def test_api_cancel_token_carries_partial():
         api.solve(problem, "cg", cancel=token, on_event=cancel_after_two, iterations=10)
     assert exc.value.partial.report["iterations"] == 2
     assert exc.value.partial.recon.shape == (256, 256)
+
+
+def test_dds_with_the_shipped_prior(tmp_path, capsys):
+    """A diffusion sampler runs from the CLI with a shipped prior and reports its evaluations."""
+    code, _, err = _run(capsys, "reconstruct", "sample:ct", "--slice", 10, "--operator",
+                        "ct-parallel", "--views", 20, "--noise", 0.2, "--method", "dds",
+                        "--prior", "ct", "--nfe", 3, "--seed", 1, "--out", tmp_path, "--quiet")
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["nfe"] == 3 and report["method_params"]["seed"] == 1
+    assert report["prior"]["modality"] == "ct" and report["prior"]["kind"] == "patch"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "dds"], "needs a prior"),
+    (["--method", "fbp", "--prior", "ct"], "does not use a prior"),
+    (["--method", "dds", "--prior", "no-such-prior"], "no-such-prior"),
+])
+def test_prior_errors(tmp_path, capsys, argv, message):
+    code, _, err = _run(capsys, "reconstruct", "sample:ct", "--slice", 1, "--operator",
+                        "ct-parallel", "--views", 8, *argv, "--out", tmp_path)
+    assert code == 2 and message in err
+
+
+def test_ct_prior_refused_for_mri(tmp_path, capsys):
+    code, _, err = _run(capsys, "reconstruct", "sample:mri", "--slice", 12, "--operator",
+                        "mri-cartesian", "--method", "dds", "--prior", "ct", "--out", tmp_path)
+    assert code == 2 and "trained on ct" in err

@@ -343,21 +343,8 @@ def test_dds_mri_fits_the_data():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def registered():
-    """Register the diffusion solvers for one test and remove those it added afterwards, so that
-    other test modules see the registry as the package builds it."""
-    from napari_patchdiff.solvers import SOLVERS
-
-    before = set(SOLVERS.names())
-    diffusion.register()
-    yield SOLVERS
-    for name in set(SOLVERS.names()) - before:
-        SOLVERS._items.pop(name, None)
-        SOLVERS._docs.pop(name, None)
-
-
-def test_register_is_idempotent_and_specs_run(registered):
+def test_register_is_idempotent_and_specs_run():
+    """The package registers the samplers at import; registering again changes nothing."""
     from napari_patchdiff.solvers import SOLVERS, get_solver
 
     diffusion.register()

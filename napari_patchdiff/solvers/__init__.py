@@ -109,5 +109,9 @@ register_solver(SolverSpec(
     "total-variation regularised least squares by ADMM",
 ))
 
+from . import diffusion  # noqa: E402  (registers "dds", "dps", "padis" of kind "diffusion")
+
+diffusion.register()
+
 __all__ = ["SOLVERS", "SolverSpec", "get_solver", "register_solver", "normal_norm", "classical",
            "tv"]
