@@ -15,9 +15,10 @@ the same numbers on every device (up to the final rounding to ``dtype``).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["NoiseSource", "as_noise_source"]
+__all__ = ["NoiseSource", "StackedNoise", "sample_seed", "as_noise_source"]
 
 #: offset between the seed of the Gaussian stream and that of the prior's generator
 _PRIOR_SEED_OFFSET = 0x5DEECE66D
@@ -70,6 +71,50 @@ class NoiseSource:
     def __repr__(self) -> str:
         return (f"NoiseSource(seed={self.seed}, antithetic={self.antithetic}, "
                 f"device={self.device}, dtype={self.dtype})")
+
+
+def sample_seed(seed: int, k: int) -> int:
+    """The seed of stream ``k`` of an ensemble with base ``seed`` (independent streams)."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(k)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+class StackedNoise(NoiseSource):
+    """Several noise streams stacked along the batch axis, so one sampler run draws many samples.
+
+    ``sources[k]`` feeds ``counts[k]`` consecutive batch items (e.g. the D slices of one sample
+    volume); every :meth:`randn` of shape ``(sum(counts), ...)`` draws ``(counts[k], ...)`` from
+    each source in turn. A sample therefore sees exactly the stream its own source gives, so an
+    antithetic twin ``NoiseSource(s, antithetic=True)`` placed in the same batch as
+    ``NoiseSource(s)`` yields the negated WHOLE noise stream. The prior's generator (patch shifts,
+    shared by the whole batch) is seeded from ``prior_seed``.
+    """
+
+    def __init__(self, sources, counts, prior_seed: int = 0, device="cpu",
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(prior_seed, False, device, dtype)
+        self.sources = list(sources)
+        self.counts = [int(c) for c in counts]
+        if len(self.sources) != len(self.counts) or not self.sources or min(self.counts) < 1:
+            raise ValueError("StackedNoise needs one positive count per source")
+
+    def randn(self, shape, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        shape = tuple(int(s) for s in shape)
+        if not shape or shape[0] != sum(self.counts):
+            raise ValueError(f"StackedNoise draws batches of {sum(self.counts)}, asked for {shape}")
+        parts = [src.randn((c, *shape[1:]), torch.float64, "cpu")
+                 for src, c in zip(self.sources, self.counts)]
+        self.draws += 1
+        self.numbers += sum(p.numel() for p in parts)
+        return torch.cat(parts).to(device=self.device if device is None else device,
+                                   dtype=self.dtype if dtype is None else dtype)
+
+    def twin(self) -> "StackedNoise":
+        return StackedNoise([s.twin() for s in self.sources], self.counts, self.seed,
+                            self.device, self.dtype)
+
+    def __repr__(self) -> str:
+        return f"StackedNoise({len(self.sources)} streams, counts={self.counts})"
 
 
 def as_noise_source(noise: NoiseSource | None, seed: int, device, dtype) -> NoiseSource:
