@@ -7,6 +7,8 @@ The CLI and the napari widgets are thin layers over these functions::
     problem = api.simulate(truth, "ct-parallel", noise=0.5, seed=0, views=20)
     result = api.solve(problem, "admm-tv")
     print(result.report["psnr"])
+    ensemble = api.sample(problem, "dds", prior="ct", samples=8, design="antithetic")
+    print(ensemble.report["coverage"])
 """
 from __future__ import annotations
 
@@ -195,6 +197,16 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
         result.report["prior"] = {k: prior_obj.metadata.get(k) for k in
                                   ("name", "kind", "modality", "steps", "created")}
     return result
+
+
+def sample(problem: Problem, method: str = "dds", prior=None, samples: int = 8,
+           design: str = "iid", **kwargs):
+    """A posterior ensemble of ``problem`` with its uncertainty maps and report; see
+    :func:`napari_patchdiff.uncertainty.run_ensemble` (``batch``, ``seed``, ``roi``, ``level``,
+    ``cancel``, ``on_event`` and the method's parameters)."""
+    from .uncertainty import run_ensemble
+
+    return run_ensemble(problem, method, prior=prior, samples=samples, design=design, **kwargs)
 
 
 def _result(problem: Problem, method: str, used: dict, last: StepEvent, seconds: float) -> Result:

@@ -1,7 +1,7 @@
 """The ``napari-patchdiff`` command line: a thin layer over :mod:`napari_patchdiff.api`.
 
 Subcommands: ``reconstruct`` (simulate a measurement from a ground truth, or read a measured
-one, and reconstruct it), ``train`` and ``info`` (diffusion priors) and ``demo`` (the README's
+one, and reconstruct it), ``sample`` (a posterior ensemble with uncertainty maps), ``train`` and ``info`` (diffusion priors) and ``demo`` (the README's
 main job on the shipped sample data).
 Exit codes: 0 success, 2 bad input (a clear message on stderr), 1 unexpected failure,
 130 cancelled (Ctrl-C).
@@ -83,6 +83,35 @@ def _collect(args, registry, entry: str, what: str) -> dict:
     return given
 
 
+def _problem_options(p) -> None:
+    """The options that define a problem and a method's parameters (reconstruct and sample)."""
+    p.add_argument("truth", nargs="?", help="ground-truth image or volume; 'sample:ct' and "
+                   "'sample:mri' name the shipped sample data")
+    p.add_argument("--measurement", help="a measured sinogram or k-space (TIFF or .npy; a "
+                   "measurement.tif written by this command carries its operator in a sidecar)")
+    p.add_argument("--image-shape", type=int, nargs=2, metavar=("H", "W"),
+                   help="image size for --measurement when no sidecar gives it")
+    p.add_argument("--operator", required=True, choices=OPERATORS.names(),
+                   help="forward operator")
+    p.add_argument("--prior", help="diffusion prior for dds/dps/padis: a shipped name "
+                   "(see `napari-patchdiff info`) or a checkpoint path")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="std of the added Gaussian noise in measurement units: CT line "
+                   "integrals (pixel-length units), MRI orthonormal k-space (each of real and "
+                   "imaginary part), image units otherwise (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and of "
+                   "the diffusion samplers' noise stream")
+    p.add_argument("--slice", type=int, help="reconstruct only this slice of a volume")
+    p.add_argument("--modality", choices=MODALITIES,
+                   help="intensity convention of TRUTH (default: guessed from metadata/values)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_params(p, OPERATORS, "operator")
+    _add_params(p, SOLVERS, "method")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-patchdiff",
@@ -100,34 +129,32 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes recon.tif (float32, in TRUTH's units when TRUTH is given, else on the normalised "
         "[0, 1] scale), measurement.tif and report.json into --out.",
     )
-    rec.add_argument("truth", nargs="?", help="ground-truth image or volume; 'sample:ct' and "
-                     "'sample:mri' name the shipped sample data")
-    rec.add_argument("--measurement", help="a measured sinogram or k-space (TIFF or .npy; a "
-                     "measurement.tif written by this command carries its operator in a sidecar)")
-    rec.add_argument("--image-shape", type=int, nargs=2, metavar=("H", "W"),
-                     help="image size for --measurement when no sidecar gives it")
-    rec.add_argument("--operator", required=True, choices=OPERATORS.names(),
-                     help="forward operator")
     rec.add_argument("--method", default="fbp", choices=SOLVERS.names(),
                      help="reconstruction method (default: fbp; use zero-filled for MRI)")
-    rec.add_argument("--prior", help="diffusion prior for dds/dps/padis: a shipped name "
-                     "(see `napari-patchdiff info`) or a checkpoint path")
-    rec.add_argument("--noise", type=float, default=0.0,
-                     help="std of the added Gaussian noise in measurement units: CT line "
-                     "integrals (pixel-length units), MRI orthonormal k-space (each of real and "
-                     "imaginary part), image units otherwise (default 0)")
-    rec.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and of "
-                     "the diffusion samplers' noise stream")
-    rec.add_argument("--slice", type=int, help="reconstruct only this slice of a volume")
-    rec.add_argument("--modality", choices=MODALITIES,
-                     help="intensity convention of TRUTH (default: guessed from metadata/values)")
-    rec.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    rec.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    rec.add_argument("--out", required=True, help="output folder")
-    rec.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    _add_params(rec, OPERATORS, "operator")
-    _add_params(rec, SOLVERS, "method")
+    _problem_options(rec)
     rec.set_defaults(func=cmd_reconstruct)
+
+    smp = sub.add_parser(
+        "sample",
+        help="draw a posterior ensemble with a diffusion sampler; write mean, std, intervals",
+        description="Like reconstruct, but draws --samples posterior samples with a diffusion "
+        "sampler under an iid or antithetic noise design and writes samples.tif, mean.tif, "
+        "std.tif, lower.tif / upper.tif (central --level credible bounds), pair_correlation.tif "
+        "(antithetic), report.json (region CI, within-pair correlation, coverage and calibration "
+        "when TRUTH is known, timing, seed) and calibration.png (with TRUTH) into --out.",
+    )
+    smp.add_argument("--method", default="dds", choices=[n for n in SOLVERS.names()
+                                                         if SOLVERS.get(n).kind == "diffusion"],
+                     help="diffusion sampler (default dds)")
+    smp.add_argument("--samples", type=int, default=8, help="ensemble size (default 8)")
+    smp.add_argument("--noise-design", default="iid", choices=("iid", "antithetic"),
+                     help="iid samples, or antithetic pairs (z and -z for the whole noise stream)")
+    smp.add_argument("--batch", type=int, help="samples per sampler run (default: ~8 slices)")
+    smp.add_argument("--roi", help="region for the mean-intensity CI: y0:y1,x0:x1 (pixels; "
+                     "z0:z1,y0:y1,x0:x1 for a volume) or a mask file")
+    smp.add_argument("--level", type=float, default=0.9, help="credible/confidence level (0.9)")
+    _problem_options(smp)
+    smp.set_defaults(func=cmd_sample)
 
     tr = sub.add_parser(
         "train",
@@ -290,6 +317,85 @@ def write_outputs(out: Path, problem: api.Problem, result: api.Result, stem: str
     })
     (out / "report.json").write_text(json.dumps(io.json_safe(result.report), indent=2,
                                                 sort_keys=True) + "\n")
+
+
+def cmd_sample(args) -> int:
+    from .uncertainty import parse_roi, run_ensemble
+
+    problem = _problem(args)
+    method_params = _collect(args, SOLVERS, args.method, "method")
+    seed = method_params.pop("seed", args.seed)
+    shape = tuple(problem.y.shape[:1]) + tuple(problem.op.image_shape)
+    shape = shape[1:] if problem.squeeze else shape
+    roi = parse_roi(args.roi, shape) if args.roi else None
+    out = Path(args.out)
+    progress = _Progress(args.method, args.quiet)
+    done = []
+
+    def on_event(ev):
+        if hasattr(ev, "sample"):
+            done.append(ev)
+            if not args.quiet:
+                print(f"\rsample {ev.index + 1}/{ev.total} [{ev.seconds:.1f} s]", file=sys.stderr,
+                      flush=True)
+        else:
+            progress(ev)
+
+    try:
+        result = run_ensemble(problem, args.method, prior=args.prior, samples=args.samples,
+                              design=args.noise_design, batch=args.batch, seed=seed, roi=roi,
+                              level=args.level, cancel=CancelToken(), on_event=on_event,
+                              **method_params)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        partial = getattr(exc, "partial", None)
+        if partial is not None:
+            write_ensemble(out, problem, partial, args)
+            print(f"\ncancelled after {partial.samples.shape[0]} samples; wrote them to {out}",
+                  file=sys.stderr)
+        raise
+    write_ensemble(out, problem, result, args)
+    r = result.report
+    line = f"{args.method} x {r['samples']} ({r['design']}): {r['seconds']:.1f} s"
+    if "psnr_mean" in r:
+        line += (f", mean PSNR {r['psnr_mean']:.2f} dB, {100 * args.level:g}% interval coverage "
+                 f"{r['coverage']:.3f}")
+    if "roi" in r:
+        ci = r["roi"]
+        line += f", region mean {ci['estimate']:.4f} [{ci['lower']:.4f}, {ci['upper']:.4f}]"
+    print(line)
+    print(f"wrote {out}/samples.tif, mean.tif, std.tif, lower.tif, upper.tif, report.json")
+    return 0
+
+
+def write_ensemble(out: Path, problem: api.Problem, result, args) -> None:
+    """samples/mean/std/lower/upper (+ pair_correlation) TIFFs in the truth's units, the
+    measurement, report.json and (with a truth) calibration.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    units, to_units, scale = "normalised [0, 1]", (lambda a: a), 1.0
+    if problem.truth is not None:
+        t = problem.truth
+        to_units = t.to_units
+        scale = float(np.asarray(t.to_units(np.float32(1))) - np.asarray(t.to_units(np.float32(0))))
+        units = t.meta.get("units") or {"ct": "HU", "mri": "scanner units"}.get(t.modality, units)
+    report = {**result.report, "operator": problem.op.describe(), "noise_std": problem.noise,
+              "measurement_seed": problem.seed, "prior": args.prior, "units": units}
+    meta = {"method": args.method, "noise_design": result.report["design"], "units": units}
+    arrays = {"samples": to_units(result.samples), "mean": to_units(result.mean),
+              "std": result.std * scale, "lower": to_units(result.lower),
+              "upper": to_units(result.upper)}
+    if result.pair_correlation is not None:
+        arrays["pair_correlation"] = result.pair_correlation
+    for name, arr in arrays.items():
+        io.write_tiff(out / f"{name}.tif", np.asarray(arr, dtype=np.float32),
+                      {**meta, "quantity": name,
+                       "units": "correlation" if name == "pair_correlation" else units})
+    if problem.truth is not None and "calibration" in report:
+        from .uncertainty import calibration_figure
+
+        calibration_figure(report["calibration"], out / "calibration.png",
+                           title=f"{args.method}, {report['samples']} samples ({report['design']})")
+    (out / "report.json").write_text(json.dumps(io.json_safe(report), indent=2, sort_keys=True)
+                                     + "\n")
 
 
 def cmd_demo(args) -> int:

@@ -34,7 +34,7 @@ from .events import Cancelled, CancelToken, StepEvent
 from .noise_source import NoiseSource, StackedNoise, sample_seed
 
 __all__ = ["DESIGNS", "SampleEvent", "EnsembleResult", "ensemble", "run_ensemble", "summarise",
-           "roi_mask", "parse_roi", "calibration_curve", "region_interval", "pair_correlation",
+           "roi_mask", "parse_roi", "calibration_curve", "calibration_figure", "region_interval", "pair_correlation",
            "LEVELS"]
 
 DESIGNS = ("iid", "antithetic")
@@ -226,6 +226,33 @@ def calibration_curve(samples: np.ndarray, truth: np.ndarray, levels=LEVELS) -> 
     return out
 
 
+def calibration_figure(curve: dict[str, float], path, title: str = "") -> None:
+    """Save nominal against empirical coverage (the diagonal is perfect calibration) as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    nominal = [float(k) for k in curve]
+    fig = Figure(figsize=(4, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, label="calibrated")
+    ax.plot(nominal, list(curve.values()), "o-", label="measured")
+    ax.set(xlabel="nominal coverage of central intervals", ylabel="empirical coverage",
+           xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(str(path))
+
+
+def _predictive_coverage(samples: np.ndarray, truth: np.ndarray, level: float) -> float:
+    """Coverage of ``mean +- t_{n-1} sd sqrt(1 + 1/n)``: the interval that contains a new draw
+    with probability ``level`` for Gaussian marginals whatever ``n`` (the quantile interval of a
+    few samples is too narrow by construction)."""
+    n = samples.shape[0]
+    half = _t_quantile(0.5 + level / 2, n - 1) * samples.std(0, ddof=1) * math.sqrt(1 + 1 / n)
+    return float((np.abs(truth - samples.mean(0)) <= half).mean())
+
+
 def parse_roi(text: str, shape) -> np.ndarray:
     """A region from the command line: ``y0:y1,x0:x1`` (pixels, half-open; ``z0:z1,y0:y1,x0:x1``
     for a volume) or the path of a mask image (nonzero = inside)."""
@@ -281,9 +308,11 @@ class EnsembleResult:
 
 def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None = None,
               roi: np.ndarray | None = None, level: float = 0.9) -> EnsembleResult:
-    """Mean, per-pixel std (ddof 1), central ``level`` credible bounds, within-pair correlation
-    (antithetic, >= 2 pairs), the region mean's confidence interval, and with ``truth`` the
-    PSNR/SSIM of the mean, the coverage of the ``level`` intervals and the calibration curve."""
+    """Mean, per-pixel std (ddof 1), central ``level`` credible bounds (sample quantiles),
+    within-pair correlation (antithetic, >= 2 pairs), the region mean's confidence interval, and
+    with ``truth``: PSNR/SSIM of the mean, ``coverage`` (fraction of pixels whose truth lies in
+    the quantile interval), ``coverage_predictive`` (the same for the small-sample-exact interval
+    ``mean +- t sd sqrt(1 + 1/n)``) and the calibration curve."""
     s = np.asarray(samples, dtype=np.float32)
     if s.shape[0] < 2:
         raise InputError("an ensemble summary needs at least two samples")
@@ -315,6 +344,7 @@ def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None
         report.update(psnr_mean=metrics.psnr(mean, t),
                       psnr_samples=[metrics.psnr(x, t) for x in s64],
                       coverage=float(((t >= lower) & (t <= upper)).mean()),
+                      coverage_predictive=_predictive_coverage(s64, t, level),
                       calibration=calibration_curve(s64, t),
                       abs_error_mean=float(np.abs(mean - t).mean()))
         if roi is not None:
@@ -334,6 +364,8 @@ def run_ensemble(problem, method: str, *, prior, samples: int = 8, design: str =
     On a cancel the exception carries ``exc.partial``: the summary of the samples finished so far
     (whole pairs for antithetic), or None if fewer than two.
     """
+    if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples < 2:
+        raise InputError(f"an ensemble summary needs at least two samples, got {samples}")
     got: list[np.ndarray] = []
     t0 = time.perf_counter()
     nfe = 0
