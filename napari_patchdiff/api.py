@@ -92,6 +92,8 @@ def truth_from_array(arr, meta=None, modality=None, slice=None) -> Truth:
             raise InputError(f"slice {slice} is outside the volume's {arr.shape[0]} slices")
         arr = arr[slice]
         meta["slice"] = int(slice)
+        if meta.get("spacing") is not None and len(meta["spacing"]) == 3:
+            meta["spacing"] = tuple(meta["spacing"])[1:]  # the slice keeps its in-plane spacing
     modality = modality or io.guess_modality(arr, meta)
     x, scale = conventions.normalise(arr, modality)
     if modality == "unit" and (x.min() < -0.5 or x.max() > 1.5):

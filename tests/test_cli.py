@@ -31,6 +31,9 @@ def test_reconstruct_ct_slice_writes_outputs(tmp_path, capsys):
     recon = tifffile.imread(tmp_path / "recon.tif")
     assert recon.dtype == np.float32 and recon.shape == (256, 256)
     assert recon.min() < -500 and recon.max() > 0, "recon.tif must be in HU like the truth"
+    # our own reader accepts it: a slice of a volume keeps only its in-plane spacing
+    _, meta = io.read_image(tmp_path / "recon.tif")
+    assert len(meta["spacing"]) == 2
     meas = tifffile.imread(tmp_path / "measurement.tif")
     assert meas.shape[0] == 20
     assert "PSNR" in out
@@ -257,3 +260,15 @@ def test_sample_bad_input(tmp_path, capsys, argv, message):
                         "--views", 8, "--prior", "ct", "--nfe", 1, *argv, "--out", tmp_path / "o")
     assert code == 2 and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_job_writes_its_outputs(tmp_path):
+    """The README's main job (with 2 evaluations instead of 50 to stay quick)."""
+    from napari_patchdiff.demo import run_demo
+
+    report = run_demo(tmp_path, methods=("fbp", "dds"), nfe=2)
+    assert report["result_method"] == "dds"
+    assert report["methods"]["dds"]["nfe"] == 2 and report["methods"]["dds"]["prior"]["name"]
+    recon, meta = io.read_image(tmp_path / "recon.tif")
+    assert recon.shape == (256, 256) and meta["units"] == "HU"
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
