@@ -6,8 +6,13 @@ class InputError(ValueError):
 
 
 class SolverError(RuntimeError):
-    """A failure inside a solver (a torch error, out of memory), re-raised with context.
+    """A failure inside a solver (a torch error, out of memory), re-raised with context."""
 
-    Thread workers in napari swallow plain ``RuntimeError``; the GUI layer re-raises core
-    failures as this type so that they reach the user.
+
+class JobError(Exception):
+    """A background job (GUI worker) failed; the message is meant for the user.
+
+    Deliberately NOT a ``RuntimeError``: napari's (superqt's) generator workers swallow a
+    ``RuntimeError`` raised in the generator (neither ``errored`` nor ``finished`` fires), so the
+    GUI layer re-raises torch errors, out-of-memory and other failures as this type.
     """

@@ -275,7 +275,7 @@ def train(volumes, modality: str, out, config="cpu", patch_sizes=(16, 32, 64),
           ema: float = 0.999, device="cpu", resume: bool = False, seed: int = 0,
           val_fraction: float = 0.1, kind: str = "patch", cancel=None, log_every: int = 10,
           val_every: int = 500, save_every: int = 200, pad: int | None = None,
-          inference_patch_size: int = 56, val_sigmas=VAL_SIGMAS, val_patches: int = 32,
+          inference_patch_size: int | None = None, val_sigmas=VAL_SIGMAS, val_patches: int = 32,
           overwrite: bool = False, channels_last: bool | None = None) -> Iterator[TrainEvent]:
     """Train a prior, yielding :class:`TrainEvent`; see the module docstring.
 
@@ -331,6 +331,8 @@ def train(volumes, modality: str, out, config="cpu", patch_sizes=(16, 32, 64),
         if bad:
             raise InputError(f"patch sizes {bad} must be multiples of {mult} and fit the canvas")
         sizes = list(sampler.patch_sizes)
+        if inference_patch_size is None:  # PaDIS's 56, within the trained sizes
+            inference_patch_size = min(max(56, min(sizes)), max(sizes))
         ip = int(inference_patch_size)
         if ip % mult or ip > min(h, w) + 2 * pad:
             raise InputError(f"inference patch size {ip} must be a multiple of {mult} and fit "

@@ -160,10 +160,11 @@ def _diffusion_methods() -> list[str]:
 
 def pair_correlation(samples: np.ndarray) -> np.ndarray:
     """Per-pixel Pearson correlation between the first and second members over the pairs
-    (samples ``2j`` and ``2j + 1``); 0 where a member does not vary. Needs >= 2 pairs."""
+    (samples ``2j`` and ``2j + 1``); 0 where a member does not vary. Needs >= 3 pairs (with two
+    it is +-1 everywhere, whatever the sampler)."""
     a, b = samples[0::2].astype(np.float64), samples[1::2].astype(np.float64)
-    if a.shape[0] < 2 or a.shape != b.shape:
-        raise InputError("the within-pair correlation needs at least two complete pairs")
+    if a.shape[0] < 3 or a.shape != b.shape:
+        raise InputError("the within-pair correlation needs at least three complete pairs")
     a, b = a - a.mean(0), b - b.mean(0)
     den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
     num = (a * b).sum(0)
@@ -309,7 +310,7 @@ class EnsembleResult:
 def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None = None,
               roi: np.ndarray | None = None, level: float = 0.9) -> EnsembleResult:
     """Mean, per-pixel std (ddof 1), central ``level`` credible bounds (sample quantiles),
-    within-pair correlation (antithetic, >= 2 pairs), the region mean's confidence interval, and
+    within-pair correlation (antithetic, >= 3 pairs), the region mean's confidence interval, and
     with ``truth``: PSNR/SSIM of the mean, ``coverage`` (fraction of pixels whose truth lies in
     the quantile interval), ``coverage_predictive`` (the same for the small-sample-exact interval
     ``mean +- t sd sqrt(1 + 1/n)``) and the calibration curve."""
@@ -323,7 +324,7 @@ def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None
     lower = np.quantile(s64, (1 - level) / 2, axis=0)
     upper = np.quantile(s64, (1 + level) / 2, axis=0)
     n_pairs = s.shape[0] // 2
-    rho = pair_correlation(s64) if design == "antithetic" and n_pairs >= 2 else None
+    rho = pair_correlation(s64) if design == "antithetic" and n_pairs >= 3 else None
     report: dict[str, Any] = {"design": design, "samples": int(s.shape[0]), "level": level,
                               "mean_std": float(std.mean())}
     if rho is not None:

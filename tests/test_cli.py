@@ -221,14 +221,14 @@ def test_ct_prior_refused_for_mri(tmp_path, capsys):
 
 
 def test_sample_writes_the_ensemble_and_its_report(tmp_path, capsys):
-    """`sample`: 4 antithetic samples of one CT slice with the shipped prior (3 evaluations)."""
+    """`sample`: 6 antithetic samples of one CT slice with the shipped prior (3 evaluations)."""
     code, out, err = _run(capsys, "sample", "sample:ct", "--slice", 10, "--operator",
                           "ct-parallel", "--views", 20, "--noise", 0.2, "--prior", "ct", "--nfe", 3,
-                          "--samples", 4, "--noise-design", "antithetic", "--roi", "100:140,90:130",
+                          "--samples", 6, "--noise-design", "antithetic", "--roi", "100:140,90:130",
                           "--seed", 2, "--out", tmp_path, "--quiet")
     assert code == 0, err
     samples, meta = io.read_image(tmp_path / "samples.tif")
-    assert samples.shape == (4, 256, 256) and meta["units"] == "HU"
+    assert samples.shape == (6, 256, 256) and meta["units"] == "HU"
     mean, _ = io.read_image(tmp_path / "mean.tif")
     np.testing.assert_allclose(mean, samples.mean(0), atol=0.05)
     std, _ = io.read_image(tmp_path / "std.tif")
@@ -236,15 +236,16 @@ def test_sample_writes_the_ensemble_and_its_report(tmp_path, capsys):
     for name in ("lower", "upper", "pair_correlation", "calibration.png"):
         assert (tmp_path / (name if "." in name else name + ".tif")).exists()
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["design"] == "antithetic" and report["samples"] == 4 and report["seed"] == 2
-    assert report["batch"] == 4 and report["nfe"] == 3 == report["nfe_per_sample"]  # one batch
+    assert report["design"] == "antithetic" and report["samples"] == 6 and report["seed"] == 2
+    # two batched runs (4 + 2 samples) of 3 evaluations each
+    assert report["batch"] == 4 and report["nfe"] == 6 and report["nfe_per_sample"] == 3
     assert 0 <= report["coverage"] <= 1 and set(report["calibration"]) >= {"0.9"}
     roi = report["roi"]
     assert roi["pixels"] == 1600 and roi["lower"] <= roi["estimate"] <= roi["upper"]
     assert "within_pair_correlation" in roi and "region mean" in out
     # the same seed gives the same ensemble
     code, _, _ = _run(capsys, "sample", "sample:ct", "--slice", 10, "--operator", "ct-parallel",
-                      "--views", 20, "--noise", 0.2, "--prior", "ct", "--nfe", 3, "--samples", 4,
+                      "--views", 20, "--noise", 0.2, "--prior", "ct", "--nfe", 3, "--samples", 6,
                       "--noise-design", "antithetic", "--seed", 2, "--out", tmp_path / "again",
                       "--quiet")
     np.testing.assert_array_equal(io.read_image(tmp_path / "again" / "samples.tif")[0], samples)

@@ -213,5 +213,5 @@ def test_roi_parsing_and_errors(tmp_path):
             parse_roi(bad, (8, 8))
     with pytest.raises(InputError, match="shape"):
         roi_mask(np.ones((4, 4), bool), (8, 8))
-    with pytest.raises(InputError, match="two complete pairs"):
-        pair_correlation(np.zeros((2, 4, 4)))
+    with pytest.raises(InputError, match="three complete pairs"):
+        pair_correlation(np.zeros((4, 4, 4)))  # two pairs: +-1 everywhere, meaningless

@@ -1,0 +1,194 @@
+"""The dock widgets in a real napari window (Xvfb): simulate, reconstruct, sample, cancel,
+errors, training, and the TIFF writer/reader, on small images and a tiny prior."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+
+from napari_patchdiff import io  # noqa: E402
+from napari_patchdiff._qt import jobs  # noqa: E402
+from napari_patchdiff._qt.scripting import Session, open_viewer  # noqa: E402
+from napari_patchdiff._qt.state import state_for  # noqa: E402
+from napari_patchdiff.conventions import hu_to_unit  # noqa: E402
+from napari_patchdiff.samples import load_sample  # noqa: E402
+
+PLUGIN = "napari-patchdiff"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _ct64():
+    """4 CT slices of 64 x 64 in HU (every 4th pixel of the sample)."""
+    data, meta = load_sample("ct")
+    return data[:4, ::4, ::4].astype(np.float32), {"modality": "ct", "units": "HU"}
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tmp_path_factory):
+    """A tiny CT patch prior for 64 x 64 slices, trained for a few steps."""
+    from napari_patchdiff.training import train
+
+    out = tmp_path_factory.mktemp("prior") / "tiny"
+    vol = hu_to_unit(_ct64()[0])
+    for _ in train([(vol, "ct64")], "ct", out, config="tiny", patch_sizes=(16,), probs=(1.0,),
+                   batch=2, pad=8, inference_patch_size=16, steps=4, val_fraction=0):
+        pass
+    return str(out)
+
+
+@pytest.fixture
+def session(make_napari_viewer):
+    """A viewer with the plugin docked, a 64 x 64 CT layer and 8-view CT of its slice 1."""
+    viewer = make_napari_viewer()
+    s = open_viewer(sample=None, viewer=viewer)
+    data, meta = _ct64()
+    viewer.add_image(data, name="ct64", metadata=meta, contrast_limits=(-1000, 600))
+    s.simulate("ct-parallel", layer="ct64", slice=1, views=8, noise=0.05)
+    s.reconstructor.interval = 0.0  # stream every step, however long showing it takes
+    s.reconstructor.panel.max_load = None
+    return s
+
+
+def _run(s, method, **kw):
+    updates = []
+    worker = s.reconstruct(method, **kw)
+    worker.yielded.connect(updates.append)
+    assert s.wait(60)
+    return updates
+
+
+def test_widgets_from_the_plugin_menu_and_writer_round_trip(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "ct")
+    _, meas = viewer.window.add_plugin_dock_widget(PLUGIN, "Measurement")
+    _, prior = viewer.window.add_plugin_dock_widget(PLUGIN, "Prior")
+    _, rec = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct")
+    meas.configure(layer="CT lung (HU)", slice=10, operator="ct-parallel", views=8, noise=0.1)
+    assert meas.simulate() is not None
+    assert viewer.layers["measurement"].data.shape == (8, 363)
+    assert viewer.layers["initial (fbp)"].data.shape == (256, 256)
+    assert "ct-parallel" in rec.problem_label.text() and "slice 10" in rec.problem_label.text()
+    dds = rec.method_box.findText("dds")
+    assert not rec.method_box.model().item(dds).isEnabled()  # no prior chosen yet
+    prior.use("ct")
+    assert rec.method_box.model().item(dds).isEnabled()
+    assert "modality: ct" in prior.info.toPlainText()
+
+    rec.configure(method="fbp")
+    rec.run()
+    assert Session(viewer, meas, prior, rec).wait(60)
+    layer = viewer.layers["fbp"]
+    assert layer.metadata["method"] == "fbp" and layer.metadata["units"] == "HU"
+    assert rec.panel.run_button.isEnabled() and "PSNR" in rec.metrics.text()
+
+    path = tmp_path / "fbp.tif"
+    layer.save(str(path), plugin=PLUGIN)
+    data, meta = io.read_image(path)
+    np.testing.assert_allclose(data, layer.data, rtol=1e-6)
+    assert data.dtype == np.float32 and meta["method"] == "fbp" and meta["psnr"] > 10
+    assert meta["units"] == "HU" and np.allclose(meta["spacing"], layer.scale)
+    (back,) = viewer.open(str(path), plugin=PLUGIN)
+    assert back.metadata["method"] == "fbp" and np.allclose(back.scale, layer.scale)
+
+
+def test_dds_streams_then_finishes(session, tiny_prior):
+    session.use_prior(tiny_prior)
+    updates = _run(session, "dds", nfe=6, seed=3)
+    kinds = [u.kind for u in updates]
+    assert kinds.count("step") >= 2 and kinds[-1] == "done"
+    layer = session.viewer.layers["dds"]
+    assert layer.data.shape == (64, 64)
+    r = layer.metadata
+    assert r["method"] == "dds" and r["nfe"] == 6 and r["method_params"]["seed"] == 3
+    assert r["prior"]["modality"] == "ct" and "psnr" in r
+    assert "PSNR" in session.reconstructor.metrics.text()
+
+
+def test_antithetic_sampling_streams_samples_and_summaries(session, tiny_prior):
+    session.use_prior(tiny_prior)
+    updates = _run(session, "dds", nfe=3, samples=6, design="antithetic", batch=2)
+    assert [u.kind for u in updates].count("sample") == 2  # after each pair but the last
+    layers = session.viewer.layers
+    assert layers["samples"].data.shape == (6, 1, 64, 64)  # sample axis first, at slice 1
+    for name in ("mean", "std", "lower", "upper", "pair correlation"):
+        assert layers[name].data.shape == (64, 64), name
+    assert "dds" not in layers  # the stream layer is replaced by the ensemble
+    r = layers["std"].metadata
+    assert r["design"] == "antithetic" and r["samples"] == 6 and "coverage" in r
+    assert (layers["std"].data >= 0).all() and np.abs(layers["pair correlation"].data).max() <= 1
+
+
+def test_cancel_keeps_the_partial_estimate(session):
+    rec = session.reconstructor
+    worker = session.reconstruct("admm-tv", iterations=100000)
+    worker.yielded.connect(lambda u: rec.panel.cancel())
+    assert session.wait(60)
+    layer = session.viewer.layers["admm-tv (cancelled)"]
+    assert layer.data.shape == (64, 64) and layer.metadata["cancelled"] is True
+    assert 0 < layer.metadata["iterations"] < 100000
+    assert rec.panel.run_button.isEnabled() and "cancelled" in rec.panel.status.text()
+
+
+@pytest.mark.parametrize("error, expected", [
+    (RuntimeError("boom in the solver"), "RuntimeError: boom in the solver"),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+     "out of GPU memory"),
+])
+def test_worker_errors_reach_the_user(session, monkeypatch, error, expected):
+    from napari.utils.notifications import notification_manager
+
+    def failing(*args, **kwargs):
+        yield from ()
+        raise error
+
+    monkeypatch.setattr(jobs.api, "iterate", failing)
+    shown = []
+    notification_manager.notification_ready.connect(shown.append)
+    try:
+        _run(session, "cg")
+    finally:
+        notification_manager.notification_ready.disconnect(shown.append)
+    rec = session.reconstructor
+    assert expected in rec.panel.status.text() and rec.panel.status.text().startswith("Error")
+    assert rec.panel.run_button.isEnabled() and not rec.panel.running
+    assert any(expected in str(n.message) for n in shown)
+    monkeypatch.undo()
+    assert _run(session, "fbp")[-1].kind == "done"  # the plugin is still usable
+
+
+def test_train_a_prior_from_layers(session, tmp_path):
+    p = session.prior
+    p.configure(layers=["ct64"], config="tiny", steps=3, batch=2, patch_sizes=(16,),
+                out=tmp_path / "mine")
+    updates = []
+    p.train().yielded.connect(updates.append)
+    assert session.wait(60)
+    assert updates[-1].kind == "done" and updates[-1].report["steps"] == 3
+    assert state_for(session.viewer).prior == str(tmp_path / "mine")
+    assert "steps: 3" in p.info.toPlainText() and "loss" in p.loss.text()
+    p.train()  # again: refuses to replace the checkpoint unless asked to
+    assert session.wait(60) and "exists" in p.panel.status.text()
+    assert p.panel.run_button.isEnabled()
+
+
+def test_load_a_measurement_written_by_the_cli(session, tmp_path):
+    from napari_patchdiff import cli
+
+    assert cli.main(["reconstruct", "sample:ct", "--slice", "10", "--operator", "ct-parallel",
+                     "--views", "8", "--noise", "0.1", "--out", str(tmp_path), "--quiet"]) == 0
+    problem = session.measurement.load_measurement(tmp_path / "measurement.tif")
+    assert problem is not None and problem.truth is None and problem.noise == 0.1
+    assert problem.op.params["views"] == 8 and problem.op.image_shape == (256, 256)
+    assert session.viewer.layers["measurement"].data.shape == (8, 363)
+    assert _run(session, "fbp")[-1].kind == "done"
+    recon, _ = io.read_image(tmp_path / "recon.tif")  # the CLI's FBP, in HU
+    fbp = session.viewer.layers["fbp"]
+    assert fbp.metadata["units"] == "normalised [0, 1]"  # no truth: the normalised scale
+    np.testing.assert_allclose(fbp.data * 2048 - 1024, recon, atol=0.5)
