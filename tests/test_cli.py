@@ -237,8 +237,8 @@ def test_sample_writes_the_ensemble_and_its_report(tmp_path, capsys):
         assert (tmp_path / (name if "." in name else name + ".tif")).exists()
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["design"] == "antithetic" and report["samples"] == 6 and report["seed"] == 2
-    # two batched runs (4 + 2 samples) of 3 evaluations each
-    assert report["batch"] == 4 and report["nfe"] == 6 and report["nfe_per_sample"] == 3
+    # one batched run of all 6 samples (up to 8 slices per run), 3 evaluations
+    assert report["batch"] == 6 and report["nfe"] == 3 and report["nfe_per_sample"] == 3
     assert 0 <= report["coverage"] <= 1 and set(report["calibration"]) >= {"0.9"}
     roi = report["roi"]
     assert roi["pixels"] == 1600 and roi["lower"] <= roi["estimate"] <= roi["upper"]
