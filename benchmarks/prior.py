@@ -1,13 +1,14 @@
-"""Evidence that the shipped CT prior is real -> benchmarks/results/prior.md and prior_samples.png.
+"""Evidence that the shipped priors are real -> benchmarks/results/prior.md and prior_samples.png.
 
-    python benchmarks/prior.py [--ct ct] [--ct-whole ct-whole] [--samples 4]
+    python benchmarks/prior.py [--ct ct] [--ct-whole ct-whole] [--mri mri] [--samples 4]
 
 Denoising PSNR on the held-out CT test slices (lung2 50-60) at sigma 0.02, 0.05, 0.1, 0.2 on the
 normalised scale for: the assembled patch denoiser (one call, a fresh random grid shift),
 patch averaging and patch stitching (fixed grids, the ablations), the whole-image prior, and TV
 denoising with its weight tuned per sigma on a validation slice (lung2 slice 47). Then a few
 unconditional samples drawn through the patch prior (deterministic EDM Heun) beside real test
-slices.
+slices. The same table for the MRI patch prior on the MRI test volume (brain2), TV tuned on
+brain1 slice 15.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from common import CT_TEST, CT_VAL, RESULTS, ct_slices, machine
+from common import CT_TEST, CT_VAL, MRI_VAL, RESULTS, ct_slices, machine, mri_slices
 from napari_patchdiff import api
 from napari_patchdiff.api import Truth
 from napari_patchdiff.metrics import psnr, ssim
@@ -40,13 +41,12 @@ def tv_denoise(y: torch.Tensor, sigma: float, lam: float | None = None):
     return api.solve(problem, "admm-tv", lam=lam).recon
 
 
-def tune_tv(sigma: float) -> float:
-    x = ct_slices(CT_VAL)
-    y = noisy(x, sigma, seed=99)
+def tune_tv(x_val: np.ndarray, sigma: float) -> float:
+    y = noisy(x_val, sigma, seed=99)
     problem = api.from_measurement(y[:, 0].numpy(), "denoise", y.shape[-2:])
     problem.noise = sigma
     lam0 = api.method_params(problem, "admm-tv")["lam"]
-    scores = {f: psnr(tv_denoise(y, sigma, lam0 * f), x) for f in TV_FACTORS}
+    scores = {f: psnr(tv_denoise(y, sigma, lam0 * f), x_val) for f in TV_FACTORS}
     return lam0 * max(scores, key=scores.get)
 
 
@@ -56,28 +56,26 @@ def prior_denoise(prior, y: torch.Tensor, sigma: float) -> np.ndarray:
         return prior.denoise(y, sigma, generator=g).numpy()[:, 0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--ct", default="ct", help="patch prior (shipped name or path)")
-    parser.add_argument("--ct-whole", default="ct-whole", help="whole-image prior")
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--sample-steps", type=int, default=18)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def load_rows(patch: str, whole: str | None) -> dict:
+    """The prior rows of one table; a missing prior is reported, not hidden."""
+    rows = {}
+    for name, spec, mode in (("patch prior, assembled (random shift)", patch, "assembled"),
+                             ("patch averaging (fixed grid, overlap 8)", patch, "average"),
+                             ("patch stitching (fixed grid)", patch, "stitch"),
+                             ("whole-image prior", whole, None)):
+        if spec is None:
+            continue
+        try:
+            rows[name] = load_prior(spec) if mode is None else load_prior(spec, mode=mode)
+        except Exception as exc:  # noqa: BLE001 - reported in the output
+            print(f"{name} ({spec}) unavailable: {exc}")
+    return rows
 
-    x = ct_slices(CT_TEST)
-    rows = {
-        "patch prior, assembled (random shift)": load_prior(args.ct, mode="assembled"),
-        "patch averaging (fixed grid, overlap 8)": load_prior(args.ct, mode="average"),
-        "patch stitching (fixed grid)": load_prior(args.ct, mode="stitch"),
-    }
-    try:
-        rows["whole-image prior"] = load_prior(args.ct_whole)
-    except Exception as exc:  # reported in the table rather than hidden
-        print(f"whole-image prior unavailable: {exc}")
+
+def denoise_table(x: np.ndarray, x_val: np.ndarray, rows: dict, tv_label: str) -> dict:
+    """{row: {sigma: (psnr, ssim, seconds per slice)}} for the priors, tuned TV, the input."""
     results: dict[str, dict[float, tuple[float, float, float]]] = {k: {} for k in rows}
-    results["TV (weight tuned per sigma on lung2 slice 47)"] = {}
+    results[tv_label] = {}
     results["noisy input"] = {}
     for sigma in SIGMAS:
         y = noisy(x, sigma, seed=0)
@@ -88,36 +86,89 @@ def main() -> None:
             sec = (time.perf_counter() - t0) / len(x)
             results[name][sigma] = (psnr(d, x), ssim(d, x), sec)
             print(f"sigma {sigma}: {name}: {results[name][sigma][0]:.2f} dB", flush=True)
-        lam = tune_tv(sigma)
+        lam = tune_tv(x_val, sigma)
         t0 = time.perf_counter()
         d = tv_denoise(y, sigma, lam)
         sec = (time.perf_counter() - t0) / len(x)
-        key = "TV (weight tuned per sigma on lung2 slice 47)"
-        results[key][sigma] = (psnr(d, x), ssim(d, x), sec)
-        print(f"sigma {sigma}: TV lam {lam:.4g}: {results[key][sigma][0]:.2f} dB", flush=True)
+        results[tv_label][sigma] = (psnr(d, x), ssim(d, x), sec)
+        print(f"sigma {sigma}: TV lam {lam:.4g}: {results[tv_label][sigma][0]:.2f} dB", flush=True)
+    return results
 
-    meta = rows["patch prior, assembled (random shift)"].metadata
+
+def prior_table(priors: dict) -> list[str]:
+    """One row per prior: what it is and how it was trained (from its metadata)."""
+    lines = ["| prior | kind | parameters | steps | pixels seen | wall time | device | "
+             "validation loss at sigma 0.05 / 0.1 / 0.2 |", "|---" * 8 + "|"]
+    for name, prior in priors.items():
+        m = prior.metadata
+        per_step = m.get("batch", 0) * (max(m.get("patch_sizes") or [0]) ** 2
+                                        if m.get("kind") == "patch" else
+                                        m["image_size"][0] * m["image_size"][1])
+        loss = m.get("final_val_loss") or {}
+        lines.append(
+            f"| `{name}` | {m.get('kind')} | {m.get('parameters') / 1e6:.2f} M | {m.get('steps')} | "
+            f"{per_step * m.get('steps', 0) / 1e6:.0f} M | {m.get('wall_time_s', 0) / 3600:.2f} h | "
+            f"{m.get('device')} | " + " / ".join(f"{loss.get(k, float('nan')):.4f}"
+                                                  for k in ("0.05", "0.1", "0.2")) + " |")
+    return lines
+
+
+def table_lines(results: dict) -> list[str]:
+    lines = ["| method | " + " | ".join(f"sigma {s}" for s in SIGMAS) + " |",
+             "|---" * (len(SIGMAS) + 1) + "|"]
+    for name, cells in results.items():
+        lines.append(f"| {name} | " + " | ".join(
+            f"{cells[s][0]:.2f} / {cells[s][1]:.3f} ({cells[s][2]:.2f} s)" for s in SIGMAS) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ct", default="ct", help="patch prior (shipped name or path)")
+    parser.add_argument("--ct-whole", default="ct-whole", help="whole-image prior")
+    parser.add_argument("--mri", default="mri", help="MRI patch prior ('' to skip)")
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--sample-steps", type=int, default=18)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
     lines = [
-        "# Denoising with the shipped CT prior",
+        "# Denoising with the shipped priors",
         "",
         "Generated by `python benchmarks/prior.py` (do not edit by hand).",
         f"Machine: {machine()}.",
         "",
-        f"Test data: CT lung2 slices {CT_TEST[0]}-{CT_TEST[-1]} (never trained on), 256 x 256, "
-        "normalised scale. Gaussian noise of the given sigma (seed 0). Cells: mean PSNR (dB) / "
+        "Gaussian noise of the given sigma on the normalised scale (seed 0). Cells: mean PSNR (dB) / "
         "mean SSIM, (seconds per slice). Each prior row is ONE denoiser call D(y, sigma).",
-        f"Patch prior: {meta.get('steps')} training steps, {meta.get('device')}, "
-        f"{meta.get('wall_time_s', meta.get('seconds', '?'))} s, final validation loss "
-        f"{meta.get('final_val_loss', meta.get('val_loss', '?'))}.",
         "",
-        "| method | " + " | ".join(f"sigma {s}" for s in SIGMAS) + " |",
-        "|---" * (len(SIGMAS) + 1) + "|",
     ]
-    for name, cells in results.items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{cells[s][0]:.2f} / {cells[s][1]:.3f} ({cells[s][2]:.2f} s)" for s in SIGMAS) + " |")
+    x = ct_slices(CT_TEST)
+    rows = load_rows(args.ct, args.ct_whole)
+    ct_results = denoise_table(x, ct_slices(CT_VAL), rows,
+                               f"TV (weight tuned per sigma on lung2 slice {CT_VAL[0]})")
+    priors = {args.ct: rows["patch prior, assembled (random shift)"]}
+    if "whole-image prior" in rows:
+        priors[args.ct_whole] = rows["whole-image prior"]
+    lines += [f"## CT: lung2 slices {CT_TEST[0]}-{CT_TEST[-1]} (never trained on), 256 x 256",
+              ""] + table_lines(ct_results) + [""]
+    if args.mri:
+        xm = mri_slices("brain2")
+        mri_rows = load_rows(args.mri, None)
+        if mri_rows:
+            mri_results = denoise_table(xm, mri_slices("brain1", MRI_VAL), mri_rows,
+                                        f"TV (weight tuned per sigma on brain1 slice {MRI_VAL[0]})")
+            priors[args.mri] = mri_rows["patch prior, assembled (random shift)"]
+            lines += [f"## MRI: brain2, all {len(xm)} slices (never trained on), 256 x 256, "
+                      "magnitude", ""] + table_lines(mri_results) + [""]
+    lines += ["## The priors", "",
+              "Training data: the DATA.md split (CT: lung1 and lung2 slices 0-44; MRI: brain1), "
+              "every 10th slice held out for validation; pixels seen = steps x batch x pixels per "
+              "sample (patch prior: the largest patch size, smaller patches come in proportionally "
+              "larger batches); validation loss: EDM-weighted denoising loss on held-out slices.",
+              ""] + prior_table(priors) + [""]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "prior.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "prior.md").write_text("\n".join(lines))
     print(f"wrote {RESULTS / 'prior.md'}")
     if args.samples:
         sample_figure(rows["patch prior, assembled (random shift)"], x, args.samples,

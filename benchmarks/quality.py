@@ -6,7 +6,7 @@
 Rows: the direct method (FBP / zero-filled / adjoint), ADMM-TV, and the diffusion samplers with
 the shipped priors: DDS at 25, 50 and 100 evaluations with the patch prior (assembled denoiser),
 DDS (50) with patch averaging, patch stitching and the whole-image prior, the PaDIS reference
-(1000) and DPS (1000). Columns: the tasks of common.TASKS (measurement noise stated there).
+(1000), DPS (1000), and PnP-ADMM (50) with the patch denoiser. Columns: the tasks of common.TASKS (measurement noise stated there).
 Cells: mean PSNR / SSIM, seconds per slice, evaluations, and the number of slices when fewer
 than all were run (diffusion rows on the CPU run on the first ``--slices`` test slices; the
 direct and ADMM-TV rows always on all of them). Each (row, task) result is cached in
@@ -40,6 +40,7 @@ ROWS = {
     "dds 50, whole-image prior": ("dds", "whole", None, {"nfe": 50}),
     "padis 1000, patch prior": ("padis", "patch", "assembled", {}),
     "dps 1000, patch prior": ("dps", "patch", "assembled", {}),
+    "pnp-admm 50, patch prior": ("pnp-admm", "patch", "assembled", {"iterations": 50}),
 }
 #: the shipped prior for each modality and kind
 PRIORS = {("ct", "patch"): "ct", ("ct", "whole"): "ct-whole", ("mri", "patch"): "mri",
@@ -71,7 +72,8 @@ def run_cell(row: str, task, n_slices: int | None) -> dict:
     return {"psnr": float(np.mean(per_slice)), "psnr_per_slice": per_slice,
             "ssim": float(np.mean([ssim(a, b) for a, b in zip(recon, x)])),
             "seconds_per_slice": sec, "nfe": nfe, "slices": int(x.shape[0]),
-            "all_slices": int(test_slices(task).shape[0])}
+            "all_slices": int(test_slices(task).shape[0]),
+            "prior_steps": None if prior is None else prior.metadata.get("steps")}
 
 
 def load() -> dict:

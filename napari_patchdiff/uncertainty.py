@@ -109,9 +109,9 @@ def ensemble(problem, method: str, *, prior, samples: int = 8, design: str = "ii
 
     _check_design(samples, design)
     spec = get_solver(method)
-    if spec.kind != "diffusion":
-        raise InputError(f"method {method!r} is deterministic; an ensemble needs a diffusion "
-                         f"sampler ({', '.join(_diffusion_methods())})")
+    if not spec.sampler:
+        raise InputError(f"method {method!r} is not a posterior sampler; an ensemble needs one of "
+                         f"{', '.join(_samplers())}")
     prior = api.resolve_prior(problem, method, prior)
     used = api.method_params(problem, method, **params)
     used.pop("seed", None)
@@ -147,10 +147,10 @@ def ensemble(problem, method: str, *, prior, samples: int = 8, design: str = "ii
                               time.perf_counter() - t0)
 
 
-def _diffusion_methods() -> list[str]:
+def _samplers() -> list[str]:
     from .solvers import SOLVERS
 
-    return [n for n in SOLVERS.names() if SOLVERS.get(n).kind == "diffusion"]
+    return [n for n in SOLVERS.names() if SOLVERS.get(n).sampler]
 
 
 # ------------------------------------------------------------------------------------------------

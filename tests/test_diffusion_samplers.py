@@ -17,7 +17,7 @@ from napari_patchdiff.noise_source import NoiseSource
 from napari_patchdiff.operators import make_operator
 from napari_patchdiff.priors.prior import Prior
 from napari_patchdiff.solvers import diffusion
-from napari_patchdiff.solvers.diffusion import dds, dps, padis
+from napari_patchdiff.solvers.diffusion import dds, dps, padis, pnp_admm
 
 from gaussian_model import (DT, N, GaussianPrior, ZeroNoise, dense_matrix,  # noqa: E402
                             exact_posterior, last, problem, smooth_prior)
@@ -170,6 +170,23 @@ def test_padis_and_dps_measured_calibration():
     assert 0.3 < float(st["var_ratio"][miss].median()) < 0.7
 
 
+@pytest.mark.parametrize("sigma", [0.05, 0.3])
+def test_pnp_admm_with_the_exact_gaussian_denoiser_reaches_the_posterior_mean(sigma):
+    """The Gaussian MMSE denoiser at level sigma is the prox of the prior's negative log density
+    with weight sigma^2, so PnP-ADMM at a fixed sigma is ADMM on the MAP problem, whose solution
+    is the posterior mean; exact data steps (2 CG steps: A^T A is a projection)."""
+    prior, op, _, y = problem(sy=SY)
+    m, _ = exact_posterior(prior, op, y, SY)
+    ev = last(pnp_admm(op, y, prior=prior, iterations=300, sigma_start=sigma, sigma_end=sigma,
+                       cg_iterations=2, data_std=SY))
+    err = float((ev.estimate.reshape(-1) - m).abs().max())
+    assert err < 1e-6, err
+    # a wrong data weight converges elsewhere: the test can fail
+    ev = last(pnp_admm(op, y, prior=prior, iterations=300, sigma_start=sigma, sigma_end=sigma,
+                       cg_iterations=2, data_std=3 * SY))
+    assert float((ev.estimate.reshape(-1) - m).abs().max()) > 1e-2
+
+
 # ------------------------------------------------------------------------------------------------
 # (c) cancellation, (d) nfe counts and events
 # ------------------------------------------------------------------------------------------------
@@ -178,6 +195,7 @@ SAMPLERS = {
     "dds": (dds, dict(nfe=6, cg_iterations=2), 6),
     "dps": (dps, dict(nfe=6, zeta=0.1), 6),
     "padis": (padis, dict(levels=3, inner=2, zeta=0.1), 6),
+    "pnp-admm": (pnp_admm, dict(iterations=6, sigma_start=10.0, sigma_end=0.05, cg_iterations=2), 6),
 }
 
 
@@ -280,11 +298,12 @@ def test_register_is_idempotent_and_specs_run():
 
     diffusion.register()
     prior, op, _, y = problem()
-    for name in ("dds", "dps", "padis"):
+    for name in ("dds", "dps", "padis", "pnp-admm"):
         spec = get_solver(name)
         assert spec.kind == "diffusion" and name in SOLVERS.names()
         assert "prior" not in {p.name for p in spec.params}
-        small = {"dds": dict(nfe=3), "dps": dict(nfe=3), "padis": dict(levels=3, inner=1)}[name]
+        small = {"dds": dict(nfe=3), "dps": dict(nfe=3), "padis": dict(levels=3, inner=1),
+                 "pnp-admm": dict(iterations=3)}[name]
         params = spec.resolve(op, 0.01, **small)
         ev = last(spec.run(op, y, prior=prior, **params))
         assert ev.step == 3 and ev.nfe == 3

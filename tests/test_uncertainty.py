@@ -197,10 +197,13 @@ def test_bad_ensemble_arguments(kw, match):
         next(iter(ensemble(prob, "dds", prior=prior, **kw)))
 
 
-def test_classical_method_is_refused():
+@pytest.mark.parametrize("method", ["admm-tv", "pnp-admm"])
+def test_point_estimators_are_refused(method):
+    """Classical methods and PnP-ADMM (a point estimate with the diffusion denoiser) make no
+    posterior ensemble."""
     prior, prob, _, _ = gaussian_problem()
-    with pytest.raises(InputError, match="deterministic"):
-        next(iter(ensemble(prob, "admm-tv", prior=None, samples=2)))
+    with pytest.raises(InputError, match="not a posterior sampler"):
+        next(iter(ensemble(prob, method, prior=prior, samples=2)))
 
 
 def test_roi_parsing_and_errors(tmp_path):

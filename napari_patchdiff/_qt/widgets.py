@@ -796,8 +796,9 @@ class ReconstructWidget(QWidget):
         if diffusion and not has_prior:
             self.method_box.setCurrentText("admm-tv")  # comes back through _set_method
             return
+        sampler = SOLVERS.get(method).sampler
         for w in (self.samples_box, self.design_box, self.batch_box):
-            w.setEnabled(diffusion)
+            w.setEnabled(sampler)
         problem = self.state.problem
         if problem is None:
             self.problem_label.setText("No problem yet: simulate or load one in the "
@@ -842,7 +843,7 @@ class ReconstructWidget(QWidget):
             raise InputError(f"method {method!r} needs a prior: choose one in the Prior widget")
         return ReconJob(method, self.params.form.values(), seed=self.seed_box.value(),
                         device=self.device_box.currentText(),
-                        samples=self.samples_box.value() if diffusion else 1,
+                        samples=self.samples_box.value() if SOLVERS.get(method).sampler else 1,
                         design=self.design_box.currentText(),
                         batch=self.batch_box.value() or None,
                         prior=self.state.prior if diffusion else None, interval=self.interval)

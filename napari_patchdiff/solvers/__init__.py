@@ -34,8 +34,10 @@ class SolverSpec:
     defaults : ``defaults(op, noise_std, **overrides) -> dict`` of parameter values for that
         operator/noise; the caller's overrides are passed so that dependent defaults (ADMM's
         ``rho`` follows ``lam``) are computed from them.
-    kind : "classical" (no network) or, for later entries, "diffusion" etc.
+    kind : "classical" (no network) or "diffusion" (needs a prior).
     doc : one-line description for menus and ``--help``.
+    sampler : draws posterior samples (a different seed gives a different draw), so it can make
+        an ensemble (:mod:`napari_patchdiff.uncertainty`); False for point estimators.
     """
 
     name: str
@@ -44,6 +46,7 @@ class SolverSpec:
     defaults: Callable[..., dict] = field(default=lambda op, noise_std=0.0, **overrides: {})
     kind: str = "classical"
     doc: str = ""
+    sampler: bool = False
 
     def resolve(self, op, noise_std: float = 0.0, **overrides) -> dict:
         """``defaults(op, noise_std)`` updated with the non-None ``overrides``, after checking

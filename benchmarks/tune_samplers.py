@@ -1,0 +1,152 @@
+"""Tune the defaults of the fast diffusion methods on validation slices -> benchmarks/results/.
+
+    python benchmarks/tune_samplers.py [--method dds|pnp-admm] [--prior ct] [--tasks "CT 20 views"]
+                                       [--start JSON] [--params NAME ...] [--threads 1]
+
+Coordinate search, one parameter at a time over the grid below, at 50 network evaluations, on
+the validation slice of each task (CT: lung2 47, MRI: brain1 15; never trained on):
+
+* ``dds``: the data weight as the prior's assumed error std ``prior_std`` (``gamma =
+  (prior_std / noise)^2``), the CG steps per sampling step, the stochasticity ``eta`` and the
+  start ``start`` ("noise/10": pure noise at sigma_max 10; "initial/S": the direct reconstruction
+  plus noise at sigma_max S, the warm start);
+* ``pnp-admm``: the first and last denoiser levels, the CG steps and the data-term noise std as a
+  multiple ``data_scale`` of the measurement noise.
+
+Every run is recorded in ``METHOD_tuning[_PRIOR].json`` (``dds_tuning.json`` for DDS with the
+shipped ``ct`` prior) and reused by a later run with the same prior steps and evaluations, so a
+second pass from the first's best costs only its new points. The best values go into the
+tables at the top of ``napari_patchdiff/solvers/diffusion.py`` by hand (with a pointer here).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from common import CT_VAL, MRI_VAL, RESULTS, TASKS, machine, val_slices
+from napari_patchdiff import api
+from napari_patchdiff.priors import load_prior
+
+GRIDS = {
+    "dds": {
+        "prior_std": (0.01, 0.02, 0.05, 0.1, 0.2),
+        "cg_iterations": (2, 5, 10),
+        "eta": (0.0, 0.15, 0.5, 0.8, 1.0),
+        "start": ("noise/10", "initial/1", "initial/0.5", "initial/0.3"),
+    },
+    "pnp-admm": {
+        "sigma_start": (0.05, 0.1, 0.2, 0.4),
+        "sigma_end": (0.01, 0.02, 0.05),
+        "cg_iterations": (2, 5, 10),
+        "data_scale": (0.5, 1.0, 2.0),
+    },
+}
+STARTS = {
+    "dds": {"prior_std": 0.05, "cg_iterations": 5, "eta": 0.15, "start": "noise/10"},
+    "pnp-admm": {"sigma_start": 0.1, "sigma_end": 0.02, "cg_iterations": 5, "data_scale": 1.0},
+}
+
+
+def method_kwargs(method: str, cfg: dict, noise: float) -> dict:
+    """The solver keyword arguments of one grid point."""
+    kw = dict(cfg)
+    if method == "dds":
+        init, sigma_max = kw.pop("start").split("/")
+        kw.update(init=init, sigma_max=float(sigma_max), gamma=(kw.pop("prior_std") / noise) ** 2)
+    else:
+        kw.update(iterations=kw.pop("nfe"), data_std=kw.pop("data_scale") * noise)
+    return kw
+
+
+def run(method, task, x, prior, nfe, cfg):
+    truth = api.truth_from_array(x, modality="unit")
+    problem = api.simulate(truth, task.operator, noise=task.noise, seed=0, **task.params)
+    t0 = time.perf_counter()
+    res = api.solve(problem, method, prior=prior, seed=0,
+                    **method_kwargs(method, {**cfg, "nfe": nfe}, task.noise))
+    return res.report["psnr"], res.report["ssim"], time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--method", default="dds", choices=list(GRIDS))
+    parser.add_argument("--prior", default="ct")
+    parser.add_argument("--tasks", nargs="*", default=["CT 20 views"])
+    parser.add_argument("--nfe", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--start", type=json.loads, default=None,
+                        help="starting point as JSON (a second pass starts from the first's best)")
+    parser.add_argument("--params", nargs="*", default=None,
+                        help="parameters to search, in this order (default: all of the grid)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    grid, start = GRIDS[args.method], {**STARTS[args.method], **(args.start or {})}
+    params = args.params or list(grid)
+    unknown = set(params) - set(grid)
+    if unknown:
+        parser.error(f"unknown parameters {sorted(unknown)} for {args.method}")
+    prior = load_prior(args.prior)
+    prefix = "dds" if args.method == "dds" else "pnp"
+    stem = f"{prefix}_tuning" + ("" if args.prior == "ct" else f"_{Path(args.prior).stem}")
+    out = {"machine": machine(), "method": args.method, "prior": str(args.prior),
+           "prior_steps": prior.metadata.get("steps"), "nfe": args.nfe, "tasks": {}}
+    previous = {}
+    if (RESULTS / f"{stem}.json").exists():  # reuse runs recorded with the same prior and nfe
+        old = json.loads((RESULTS / f"{stem}.json").read_text())
+        if (old.get("prior_steps"), old.get("nfe")) == (out["prior_steps"], out["nfe"]):
+            previous = old["tasks"]
+            out["tasks"].update(previous)
+    for task in TASKS:
+        if task.key not in args.tasks:
+            continue
+        x = val_slices(task)
+        best, runs, cache = dict(start), [], {}
+        for r in previous.get(task.key, {}).get("runs", []):
+            cfg = {k: r.get(k, STARTS[args.method][k]) for k in grid}
+            cache[tuple(sorted(cfg.items()))] = (r["psnr"], r["ssim"], r["seconds"])
+            runs.append({**cfg, **{k: r[k] for k in ("psnr", "ssim", "seconds")}})
+        for name in params:
+            scores = {}
+            for v in grid[name]:
+                cfg = {**best, name: v}
+                key = tuple(sorted(cfg.items()))
+                if key not in cache:
+                    cache[key] = run(args.method, task, x, prior, args.nfe, cfg)
+                    runs.append({**cfg, "psnr": cache[key][0], "ssim": cache[key][1],
+                                 "seconds": round(cache[key][2], 1)})
+                    print(task.key, runs[-1], flush=True)
+                scores[v] = cache[key][0]
+            best[name] = max(scores, key=scores.get)
+        out["tasks"][task.key] = {"best": best, "runs": runs,
+                                  "passes": previous.get(task.key, {}).get("passes", []) + [
+                                      {"start": start, "params": params, "best": best}]}
+        (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
+    write_table(out, stem, args, list(grid))
+
+
+def write_table(out: dict, stem: str, args, keys: list[str]) -> None:
+    lines = [f"# {args.method} tuning on validation slices", "",
+             f"`python benchmarks/tune_samplers.py --method {args.method} --prior {args.prior}` "
+             f"({out['machine']}); prior trained {out['prior_steps']} steps; {args.nfe} "
+             f"evaluations; validation slices only (CT: lung2 {CT_VAL[0]}, MRI: brain1 {MRI_VAL[0]}); "
+             "coordinate "
+             "search, one parameter at a time.", ""]
+    for key, t in out["tasks"].items():
+        lines += [f"## {key}", "", f"best: `{json.dumps(t['best'])}`", "", "Passes: " + "; ".join(
+            f"from `{json.dumps(p['start'])}` over {', '.join(p['params'])} -> "
+            f"`{json.dumps(p['best'])}`" for p in t.get("passes", [])), "",
+                  "| " + " | ".join(keys) + " | PSNR | SSIM | s |",
+                  "|---" * (len(keys) + 3) + "|"]
+        lines += ["| " + " | ".join(str(r[k]) for k in keys) +
+                  f" | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['seconds']} |" for r in t["runs"]]
+        lines.append("")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+    print(f"wrote {RESULTS / stem}.md")
+
+
+if __name__ == "__main__":
+    main()
