@@ -267,9 +267,10 @@ def test_demo_job_writes_its_outputs(tmp_path):
     """The README's main job (with 2 evaluations instead of 50 to stay quick)."""
     from napari_patchdiff.demo import run_demo
 
-    report = run_demo(tmp_path, methods=("fbp", "dds"), nfe=2)
-    assert report["result_method"] == "dds"
-    assert report["methods"]["dds"]["nfe"] == 2 and report["methods"]["dds"]["prior"]["name"]
+    report = run_demo(tmp_path, methods=("fbp", "dds", "pnp-admm"), nfe=2)
+    assert report["result_method"] == "pnp-admm"
+    for m in ("dds", "pnp-admm"):
+        assert report["methods"][m]["nfe"] == 2 and report["methods"][m]["prior"]["name"]
     recon, meta = io.read_image(tmp_path / "recon.tif")
     assert recon.shape == (256, 256) and meta["units"] == "HU"
     assert (tmp_path / "figure.png").stat().st_size > 10_000

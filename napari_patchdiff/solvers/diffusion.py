@@ -46,7 +46,7 @@ from .classical import _check_float, _check_int, conjugate_gradient, normal_norm
 
 __all__ = ["dds", "dps", "padis", "langevin", "pnp_admm", "dds_defaults", "dps_defaults",
            "padis_defaults", "langevin_defaults", "pnp_admm_defaults", "register",
-           "DDS_CG_ITERATIONS", "DDS_PRIOR_STD", "DDS_ETA", "DPS_ZETA", "PADIS_ZETA",
+           "DDS_CG_ITERATIONS", "DDS_PRIOR_STD", "DDS_ETA", "DDS_START", "DPS_ZETA", "PADIS_ZETA",
            "PNP_SIGMA_START", "PNP_SIGMA_END", "PNP_CG_ITERATIONS", "PNP_DATA_SCALE"]
 
 # ------------------------------------------------------------------------------------------------
@@ -54,8 +54,9 @@ __all__ = ["dds", "dps", "padis", "langevin", "pnp_admm", "dds_defaults", "dps_d
 # ------------------------------------------------------------------------------------------------
 
 #: DDS: CG steps per sampling step. ``A^T A`` is a projection for MRI/inpainting/denoising, so
-#: one or two steps reach the data exactly; CT was tuned on a validation slice
-#: (benchmarks/results/dds_tuning.md: at eta 1, 5 steps tie with 10 and beat 2 by 2.8 dB).
+#: one or two steps reach the data exactly; CT was tuned on a validation slice (with the
+#: 3,500-step prior, dds_tuning.md in git history before 2e17bdc: at eta 1, 5 steps tie with 10
+#: and beat 2 by 2.8 dB).
 DDS_CG_ITERATIONS: dict[str, int] = {
     "ct-parallel": 5, "ct-fan": 5, "blur-gaussian": 5, "superres": 3,
     "mri-cartesian": 2, "inpaint": 1, "denoise": 1,
@@ -65,15 +66,22 @@ _DEFAULT_DDS_CG = 5
 #: ``(I + gamma A^T A) x = x0_hat + gamma A^T y`` with ``gamma = (prior_std / noise_std)^2``,
 #: i.e. the Gaussian posterior mean when the prior's estimate has error std ``prior_std`` per
 #: pixel (an assumption) and the measurement noise std is ``noise_std``. CT: tuned on a
-#: validation slice (0.1 at eta 1; 0.05 within 0.03 dB, 0.01 2.7 dB worse); others: the untuned
-#: starting value.
+#: validation slice (benchmarks/results/dds_tuning.md, warm start, eta 1: 0.2 and 0.1 tie to
+#: 0.01 dB, 0.05 is 0.03 dB and 0.01 1.4 dB below); others: the untuned starting value.
 DDS_PRIOR_STD: dict[str, float] = {"ct-parallel": 0.1, "ct-fan": 0.1}
 _DEFAULT_DDS_PRIOR_STD = 0.05
-#: DDS stochasticity ``eta``. CT: tuned on a validation slice, where fresh noise at every step
-#: (1.0) beat the paper's 0.15 by 2.7 dB and the deterministic 0 by 2.4 dB with the CPU-trained
-#: prior (0.8: 1.0 dB below 1.0); others: the paper's 0.15 (untuned).
+#: DDS stochasticity ``eta``. CT: tuned on a validation slice (dds_tuning.md, warm start): fresh
+#: noise at every step (1.0) beat the paper's 0.15 by 4.2 dB, the deterministic 0 by 4.5 dB and
+#: 0.8 by 0.9 dB with the CPU-trained prior; others: the paper's 0.15 (untuned).
 DDS_ETA: dict[str, float] = {"ct-parallel": 1.0, "ct-fan": 1.0}
 _DEFAULT_DDS_ETA = 0.15
+#: DDS start ``(init, sigma_max)``. CT: tuned on a validation slice (dds_tuning.md): the warm
+#: start from the FBP plus noise at sigma 0.3 beat pure noise at sigma 10 by 0.7 dB (sigma 1:
+#: +0.4 dB), since the patch prior knows least at the high noise levels it then skips; others:
+#: pure noise at EDM's sigma_max 10.
+DDS_START: dict[str, tuple[str, float]] = {"ct-parallel": ("initial", 0.3),
+                                           "ct-fan": ("initial", 0.3)}
+_DEFAULT_DDS_START = ("noise", 10.0)
 #: DPS step ``zeta`` on ``grad_x ||y - A D(x)||``, relative to ``1 / sqrt(||A^T A||)``
 DPS_ZETA: dict[str, float] = {}
 _DEFAULT_DPS_ZETA = 0.5
@@ -162,15 +170,17 @@ def dds_defaults(op, noise_std: float = 0.0, **overrides) -> dict:
     ``nfe = 50`` (the paper's count), ``eta = DDS_ETA[op]`` (1 for CT, tuned; else the paper's
     0.15), ``cg_iterations = DDS_CG_ITERATIONS[op]`` (5 for CT and deblurring, 1-2 for
     projection-like operators), ``gamma = None`` (the noiseless formulation ``A^T A x = A^T y``)
-    for ``noise_std = 0``, else ``(DDS_PRIOR_STD[op] / noise_std)^2``, ``init = 'noise'``;
-    ``sigma_max = 10``, ``sigma_min = 0.002`` (EDM), ``seed = 0``.
+    for ``noise_std = 0``, else ``(DDS_PRIOR_STD[op] / noise_std)^2``, ``(init, sigma_max) =
+    DDS_START[op]`` (CT: the FBP plus noise at sigma 0.3, tuned; else pure noise at 10, EDM's),
+    ``sigma_min = 0.002`` (EDM), ``seed = 0``.
     """
     noise_std = _check_float("noise_std", noise_std, 0.0)
     prior_std = DDS_PRIOR_STD.get(op.name, _DEFAULT_DDS_PRIOR_STD)
     gamma = None if noise_std == 0 else (prior_std / noise_std) ** 2
+    init, sigma_max = DDS_START.get(op.name, _DEFAULT_DDS_START)
     return {"nfe": 50, "eta": DDS_ETA.get(op.name, _DEFAULT_DDS_ETA),
             "cg_iterations": DDS_CG_ITERATIONS.get(op.name, _DEFAULT_DDS_CG), "gamma": gamma,
-            "sigma_max": 10.0, "sigma_min": 0.002, "init": "noise", "seed": 0}
+            "sigma_max": sigma_max, "sigma_min": 0.002, "init": init, "seed": 0}
 
 
 def dds(op, y, *, prior, nfe: int = 50, eta: float = 0.15, cg_iterations: int = 5,
