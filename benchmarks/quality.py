@@ -73,7 +73,9 @@ def run_cell(row: str, task, n_slices: int | None) -> dict:
             "ssim": float(np.mean([ssim(a, b) for a, b in zip(recon, x)])),
             "seconds_per_slice": sec, "nfe": nfe, "slices": int(x.shape[0]),
             "all_slices": int(test_slices(task).shape[0]),
-            "prior_steps": None if prior is None else prior.metadata.get("steps")}
+            "prior_steps": None if prior is None else prior.metadata.get("steps"),
+            "params": {k: v for k, v in result.report.get("method_params", {}).items()
+                       if isinstance(v, (int, float, str, type(None)))}}
 
 
 def load() -> dict:

@@ -40,3 +40,38 @@ def test_shipped_ct_prior_refuses_mismatched_data():
         prior.check((256, 256), "mri")
     with pytest.raises(InputError, match="resample"):
         prior.check((200, 256), "ct")
+
+
+def _gain(prior, x, sigma=0.1):
+    """PSNR gain (dB) of one denoiser call at ``sigma`` on the clean slices ``x`` (D, H, W)."""
+    x = torch.from_numpy(x)[:, None].float()
+    y = x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        d = prior.denoise(y, sigma, generator=torch.Generator().manual_seed(1))
+    return psnr(d.numpy(), x.numpy()) - psnr(y.numpy(), x.numpy())
+
+
+@pytest.mark.skipif("ct-whole" not in shipped_priors(), reason="no shipped whole-image prior")
+def test_shipped_whole_image_prior_is_trained_on_the_ct_split():
+    meta = read_metadata(shipped_priors()["ct-whole"])
+    assert meta["kind"] == "whole" and meta["modality"] == "ct" and meta["pad"] == 0
+    ct = read_metadata(shipped_priors()["ct"])
+    assert meta["training_data"] == ct["training_data"]  # the same slices as the patch prior
+    assert meta["architecture"] == ct["architecture"]  # the same network
+    prior = load_prior("ct-whole")
+    assert _gain(prior, hu_to_unit(load_sample("ct")[0][[8]])) > 6.0
+
+
+@pytest.mark.skipif("mri" not in shipped_priors(), reason="no shipped MRI prior")
+def test_shipped_mri_prior_is_trained_on_brain1_and_denoises_brain2():
+    from napari_patchdiff.conventions import normalise
+
+    meta = read_metadata(shipped_priors()["mri"])
+    assert meta["modality"] == "mri" and meta["kind"] == "patch"
+    assert {d["name"] for d in meta["training_data"]} == {"brain1.tif"}  # brain2 is the test set
+    prior = load_prior("mri")
+    vol, _ = load_sample("mri")  # brain2
+    x, _ = normalise(vol, "mri")
+    assert _gain(prior, x[[11]]) > 6.0
+    with pytest.raises(InputError, match="trained on mri images"):
+        prior.check((256, 256), "ct")
