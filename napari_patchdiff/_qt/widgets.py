@@ -202,8 +202,8 @@ class JobPanel(QWidget):
     thread worker and hands each update to ``on_update`` on the main thread. Errors reach the
     user as a napari notification and in the status line; Run is enabled again whatever happens.
     Cancel sets the job's :class:`CancelToken` (the core stops at its next step and the
-    generator yields a final "cancelled" update with the partial result) and asks the worker to
-    quit; closing the widget cancels too. Updates are paced (:class:`Pace`) by how long the main
+    generator yields a final "cancelled" update with the partial result); closing the widget
+    cancels too. Updates are paced (:class:`Pace`) by how long the main
     thread is busy showing them. The "activity dock" box adds napari's own progress bar (off by
     default: its animated indicator repaints the window continuously, which made CPU jobs ~3-4x
     slower under software OpenGL, see benchmarks/results/gui_latency.md).
@@ -272,8 +272,10 @@ class JobPanel(QWidget):
     def cancel(self) -> None:
         if self.worker is None or self._final:
             return
+        # only the token: every job checks it at each step and then yields a final "cancelled"
+        # update with its partial result and report; worker.quit() would make the worker drop
+        # that update if it asked before the generator got there (seen on a loaded machine)
         self.token.cancel()
-        self.worker.quit()
         self.status.setText("cancelling at the next step")
 
     def fail(self, exc: BaseException) -> None:
