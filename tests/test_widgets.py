@@ -57,10 +57,16 @@ def session(make_napari_viewer):
 
 
 def _run(s, method, **kw):
+    """Run ``method`` and return its updates (collected from a connection made before the start,
+    so a quick job cannot finish before the test listens)."""
     updates = []
-    worker = s.reconstruct(method, **kw)
-    worker.yielded.connect(updates.append)
-    assert s.wait(60)
+    panel = s.reconstructor.panel
+    panel.updated.connect(updates.append)
+    try:
+        s.reconstruct(method, **kw)
+        assert s.wait(60)
+    finally:
+        panel.updated.disconnect(updates.append)
     return updates
 
 
@@ -127,9 +133,12 @@ def test_antithetic_sampling_streams_samples_and_summaries(session, tiny_prior):
 
 def test_cancel_keeps_the_partial_estimate(session):
     rec = session.reconstructor
-    worker = session.reconstruct("admm-tv", iterations=100000)
-    worker.yielded.connect(lambda u: rec.panel.cancel())
-    assert session.wait(60)
+    rec.panel.updated.connect(rec.panel.cancel)  # at the first update
+    try:
+        session.reconstruct("admm-tv", iterations=100000)
+        assert session.wait(60)
+    finally:
+        rec.panel.updated.disconnect(rec.panel.cancel)
     layer = session.viewer.layers["admm-tv (cancelled)"]
     assert layer.data.shape == (64, 64) and layer.metadata["cancelled"] is True
     assert 0 < layer.metadata["iterations"] < 100000
@@ -168,8 +177,10 @@ def test_train_a_prior_from_layers(session, tmp_path):
     p.configure(layers=["ct64"], config="tiny", steps=3, batch=2, patch_sizes=(16,),
                 out=tmp_path / "mine")
     updates = []
-    p.train().yielded.connect(updates.append)
+    p.panel.updated.connect(updates.append)
+    p.train()
     assert session.wait(60)
+    p.panel.updated.disconnect(updates.append)
     assert updates[-1].kind == "done" and updates[-1].report["steps"] == 3
     assert state_for(session.viewer).prior == str(tmp_path / "mine")
     assert "steps: 3" in p.info.toPlainText() and "loss" in p.loss.text()

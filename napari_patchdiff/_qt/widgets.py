@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
                             QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                             QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox,
@@ -209,6 +209,10 @@ class JobPanel(QWidget):
     slower under software OpenGL, see benchmarks/results/gui_latency.md).
     """
 
+    #: every update, on the main thread and in order, after the widget has shown it (connect
+    #: before starting a job: the worker's own signals may fire before a later connection)
+    updated = Signal(object)
+
     #: default of the "activity dock" box
     activity_dock = False
     #: at most this fraction of the main thread's time goes to showing streamed updates
@@ -311,6 +315,7 @@ class JobPanel(QWidget):
         self._lag = 0.0
         self._final = self._final or u.kind in ("done", "cancelled")
         self._on_update(u)
+        self.updated.emit(u)
         if u.total:  # no synchronous repaint (QProgressBar.setValue repaints at once, and a
             # window with an OpenGL canvas recomposes entirely: ~0.2 s with software OpenGL)
             self.progress.setUpdatesEnabled(False)
