@@ -29,7 +29,8 @@ MRI measurements are complex, the images (and ``A^T y``) real; the data terms us
 
 Default parameters per operator and noise level (:func:`dds_defaults`, :func:`dps_defaults`,
 :func:`padis_defaults`) are read from the module-level tables below; they are starting values
-(DDS on CT tuned on a validation slice by benchmarks/tune_dds.py; the rest are starting values).
+(DDS and PnP-ADMM on CT, PnP-ADMM on MRI tuned on validation slices by
+benchmarks/tune_samplers.py; the rest are starting values).
 """
 from __future__ import annotations
 
