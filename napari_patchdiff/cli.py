@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
     tr.add_argument("--threads", type=int, help="torch CPU threads")
     tr.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
+    tr.add_argument("--init", metavar="PRIOR", help="start from this prior's weights (shipped "
+                    "name or checkpoint) with a fresh optimiser: fine-tuning")
     tr.add_argument("--overwrite", action="store_true", help="start afresh over --out")
     tr.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
     tr.add_argument("--val-every", type=int, default=500, help="validation every N steps")
@@ -434,7 +436,7 @@ def cmd_train(args) -> int:
     kw = dict(config=args.config, patch_sizes=tuple(args.patch_sizes), steps=args.steps,
               lr=args.lr, ema=args.ema, device=device, resume=args.resume, seed=args.seed,
               kind=args.kind, overwrite=args.overwrite, save_every=args.save_every,
-              val_every=args.val_every, cancel=CancelToken())
+              val_every=args.val_every, cancel=CancelToken(), init=args.init)
     if args.patch_probs:
         kw["probs"] = tuple(args.patch_probs)
     for key in ("batch", "pad"):

@@ -276,7 +276,8 @@ def train(volumes, modality: str, out, config="cpu", patch_sizes=(16, 32, 64),
           val_fraction: float = 0.1, kind: str = "patch", cancel=None, log_every: int = 10,
           val_every: int = 500, save_every: int = 200, pad: int | None = None,
           inference_patch_size: int | None = None, val_sigmas=VAL_SIGMAS, val_patches: int = 32,
-          overwrite: bool = False, channels_last: bool | None = None) -> Iterator[TrainEvent]:
+          overwrite: bool = False, channels_last: bool | None = None,
+          init=None) -> Iterator[TrainEvent]:
     """Train a prior, yielding :class:`TrainEvent`; see the module docstring.
 
     Parameters
@@ -298,6 +299,13 @@ def train(volumes, modality: str, out, config="cpu", patch_sizes=(16, 32, 64),
     log_every, val_every, save_every : event, validation and checkpoint periods (steps).
     pad : zero padding of each slice (default 24 for patches, 0 for whole images).
     channels_last : use the channels-last memory format (default: on for CPU, ~10 % faster).
+    init : start from the (EMA) weights of this prior, a shipped name or a checkpoint path, with
+        a fresh optimiser: fine-tuning on other volumes, or continuing a run whose optimiser state
+        is not at hand (on another machine, say). Its kind, architecture and modality must match;
+        the step count continues from its ``steps`` (``steps`` is the new total), and its
+        validation history and wall time carry over when the training data are the same.
+        The metadata's ``segments`` record each stretch of training (steps, device, seconds,
+        optimiser fresh or resumed).
     """
     t_start = time.perf_counter()
     if kind not in ("patch", "whole"):
@@ -316,6 +324,9 @@ def train(volumes, modality: str, out, config="cpu", patch_sizes=(16, 32, 64),
     if not resume and not overwrite and paths["weights"].exists():
         raise InputError(f"{paths['weights']} exists; pass resume=True to continue it or "
                          "overwrite=True to replace it")
+    if init is not None and resume:
+        raise InputError("pass either init (start from a prior's weights) or resume (continue "
+                         "the run at out), not both")
     if resume and not overwrite and paths["weights"].exists() and not paths["state"].exists():
         raise InputError(f"cannot resume {paths['weights']}: its training state "
                          f"{paths['state'].name} is missing (pass overwrite=True to start afresh)")
@@ -400,8 +411,10 @@ def train(volumes, modality: str, out, config="cpu", patch_sizes=(16, 32, 64),
     model.to(device, memory_format=mem)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
-    step, wall_before, val_history = 0, 0.0, []
-    if resume and paths["state"].exists():
+    step, wall_before, val_history, segments, optimiser = 0, 0.0, [], [], "fresh"
+    if init is not None:
+        step, wall_before, val_history, segments, ema_model = _init_from(init, meta, model, device)
+    elif resume and paths["state"].exists():
         old = read_metadata(paths["weights"])
         for key in ("kind", "architecture", "patch_sizes", "patch_probs", "batch", "pad",
                     "image_size", "modality", "training_data", "seed"):
@@ -413,6 +426,7 @@ def train(volumes, modality: str, out, config="cpu", patch_sizes=(16, 32, 64),
         wall_before = float(info.get("wall_time_s", 0.0))
         val_history = info.get("val_history", [])
         ema_model, _ = load_checkpoint(paths["weights"], device=device)
+        segments, optimiser = _segments(old), "resumed"
     else:
         ema_model = copy.deepcopy(model)
     ema_model.to(device, memory_format=mem).eval().requires_grad_(False)
@@ -427,10 +441,14 @@ def train(volumes, modality: str, out, config="cpu", patch_sizes=(16, 32, 64),
     def elapsed():
         return wall_before + time.perf_counter() - t_start
 
+    first_step = step
+
     last_val: dict | None = val_history[-1][1] if val_history else None
 
     def save(at_step):
-        m = dict(meta, steps=at_step, wall_time_s=round(elapsed(), 3),
+        seg = {"start_step": first_step, "end_step": at_step, "device": str(device),
+               "seconds": round(time.perf_counter() - t_start, 1), "optimiser": optimiser}
+        m = dict(meta, steps=at_step, wall_time_s=round(elapsed(), 3), segments=segments + [seg],
                  final_val_loss=_keys_str(last_val),
                  val_history=[[s, _keys_str(v)] for s, v in val_history],
                  created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
@@ -499,6 +517,39 @@ def train(volumes, modality: str, out, config="cpu", patch_sizes=(16, 32, 64),
             yield TrainEvent(step, steps, float(np.mean(losses)) if losses else float("nan"),
                              val, elapsed(), ckpt)
             losses = []
+
+
+def _segments(meta: dict) -> list[dict]:
+    """The training stretches recorded in a checkpoint's metadata (one for older files)."""
+    if meta.get("segments"):
+        return list(meta["segments"])
+    return [{"start_step": 0, "end_step": int(meta.get("steps", 0)),
+             "device": meta.get("device", "?"), "seconds": meta.get("wall_time_s"),
+             "optimiser": "fresh"}]
+
+
+def _init_from(init, meta: dict, model, device):
+    """Load ``init``'s EMA weights into ``model`` (and a copy as the EMA model) for
+    :func:`train`; returns ``(step, wall_before, val_history, segments, ema_model)``."""
+    from .priors.prior import shipped_priors
+
+    path = shipped_priors().get(str(init), init)
+    src, old = load_checkpoint(path, device="cpu")
+    for key in ("kind", "architecture", "modality", "sigma_data"):
+        if _norm(old.get(key)) != _norm(meta.get(key)):
+            raise InputError(f"cannot start from {init}: its {key} ({old.get(key)!r}) differs "
+                             f"from this run's ({meta.get(key)!r})")
+    model.load_state_dict(src.state_dict())
+    ema_model = copy.deepcopy(model)
+    same_data = all(_norm(old.get(k)) == _norm(meta.get(k))
+                    for k in ("training_data", "validation_data", "validation", "pad"))
+    meta["initialised_from"] = {"name": old.get("name"), "steps": old.get("steps"),
+                                "same_training_data": same_data}
+    step = int(old.get("steps", 0))
+    if not same_data:
+        return step, 0.0, [], _segments(old), ema_model
+    return (step, float(old.get("wall_time_s") or 0.0), old.get("val_history", []),
+            _segments(old), ema_model)
 
 
 def _keys_str(d):

@@ -143,6 +143,14 @@ def test_train_info_resume(tmp_path, capsys):
     assert "step 6/6" in err and "step 2/6" not in err
     code, out, _ = _run(capsys, "info", str(ckpt) + ".safetensors")
     assert "steps" in out
+    # --init: fine-tune from that prior into a new checkpoint; the step count continues
+    tuned = tmp_path / "tuned"
+    code, _, err = _run(capsys, *base[:3], tuned, *base[4:], "--steps", 8, "--init",
+                        str(ckpt) + ".safetensors")
+    assert code == 0, err
+    assert "step 8/8" in err and "step 6/8" not in err
+    code, out, err = _run(capsys, "info", str(tuned) + ".safetensors", "--json")
+    assert json.loads(out)["initialised_from"]["steps"] == 6
 
 
 def test_info_on_corrupt_checkpoint(tmp_path, capsys):

@@ -401,3 +401,33 @@ def test_load_training_slices_ct():
     assert [v.name for v in vols] == ["lung1.tif", "lung2.tif"]
     assert vols[0].data.shape == (48, 256, 256) and vols[1].slices == list(range(45))
     assert 0 <= vols[0].data.min() and vols[0].data.max() <= 1
+
+
+def test_init_from_a_prior_continues_its_weights_and_records_segments(tmp_path):
+    vol = [(_squares(), "squares")]
+    common = dict(seed=3, log_every=1, val_every=0, save_every=0, **TINY_TRAIN)
+    list(train(vol, "unit", tmp_path / "a", steps=4, **common))
+    # lr 0: the weights stay those of the source prior, so they must arrive unchanged
+    events = list(train(vol, "unit", tmp_path / "b", steps=7, init=tmp_path / "a",
+                        **dict(common, lr=0.0)))
+    assert [e.step for e in events] == [5, 6, 7]
+    a, meta_a = load_checkpoint(tmp_path / "a")
+    b, meta_b = load_checkpoint(tmp_path / "b")
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(va, vb, rtol=0, atol=1e-7, msg=k)
+    assert meta_b["steps"] == 7
+    assert meta_b["initialised_from"] == {"name": "a", "steps": 4, "same_training_data": True}
+    segs = meta_b["segments"]
+    assert [(s["start_step"], s["end_step"], s["optimiser"]) for s in segs] == \
+        [(0, 4, "fresh"), (4, 7, "fresh")]
+    assert meta_b["wall_time_s"] >= meta_a["wall_time_s"]
+    # a different network or modality, or init together with resume, is refused
+    with pytest.raises(InputError, match="architecture"):
+        other = {**dict(build_unet("tiny").config), "channels": [8, 8]}
+        next(train(vol, "unit", tmp_path / "c", steps=7, init=tmp_path / "a",
+                   **dict(common, config=other)))
+    with pytest.raises(InputError, match="modality"):
+        next(train(vol, "ct", tmp_path / "d", steps=7, init=tmp_path / "a", **common))
+    with pytest.raises(InputError, match="not both"):
+        next(train(vol, "unit", tmp_path / "b", steps=9, init=tmp_path / "a", resume=True,
+                   **common))
