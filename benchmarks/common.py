@@ -77,6 +77,10 @@ def val_slices(task: Task) -> np.ndarray:
     return mri_slices("brain1", MRI_VAL) if task.data == "mri" else ct_slices(CT_VAL)
 
 
-def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+def machine(device="cpu") -> str:
+    """The machine in words; with a CUDA device, its GPU's name too."""
+    cpu = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA), host {cpu}"
+    return cpu

@@ -47,7 +47,7 @@ PRIORS = {("ct", "patch"): "ct", ("ct", "whole"): "ct-whole", ("mri", "patch"): 
           ("mri", "whole"): None}
 
 
-def run_cell(row: str, task, n_slices: int | None) -> dict:
+def run_cell(row: str, task, n_slices: int | None, device="cpu") -> dict:
     method, kind, mode, overrides = ROWS[row]
     x = test_slices(task)
     if kind is not None and n_slices:
@@ -58,21 +58,25 @@ def run_cell(row: str, task, n_slices: int | None) -> dict:
         if name is None:
             return {"skipped": f"no shipped {task.data} {kind} prior"}
         try:
-            prior = load_prior(name, mode=mode) if kind == "patch" else load_prior(name)
+            prior = (load_prior(name, mode=mode, device=device) if kind == "patch"
+                     else load_prior(name, device=device))
         except Exception as exc:  # a missing prior is reported, not hidden
             return {"skipped": f"prior {name!r} unavailable: {exc}"}
     truth = api.truth_from_array(x, modality="unit")
-    problem = api.simulate(truth, task.operator, noise=task.noise, seed=0, **task.params)
+    problem = api.simulate(truth, task.operator, noise=task.noise, seed=0, device=device,
+                           **task.params)
     t0 = time.perf_counter()
     kw = {"prior": prior} if prior is not None else {}
     result = api.solve(problem, method, **kw, **overrides)  # all slices in one batch
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     recon, nfe = result.recon, result.report["nfe"]
     sec = (time.perf_counter() - t0) / x.shape[0]
     per_slice = [psnr(a, b) for a, b in zip(recon, x)]
     return {"psnr": float(np.mean(per_slice)), "psnr_per_slice": per_slice,
             "ssim": float(np.mean([ssim(a, b) for a, b in zip(recon, x)])),
             "seconds_per_slice": sec, "nfe": nfe, "slices": int(x.shape[0]),
-            "all_slices": int(test_slices(task).shape[0]),
+            "all_slices": int(test_slices(task).shape[0]), "device": machine(device),
             "prior_steps": None if prior is None else prior.metadata.get("steps"),
             "params": {k: v for k, v in result.report.get("method_params", {}).items()
                        if isinstance(v, (int, float, str, type(None)))}}
@@ -95,6 +99,13 @@ def table(data: dict) -> None:
         "super-resolution 0.01 (image units). Cells: mean PSNR (dB) / SSIM, seconds per slice, "
         "network evaluations; `[k slices]` when only the first k test slices were run (CPU "
         "budget); `-` not run.",
+    ]
+    gpus = sorted({c["device"] for r in data["cells"].values() for c in r.values()
+                   if "CUDA" in c.get("device", "")})
+    if gpus:
+        lines.append(f"Cells marked GPU ran on {'; '.join(gpus)} (`--device cuda`); their seconds "
+                     "are GPU seconds, the others' are the CPU machine's.")
+    lines += [
         "",
         "| method | " + " | ".join(tasks) + " |",
         "|---" * (len(tasks) + 1) + "|",
@@ -108,13 +119,20 @@ def table(data: dict) -> None:
             elif "skipped" in c:
                 cells.append(f"n/a ({c['skipped'].split(':')[0]})")
             else:
-                s = f"{c['psnr']:.2f} / {c['ssim']:.3f}, {c['seconds_per_slice']:.1f} s"
+                gpu = " GPU" if "CUDA" in c.get("device", "") else ""
+                s = f"{c['psnr']:.2f} / {c['ssim']:.3f}, {c['seconds_per_slice']:.1f} s{gpu}"
                 if c["nfe"]:
                     s += f", {c['nfe']} ev"
                 if c["slices"] < c["all_slices"]:
                     s += f" [{c['slices']} slices]"
                 cells.append(s)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "CT 20 views, rows run on all test slices, against ADMM-TV:", ""]
+    tv20 = data["cells"].get("ADMM-TV", {}).get("CT 20 views")
+    for row in ROWS:
+        c = data["cells"].get(row, {}).get("CT 20 views")
+        if tv20 and row != "ADMM-TV" and c and "psnr" in c and c["slices"] == c["all_slices"]:
+            lines.append(f"- {row}: {c['psnr']:.2f} dB ({c['psnr'] - tv20['psnr']:+.2f} dB)")
     lines += ["", "Same-slice comparison (rows run on fewer slices against ADMM-TV on those slices):", ""]
     tv = data["cells"].get("ADMM-TV", {})
     for row in ROWS:
@@ -138,12 +156,13 @@ def main() -> None:
                         help="test slices for the diffusion rows (0: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--redo", action="store_true", help="recompute cached cells")
+    parser.add_argument("--device", default="cpu", help="torch device (cells record it)")
     parser.add_argument("--table", action="store_true", help="only rewrite quality.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load()
     if not args.table:
-        data["machine"] = machine()
+        data.setdefault("machine", machine())
         data["priors"] = {name: load_prior(name).metadata.get("steps") if _exists(name) else None
                           for name in {n for n in PRIORS.values() if n}}
         for row in args.rows:
@@ -152,7 +171,7 @@ def main() -> None:
                     continue
                 if not args.redo and task.key in data["cells"].get(row, {}):
                     continue
-                cell = run_cell(row, task, args.slices or None)
+                cell = run_cell(row, task, args.slices or None, args.device)
                 print(row, task.key, cell, flush=True)
                 data = {**data, "cells": load()["cells"]}  # merge with concurrent runs
                 data["cells"].setdefault(row, {})[task.key] = cell

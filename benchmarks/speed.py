@@ -2,6 +2,8 @@
 
     python benchmarks/speed.py [--prior ct] [--method dds] [--threads 2] [--device cpu]
 
+(``--device cuda`` writes speed_cuda.md / .json instead.)
+
 One 256 x 256 slice (lung2 55), 20 views, noise 0.2, the method's default evaluations. Reports
 wall seconds, network evaluations, seconds per evaluation, the network's GFLOP per evaluation
 (torch.utils.flop_counter on one assembled denoiser call), the achieved GFLOP/s of the network
@@ -72,13 +74,14 @@ def main() -> None:
     wall = time.perf_counter() - t0
     r = result.report
     nfe = r["nfe"]
-    out = {"machine": machine(), "device": str(device), "method": args.method,
+    out = {"machine": machine(device), "device": str(device), "method": args.method,
            "prior": args.prior, "prior_steps": prior.metadata.get("steps"),
            "params": r["method_params"], "seconds": wall, "nfe": nfe, "s_per_eval": wall / nfe,
            "gflop_per_eval": gflop, "network_s_per_eval": net_s,
            "network_gflops": gflop / net_s, "run_gflops": gflop * nfe / wall,
            "matmul_gflops": mm, "psnr": r["psnr"], "ssim": r["ssim"]}
-    (RESULTS / "speed.json").write_text(json.dumps(out, indent=1, default=str))
+    stem = "speed" if device.type == "cpu" else f"speed_{device.type}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1, default=str))
     lines = [
         "# Speed of one reconstruction",
         "",
@@ -100,7 +103,7 @@ def main() -> None:
         f"| PSNR / SSIM of this run | {r['psnr']:.2f} dB / {r['ssim']:.3f} |",
         "",
     ]
-    (RESULTS / "speed.md").write_text("\n".join(lines))
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

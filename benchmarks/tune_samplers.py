@@ -1,7 +1,8 @@
 """Tune the defaults of the fast diffusion methods on validation slices -> benchmarks/results/.
 
-    python benchmarks/tune_samplers.py [--method dds|pnp-admm] [--prior ct] [--tasks "CT 20 views"]
-                                       [--start JSON] [--params NAME ...] [--threads 1]
+    python benchmarks/tune_samplers.py [--method dds|pnp-admm|padis|dps] [--prior ct]
+                                       [--tasks "CT 20 views"] [--nfe 50] [--start JSON]
+                                       [--params NAME ...] [--threads 1] [--device cpu]
 
 Coordinate search, one parameter at a time over the grid below, at 50 network evaluations, on
 the validation slice of each task (CT: lung2 47, MRI: brain1 15; never trained on):
@@ -11,7 +12,10 @@ the validation slice of each task (CT: lung2 47, MRI: brain1 15; never trained o
   start ``start`` ("noise/10": pure noise at sigma_max 10; "initial/S": the direct reconstruction
   plus noise at sigma_max S, the warm start);
 * ``pnp-admm``: the first and last denoiser levels, the CG steps and the data-term noise std as a
-  multiple ``data_scale`` of the measurement noise.
+  multiple ``data_scale`` of the measurement noise;
+* ``padis``: the step ``zeta`` on the gradient of ``||y - A D(x)||`` (absolute; levels x 10 inner
+  iterations = ``--nfe``, run with ``--nfe 1000``);
+* ``dps``: the step as ``zeta_rel``, in units of ``1 / sqrt(||A^T A||)`` (run with ``--nfe 1000``).
 
 Every run is recorded in ``METHOD_tuning[_PRIOR].json`` (``dds_tuning.json`` for DDS with the
 shipped ``ct`` prior) and reused by a later run with the same prior steps and evaluations, so a
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -30,6 +35,7 @@ import torch
 from common import CT_VAL, MRI_VAL, RESULTS, TASKS, machine, val_slices
 from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
+from napari_patchdiff.solvers.classical import normal_norm
 
 GRIDS = {
     "dds": {
@@ -44,30 +50,42 @@ GRIDS = {
         "cg_iterations": (2, 5, 10),
         "data_scale": (0.5, 1.0, 2.0),
     },
+    "padis": {"zeta": (0.03, 0.1, 0.3, 1.0, 3.0)},
+    "dps": {"zeta_rel": (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)},
 }
 STARTS = {
     "dds": {"prior_std": 0.05, "cg_iterations": 5, "eta": 0.15, "start": "noise/10"},
     "pnp-admm": {"sigma_start": 0.1, "sigma_end": 0.02, "cg_iterations": 5, "data_scale": 1.0},
+    "padis": {"zeta": 0.3},
+    "dps": {"zeta_rel": 0.5},
 }
+PREFIX = {"dds": "dds", "pnp-admm": "pnp", "padis": "padis", "dps": "dps"}
 
 
-def method_kwargs(method: str, cfg: dict, noise: float) -> dict:
+def method_kwargs(method: str, cfg: dict, noise: float, op) -> dict:
     """The solver keyword arguments of one grid point."""
     kw = dict(cfg)
     if method == "dds":
         init, sigma_max = kw.pop("start").split("/")
         kw.update(init=init, sigma_max=float(sigma_max), gamma=(kw.pop("prior_std") / noise) ** 2)
-    else:
+    elif method == "pnp-admm":
         kw.update(iterations=kw.pop("nfe"), data_std=kw.pop("data_scale") * noise)
+    elif method == "padis":
+        kw.update(levels=kw.pop("nfe") // 10, inner=10)
+    elif method == "dps":
+        kw["zeta"] = kw.pop("zeta_rel") / math.sqrt(normal_norm(op))
     return kw
 
 
-def run(method, task, x, prior, nfe, cfg):
+def run(method, task, x, prior, nfe, cfg, device="cpu"):
     truth = api.truth_from_array(x, modality="unit")
-    problem = api.simulate(truth, task.operator, noise=task.noise, seed=0, **task.params)
+    problem = api.simulate(truth, task.operator, noise=task.noise, seed=0, device=device,
+                           **task.params)
     t0 = time.perf_counter()
     res = api.solve(problem, method, prior=prior, seed=0,
-                    **method_kwargs(method, {**cfg, "nfe": nfe}, task.noise))
+                    **method_kwargs(method, {**cfg, "nfe": nfe}, task.noise, problem.op))
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     return res.report["psnr"], res.report["ssim"], time.perf_counter() - t0
 
 
@@ -78,6 +96,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*", default=["CT 20 views"])
     parser.add_argument("--nfe", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--start", type=json.loads, default=None,
                         help="starting point as JSON (a second pass starts from the first's best)")
     parser.add_argument("--params", nargs="*", default=None,
@@ -89,10 +108,10 @@ def main() -> None:
     unknown = set(params) - set(grid)
     if unknown:
         parser.error(f"unknown parameters {sorted(unknown)} for {args.method}")
-    prior = load_prior(args.prior)
-    prefix = "dds" if args.method == "dds" else "pnp"
+    prior = load_prior(args.prior, device=args.device)
+    prefix = PREFIX[args.method]
     stem = f"{prefix}_tuning" + ("" if args.prior == "ct" else f"_{Path(args.prior).stem}")
-    out = {"machine": machine(), "method": args.method, "prior": str(args.prior),
+    out = {"machine": machine(args.device), "method": args.method, "prior": str(args.prior),
            "prior_steps": prior.metadata.get("steps"), "nfe": args.nfe, "tasks": {}}
     previous = {}
     if (RESULTS / f"{stem}.json").exists():  # reuse runs recorded with the same prior and nfe
@@ -115,7 +134,7 @@ def main() -> None:
                 cfg = {**best, name: v}
                 key = tuple(sorted(cfg.items()))
                 if key not in cache:
-                    cache[key] = run(args.method, task, x, prior, args.nfe, cfg)
+                    cache[key] = run(args.method, task, x, prior, args.nfe, cfg, args.device)
                     runs.append({**cfg, "psnr": cache[key][0], "ssim": cache[key][1],
                                  "seconds": round(cache[key][2], 1)})
                     print(task.key, runs[-1], flush=True)

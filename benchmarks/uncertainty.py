@@ -61,16 +61,18 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    prior = load_prior(args.prior)
-    out = {"machine": machine(), "prior": args.prior, "prior_steps": prior.metadata.get("steps"),
+    prior = load_prior(args.prior, device=args.device)
+    out = {"machine": machine(args.device), "prior": args.prior, "prior_steps": prior.metadata.get("steps"),
            "samples": args.samples, "nfe": args.nfe, "noise": NOISE, "boxes": BOXES, "slices": {}}
     figure_data = None
     for sl in args.slices:
         x = ct_slices([sl])[0]
         truth = api.truth_from_array(x, modality="unit")
-        problem = api.simulate(truth, "ct-parallel", noise=NOISE, seed=0, views=20)
+        problem = api.simulate(truth, "ct-parallel", noise=NOISE, seed=0, views=20,
+                               device=args.device)
         row = {}
         for design in ("iid", "antithetic"):
             res, cis = run_design(problem, prior, design, args)
