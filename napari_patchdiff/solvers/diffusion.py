@@ -55,9 +55,8 @@ __all__ = ["dds", "dps", "padis", "langevin", "pnp_admm", "dds_defaults", "dps_d
 # ------------------------------------------------------------------------------------------------
 
 #: DDS: CG steps per sampling step. ``A^T A`` is a projection for MRI/inpainting/denoising, so
-#: one or two steps reach the data exactly; CT was tuned on a validation slice (with the
-#: 3,500-step prior, dds_tuning.md in git history before 2e17bdc: at eta 1, 5 steps tie with 10
-#: and beat 2 by 2.8 dB).
+#: one or two steps reach the data exactly; CT was tuned on a validation slice (dds_tuning.md,
+#: 12,092-step prior, eta 1: 5 steps beat 10 by 0.2 dB and 2 by 1.2 dB).
 DDS_CG_ITERATIONS: dict[str, int] = {
     "ct-parallel": 5, "ct-fan": 5, "blur-gaussian": 5, "superres": 3,
     "mri-cartesian": 2, "inpaint": 1, "denoise": 1,
@@ -67,13 +66,14 @@ _DEFAULT_DDS_CG = 5
 #: ``(I + gamma A^T A) x = x0_hat + gamma A^T y`` with ``gamma = (prior_std / noise_std)^2``,
 #: i.e. the Gaussian posterior mean when the prior's estimate has error std ``prior_std`` per
 #: pixel (an assumption) and the measurement noise std is ``noise_std``. CT: tuned on a
-#: validation slice (benchmarks/results/dds_tuning.md, warm start, eta 1: 0.2 and 0.1 tie to
-#: 0.01 dB, 0.05 is 0.03 dB and 0.01 1.4 dB below); others: the untuned starting value.
+#: validation slice (benchmarks/results/dds_tuning.md, 12,092-step prior, warm start, eta 1:
+#: 0.1 and 0.2 tie to 0.01 dB, 0.05 is 0.03 dB and 0.01 1.6 dB below); others: the untuned
+#: starting value.
 DDS_PRIOR_STD: dict[str, float] = {"ct-parallel": 0.1, "ct-fan": 0.1}
 _DEFAULT_DDS_PRIOR_STD = 0.05
 #: DDS stochasticity ``eta``. CT: tuned on a validation slice (dds_tuning.md, warm start): fresh
-#: noise at every step (1.0) beat the paper's 0.15 by 4.2 dB, the deterministic 0 by 4.5 dB and
-#: 0.8 by 0.9 dB with the CPU-trained prior; others: the paper's 0.15 (untuned).
+#: noise at every step (1.0) beat the paper's 0.15 by 4.5 dB, the deterministic 0 by 4.8 dB and
+#: 0.8 by 1.0 dB; others: the paper's 0.15 (untuned).
 DDS_ETA: dict[str, float] = {"ct-parallel": 1.0, "ct-fan": 1.0}
 _DEFAULT_DDS_ETA = 0.15
 #: DDS start ``(init, sigma_max)``. CT: tuned on a validation slice (dds_tuning.md): the warm
@@ -83,23 +83,25 @@ _DEFAULT_DDS_ETA = 0.15
 DDS_START: dict[str, tuple[str, float]] = {"ct-parallel": ("initial", 0.3),
                                            "ct-fan": ("initial", 0.3)}
 _DEFAULT_DDS_START = ("noise", 10.0)
-#: DPS step ``zeta`` on ``grad_x ||y - A D(x)||``, relative to ``1 / sqrt(||A^T A||)``
-DPS_ZETA: dict[str, float] = {}
+#: DPS step ``zeta`` on ``grad_x ||y - A D(x)||``, relative to ``1 / sqrt(||A^T A||)``. CT:
+#: tuned at 1000 evaluations on a validation slice (benchmarks/results/dps_tuning.md: 2 gave
+#: 32.6 dB, 1 and 4 lost 2.8 and 0.5 dB, the untuned 0.5 lost 8 dB); others: 0.5 (untuned).
+DPS_ZETA: dict[str, float] = {"ct-parallel": 2.0, "ct-fan": 2.0}
 _DEFAULT_DPS_ZETA = 0.5
-#: PaDIS step ``zeta`` on ``grad_x ||y - A D(x)||``, absolute (not scaled by the operator norm):
-#: the paper's 0.3 for 20-view CT. The scaled 0.3 / sqrt(||A^T A||) left the CT data term
-#: ineffective (residual rising to ~100x the noise); 0.3 absolute fits the data far better in a
-#: 200-evaluation check on the validation slice, but it is NOT tuned further.
-PADIS_ZETA: dict[str, float] = {}
+#: PaDIS step ``zeta`` on ``grad_x ||y - A D(x)||``, absolute (not scaled by the operator norm).
+#: CT: tuned at 1000 evaluations on a validation slice (benchmarks/results/padis_tuning.md, grid
+#: 0.03-3: 0.1 gave 30.6 dB, 0.03 29.3 dB, the paper's 0.3 21.4 dB); others: the paper's 0.3
+#: (untuned; it is not scaled with the operator).
+PADIS_ZETA: dict[str, float] = {"ct-parallel": 0.1, "ct-fan": 0.1}
 _DEFAULT_PADIS_ZETA = 0.3
 #: PnP-ADMM denoiser levels, annealed geometrically from start to end, CG steps per iteration
 #: and the data term's noise std as a multiple of the measurement noise. CT: tuned on a
-#: validation slice (benchmarks/results/pnp_tuning.md: 34.65 dB there against 30.5 dB for
-#: ADMM-TV; 2 CG steps lose 7.4 dB, start 0.4 or end 0.05 lose 0.7-1.2 dB). MRI 4x: start
+#: validation slice (benchmarks/results/pnp_tuning.md, 12,092-step prior: 35.83 dB there; 2 CG
+#: steps lose 10 dB, start 0.4 or end 0.01 / 0.05 lose 0.4-0.5 dB). MRI 4x: start
 #: tuned on the MRI prior's validation slice (pnp_tuning_mri.md: 0.2 ties with 0.1 and 0.4 to
 #: 0.02 dB, 0.05 loses 0.8 dB; data scale 1 beats 0.5 and 2 by 0.16 dB). Others: the untuned
 #: starting values (CG steps as for DDS).
-PNP_SIGMA_START: dict[str, float] = {"ct-parallel": 0.2, "ct-fan": 0.2, "mri-cartesian": 0.2}
+PNP_SIGMA_START: dict[str, float] = {"ct-parallel": 0.1, "ct-fan": 0.1, "mri-cartesian": 0.2}
 _DEFAULT_PNP_SIGMA_START = 0.1
 PNP_SIGMA_END: dict[str, float] = {"ct-parallel": 0.02, "ct-fan": 0.02}
 _DEFAULT_PNP_SIGMA_END = 0.02
