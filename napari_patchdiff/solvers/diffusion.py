@@ -56,7 +56,8 @@ __all__ = ["dds", "dps", "padis", "langevin", "pnp_admm", "dds_defaults", "dps_d
 
 #: DDS: CG steps per sampling step. ``A^T A`` is a projection for MRI/inpainting/denoising, so
 #: one or two steps reach the data exactly; CT was tuned on a validation slice (dds_tuning.md,
-#: 12,092-step prior, eta 1: 5 steps beat 10 by 0.2 dB and 2 by 1.2 dB).
+#: 12,092-step prior, eta 1: 5 steps beat 10 by 0.2 dB and 2 by 1.2 dB); deblurring: 5 ties with
+#: 10 (0.02 dB) and beats 2 by 0.8 dB; super-resolution: 2, 5 and 10 give identical results.
 DDS_CG_ITERATIONS: dict[str, int] = {
     "ct-parallel": 5, "ct-fan": 5, "blur-gaussian": 5, "superres": 3,
     "mri-cartesian": 2, "inpaint": 1, "denoise": 1,
@@ -67,21 +68,27 @@ _DEFAULT_DDS_CG = 5
 #: i.e. the Gaussian posterior mean when the prior's estimate has error std ``prior_std`` per
 #: pixel (an assumption) and the measurement noise std is ``noise_std``. CT: tuned on a
 #: validation slice (benchmarks/results/dds_tuning.md, 12,092-step prior, warm start, eta 1:
-#: 0.1 and 0.2 tie to 0.01 dB, 0.05 is 0.03 dB and 0.01 1.6 dB below); others: the untuned
-#: starting value.
-DDS_PRIOR_STD: dict[str, float] = {"ct-parallel": 0.1, "ct-fan": 0.1}
+#: 0.1 and 0.2 tie to 0.01 dB, 0.05 is 0.03 dB and 0.01 1.6 dB below); deblurring: 0.02 (4.1 dB
+#: above 0.01, 3.4 dB above 0.1); super-resolution x4: 0.05 (tuned; 0.02-0.2 within 0.1 dB);
+#: others (MRI, inpainting): the untuned starting value.
+DDS_PRIOR_STD: dict[str, float] = {"ct-parallel": 0.1, "ct-fan": 0.1, "blur-gaussian": 0.02}
 _DEFAULT_DDS_PRIOR_STD = 0.05
 #: DDS stochasticity ``eta``. CT: tuned on a validation slice (dds_tuning.md, warm start): fresh
 #: noise at every step (1.0) beat the paper's 0.15 by 4.5 dB, the deterministic 0 by 4.8 dB and
-#: 0.8 by 1.0 dB; others: the paper's 0.15 (untuned).
-DDS_ETA: dict[str, float] = {"ct-parallel": 1.0, "ct-fan": 1.0}
+#: 0.8 by 1.0 dB; deblurring and super-resolution x4 likewise (1.0 beat 0.15 by 4.4 and 1.9 dB);
+#: others: the paper's 0.15 (untuned).
+DDS_ETA: dict[str, float] = {"ct-parallel": 1.0, "ct-fan": 1.0, "blur-gaussian": 1.0,
+                             "superres": 1.0}
 _DEFAULT_DDS_ETA = 0.15
 #: DDS start ``(init, sigma_max)``. CT: tuned on a validation slice (dds_tuning.md): the warm
 #: start from the FBP plus noise at sigma 0.3 beat pure noise at sigma 10 by 0.7 dB (sigma 1:
-#: +0.4 dB), since the patch prior knows least at the high noise levels it then skips; others:
-#: pure noise at EDM's sigma_max 10.
+#: +0.4 dB), since the patch prior knows least at the high noise levels it then skips;
+#: super-resolution x4: the bicubic image plus noise at 0.3 (0.9 dB above pure noise);
+#: deblurring: pure noise (1.2 dB above the blurred image at 0.3); others: pure noise at EDM's
+#: sigma_max 10.
 DDS_START: dict[str, tuple[str, float]] = {"ct-parallel": ("initial", 0.3),
-                                           "ct-fan": ("initial", 0.3)}
+                                           "ct-fan": ("initial", 0.3),
+                                           "superres": ("initial", 0.3)}
 _DEFAULT_DDS_START = ("noise", 10.0)
 #: DPS step ``zeta`` on ``grad_x ||y - A D(x)||``, relative to ``1 / sqrt(||A^T A||)``. CT:
 #: tuned at 1000 evaluations on a validation slice (benchmarks/results/dps_tuning.md: 2 gave
@@ -172,11 +179,13 @@ def _grad_residual(op, y, prior, x, sigma, noise):
 def dds_defaults(op, noise_std: float = 0.0, **overrides) -> dict:
     """Default DDS parameters for ``op`` at measurement noise std ``noise_std``.
 
-    ``nfe = 50`` (the paper's count), ``eta = DDS_ETA[op]`` (1 for CT, tuned; else the paper's
-    0.15), ``cg_iterations = DDS_CG_ITERATIONS[op]`` (5 for CT and deblurring, 1-2 for
-    projection-like operators), ``gamma = None`` (the noiseless formulation ``A^T A x = A^T y``)
-    for ``noise_std = 0``, else ``(DDS_PRIOR_STD[op] / noise_std)^2``, ``(init, sigma_max) =
-    DDS_START[op]`` (CT: the FBP plus noise at sigma 0.3, tuned; else pure noise at 10, EDM's),
+    ``nfe = 50`` (the paper's count), ``eta = DDS_ETA[op]`` (1 for CT, deblurring and
+    super-resolution, tuned; else the paper's 0.15), ``cg_iterations = DDS_CG_ITERATIONS[op]`` (5
+    for CT and deblurring, 1-3 for projection-like operators), ``gamma = None`` (the noiseless
+    formulation ``A^T A x = A^T y``) for ``noise_std = 0``, else
+    ``(DDS_PRIOR_STD[op] / noise_std)^2``, ``(init, sigma_max) = DDS_START[op]`` (CT and
+    super-resolution: the direct reconstruction plus noise at sigma 0.3, tuned; else pure noise
+    at 10, EDM's),
     ``sigma_min = 0.002`` (EDM), ``seed = 0``.
     """
     noise_std = _check_float("noise_std", noise_std, 0.0)
