@@ -19,6 +19,14 @@ HU_AIR = -1024.0
 HU_RANGE = 2048.0
 MRI_PERCENTILE = 99.5
 MODALITIES = ("ct", "mri", "unit")
+#: the units of each modality's images, for sidecars, reports and layer metadata
+UNITS = {"ct": "HU", "mri": "scanner units", "unit": "normalised [0, 1]"}
+
+
+def units_of(modality: str | None, meta: dict | None = None) -> str:
+    """The units of an image: ``meta["units"]`` when set, else those of its modality."""
+    given = (meta or {}).get("units")
+    return given or UNITS.get(modality or "unit", UNITS["unit"])
 
 
 def hu_to_unit(hu):
