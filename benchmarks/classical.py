@@ -20,13 +20,14 @@ from common import RESULTS, TASKS, machine, test_slices, val_slices
 from napari_patchdiff import api
 from napari_patchdiff.api import Truth
 from napari_patchdiff.metrics import psnr, ssim
-from napari_patchdiff.solvers import classical
+from napari_patchdiff.operators import OPERATORS
+from napari_patchdiff.solvers import knobs
 
 METHODS = ("initial", "cg", "admm-tv")
 
 
 def run(task, x: np.ndarray, method: str, **params):
-    problem = api.simulate(Truth(x, "unit"), task.operator, noise=task.noise, seed=0,
+    problem = api.simulate(Truth(x, "unit"), task.operator, noise_std=task.noise, seed=0,
                            **task.params)
     t0 = time.perf_counter()
     result = api.solve(problem, method, **params)
@@ -45,14 +46,15 @@ def run(task, x: np.ndarray, method: str, **params):
 def tune(only=None) -> None:
     factors = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     lines = ["# ADMM-TV weight sweep on validation slices", "",
-             "Relative weight factor applied to the current `TV_WEIGHTS` entry; PSNR (dB).", "",
+             "Relative factor applied to the current ADMM-TV weight (`admm-tv.weight` in "
+             "`napari_patchdiff/solvers/defaults.py`); PSNR (dB).", "",
              "| task | " + " | ".join(f"x{f:g}" for f in factors) + " | best |",
              "|---" * (len(factors) + 2) + "|"]
     for task in TASKS:
         if only and task.key not in only:
             continue
         x = val_slices(task)
-        problem = api.simulate(Truth(x, "unit"), task.operator, noise=task.noise, **task.params)
+        problem = api.simulate(Truth(x, "unit"), task.operator, noise_std=task.noise, **task.params)
         lam0 = api.method_params(problem, "admm-tv")["lam"]
         scores = [run(task, x, "admm-tv", lam=lam0 * f)["psnr"] for f in factors]
         best = factors[int(np.argmax(scores))]
@@ -100,8 +102,10 @@ def table() -> None:
     lines += ["", "Iterations: " + "; ".join(
         f"{t.key}: CG {results[(t.key, 'cg')]['iterations']}, ADMM-TV "
         f"{results[(t.key, 'admm-tv')]['iterations']}" for t in TASKS) + "."]
-    lines += ["", "TV weights used (relative, `solvers.classical.TV_WEIGHTS`): "
-              + ", ".join(f"{k} {v:g}" for k, v in classical.TV_WEIGHTS.items()) + "."]
+    weights = {op: knobs(op, "admm-tv")["weight"] for op in OPERATORS.names()}
+    lines += ["", "TV weights used (relative, `admm-tv.weight` in "
+              "`napari_patchdiff/solvers/defaults.py`): "
+              + ", ".join(f"{k} {v:g}" for k, v in weights.items()) + "."]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "classical.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "classical.json").write_text(json.dumps(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from qtpy.QtCore import QEventLoop, Qt, QTimer
 
-from napari_patchdiff._qt import jobs
+from napari_patchdiff import jobs
 from napari_patchdiff._qt.scripting import open_viewer
 
 OUT = Path(__file__).resolve().parent / "results" / "gui_latency.md"
@@ -106,7 +106,7 @@ def main() -> None:
 
     s = open_viewer(sample="ct", show=True)
     s.viewer.window.resize(1400, 900)
-    s.simulate("ct-parallel", slice=10, views=20, noise=0.2)
+    s.simulate("ct-parallel", slice=10, views=20, noise_std=0.2)
     s.use_prior("ct")
     s.wait()
     admm = dict(method="admm-tv", iterations=args.iterations)

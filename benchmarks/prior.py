@@ -39,15 +39,15 @@ def noisy(x: np.ndarray, sigma: float, seed: int) -> torch.Tensor:
 
 
 def tv_denoise(y: torch.Tensor, sigma: float, lam: float | None = None):
-    problem = api.from_measurement(y[:, 0].numpy(), "denoise", y.shape[-2:], device=DEVICE)
-    problem.noise = sigma
+    problem = api.from_measurement(y[:, 0].numpy(), "denoise", y.shape[-2:], noise_std=sigma,
+                                   device=DEVICE)
     return api.solve(problem, "admm-tv", lam=lam).recon
 
 
 def tune_tv(x_val: np.ndarray, sigma: float) -> float:
     y = noisy(x_val, sigma, seed=99)
-    problem = api.from_measurement(y[:, 0].numpy(), "denoise", y.shape[-2:], device=DEVICE)
-    problem.noise = sigma
+    problem = api.from_measurement(y[:, 0].numpy(), "denoise", y.shape[-2:], noise_std=sigma,
+                                   device=DEVICE)
     lam0 = api.method_params(problem, "admm-tv")["lam"]
     scores = {f: psnr(tv_denoise(y, sigma, lam0 * f), x_val) for f in TV_FACTORS}
     return lam0 * max(scores, key=scores.get)

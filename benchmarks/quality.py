@@ -63,7 +63,7 @@ def run_cell(row: str, task, n_slices: int | None, device="cpu") -> dict:
         except Exception as exc:  # a missing prior is reported, not hidden
             return {"skipped": f"prior {name!r} unavailable: {exc}"}
     truth = api.truth_from_array(x, modality="unit")
-    problem = api.simulate(truth, task.operator, noise=task.noise, seed=0, device=device,
+    problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0, device=device,
                            **task.params)
     t0 = time.perf_counter()
     kw = {"prior": prior} if prior is not None else {}

@@ -52,7 +52,7 @@ def main() -> None:
     device = torch.device(args.device)
     prior = load_prior(args.prior, device=device)
     truth = api.truth_from_array(ct_slices([55])[0], modality="unit")
-    problem = api.simulate(truth, "ct-parallel", noise=0.2, seed=0, views=20, device=device)
+    problem = api.simulate(truth, "ct-parallel", noise_std=0.2, seed=0, views=20, device=device)
     x = problem.truth_batch + 0.1 * torch.randn_like(problem.truth_batch)
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

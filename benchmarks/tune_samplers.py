@@ -13,20 +13,21 @@ the validation slice of each task (CT: lung2 47, MRI: brain1 15; never trained o
   plus noise at sigma_max S, the warm start);
 * ``pnp-admm``: the first and last denoiser levels, the CG steps and the data-term noise std as a
   multiple ``data_scale`` of the measurement noise;
-* ``padis``: the step ``zeta`` on the gradient of ``||y - A D(x)||`` (absolute; levels x 10 inner
-  iterations = ``--nfe``, run with ``--nfe 1000``);
+* ``padis``: the step ``zeta`` on the gradient of ``||y - A D(x)||`` (absolute; ``--nfe / 10``
+  levels of 10 inner iterations, run with ``--nfe 1000``);
 * ``dps``: the step as ``zeta_rel``, in units of ``1 / sqrt(||A^T A||)`` (run with ``--nfe 1000``).
 
 Every run is recorded in ``METHOD_tuning[_PRIOR].json`` (``dds_tuning.json`` for DDS with the
 shipped ``ct`` prior) and reused by a later run with the same prior steps and evaluations, so a
-second pass from the first's best costs only its new points. The best values go into the
-tables at the top of ``napari_patchdiff/solvers/diffusion.py`` by hand (with a pointer here).
+second pass from the first's best costs only its new points. Each grid point runs through the
+package's own default rules with the tried values in place of the tuned ones
+(``napari_patchdiff.solvers.defaults.overridden``); the best values go into that table,
+``napari_patchdiff/solvers/defaults.py``, by hand, each with the run that chose it.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import torch
 from common import CT_VAL, MRI_VAL, RESULTS, TASKS, machine, val_slices
 from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
-from napari_patchdiff.solvers.classical import normal_norm
+from napari_patchdiff.solvers.defaults import overridden
 
 GRIDS = {
     "dds": {
@@ -62,28 +63,23 @@ STARTS = {
 PREFIX = {"dds": "dds", "pnp-admm": "pnp", "padis": "padis", "dps": "dps"}
 
 
-def method_kwargs(method: str, cfg: dict, noise: float, op) -> dict:
-    """The solver keyword arguments of one grid point."""
-    kw = dict(cfg)
+def table_values(method: str, cfg: dict) -> dict:
+    """One grid point as values of the tuned-defaults table (``solvers/defaults.py``), so the
+    run goes through the same default rules as a user's (``dds.prior_std`` -> ``gamma``, ...)."""
+    cfg = dict(cfg)
     if method == "dds":
-        init, sigma_max = kw.pop("start").split("/")
-        kw.update(init=init, sigma_max=float(sigma_max), gamma=(kw.pop("prior_std") / noise) ** 2)
-    elif method == "pnp-admm":
-        kw.update(iterations=kw.pop("nfe"), data_std=kw.pop("data_scale") * noise)
-    elif method == "padis":
-        kw.update(levels=kw.pop("nfe") // 10, inner=10)
-    elif method == "dps":
-        kw["zeta"] = kw.pop("zeta_rel") / math.sqrt(normal_norm(op))
-    return kw
+        start, sigma_max = cfg.pop("start").split("/")
+        cfg.update(start=start, sigma_max=float(sigma_max))
+    return {f"{method}.{k}": v for k, v in cfg.items()}
 
 
 def run(method, task, x, prior, nfe, cfg, device="cpu"):
     truth = api.truth_from_array(x, modality="unit")
-    problem = api.simulate(truth, task.operator, noise=task.noise, seed=0, device=device,
+    problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0, device=device,
                            **task.params)
     t0 = time.perf_counter()
-    res = api.solve(problem, method, prior=prior, seed=0,
-                    **method_kwargs(method, {**cfg, "nfe": nfe}, task.noise, problem.op))
+    with overridden(task.operator, table_values(method, cfg)):
+        res = api.solve(problem, method, prior=prior, seed=0, nfe=nfe)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     return res.report["psnr"], res.report["ssim"], time.perf_counter() - t0

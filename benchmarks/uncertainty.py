@@ -31,7 +31,7 @@ NOISE = 0.2
 
 #: the DDS start of the committed results (pure noise at sigma_max 10, the default when they were
 #: measured; DDS's CT default is now the warm start, see dds_tuning.md)
-DDS_START = {"init": "noise", "sigma_max": 10.0}
+DDS_START = {"start": "noise", "sigma_max": 10.0}
 
 
 def run_design(problem, prior, design, args):
@@ -71,7 +71,7 @@ def main() -> None:
     for sl in args.slices:
         x = ct_slices([sl])[0]
         truth = api.truth_from_array(x, modality="unit")
-        problem = api.simulate(truth, "ct-parallel", noise=NOISE, seed=0, views=20,
+        problem = api.simulate(truth, "ct-parallel", noise_std=NOISE, seed=0, views=20,
                                device=args.device)
         row = {}
         for design in ("iid", "antithetic"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, api, conventions, io
+from . import __version__, api, io
 from .conventions import MODALITIES
 from .errors import InputError
 from .events import Cancelled, CancelToken
@@ -95,7 +95,7 @@ def _problem_options(p) -> None:
                    help="forward operator")
     p.add_argument("--prior", help="diffusion prior for dds/dps/padis: a shipped name "
                    "(see `napari-patchdiff info`) or a checkpoint path")
-    p.add_argument("--noise", type=float, default=0.0,
+    p.add_argument("--noise-std", "--noise", dest="noise_std", type=float, default=0.0,
                    help="std of the added Gaussian noise in measurement units: CT line "
                    "integrals (pixel-length units), MRI orthonormal k-space (each of real and "
                    "imaginary part), image units otherwise (default 0)")
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     _problem_options(smp)
     smp.set_defaults(func=cmd_sample)
 
+    from .priors.network import CONFIGS
+    from .training.config import KINDS, PADIS_PATCH_SIZES
+
     tr = sub.add_parser(
         "train",
         help="train a patch (or whole-image) diffusion prior on a few volumes",
@@ -167,23 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("volumes", nargs="+", help="training images or volumes; 'ct' / 'mri' name "
                     "the training split of the development data (shared/data)")
     tr.add_argument("--out", required=True, help="checkpoint path (without or with .safetensors)")
-    tr.add_argument("--modality", choices=("ct", "mri", "unit"),
+    tr.add_argument("--modality", choices=MODALITIES,
                     help="intensity convention of VOLUMES (default: guessed)")
     tr.add_argument("--bin", type=int, default=1, help="average BIN x BIN blocks first "
                     "(2 turns 512 x 512 CT into the 256 x 256 working size)")
-    tr.add_argument("--kind", default="patch", choices=("patch", "whole"),
+    tr.add_argument("--kind", default="patch", choices=KINDS,
                     help="patch prior (PaDIS) or the whole-image comparison prior")
-    tr.add_argument("--config", default="cpu", choices=("tiny", "cpu", "gpu"),
-                    help="network size: tiny (tests), cpu (~3.7 M parameters), gpu (~25 M)")
-    tr.add_argument("--patch-sizes", type=int, nargs="+", default=[16, 32, 64],
+    tr.add_argument("--network", "--config", dest="network", default="cpu",
+                    choices=tuple(CONFIGS), help="network size: tiny (tests), cpu (~3.7 M "
+                    "parameters), gpu (~25 M); --config is the older name of this option")
+    tr.add_argument("--patch-sizes", type=int, nargs="+", default=list(PADIS_PATCH_SIZES),
                     help="training patch sizes (default 16 32 64)")
     tr.add_argument("--patch-probs", type=float, nargs="+",
-                    help="their probabilities (default 0.2 0.3 0.5)")
+                    help="their probabilities, one per size, summing to 1 (default 0.2 0.3 0.5 "
+                    "for 16 32 64, else equal)")
     tr.add_argument("--steps", type=int, default=20000, help="total optimiser steps")
     tr.add_argument("--batch", type=int, help="images per step at the largest patch size "
                     "(smaller patches get proportionally more); default 8 (patch) / 4 (whole)")
     tr.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    tr.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights")
+    tr.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights, in (0, 1)")
     tr.add_argument("--pad", type=int, help="zero padding of the canvas (default 24 for "
                     "patch priors, 0 for whole-image priors)")
     tr.add_argument("--seed", type=int, default=0)
@@ -251,7 +256,7 @@ def _problem(args) -> api.Problem:
         raise InputError("give either TRUTH (to simulate a measurement) or --measurement Y")
     if args.truth is not None:
         truth = api.load_truth(args.truth, modality=args.modality, slice=args.slice)
-        return api.simulate(truth, args.operator, noise=args.noise, seed=args.seed,
+        return api.simulate(truth, args.operator, noise_std=args.noise_std, seed=args.seed,
                             device=device, dtype=dtype, **op_params)
     y, meta = io.read_measurement(args.measurement)
     if meta.get("operator") not in (None, args.operator):
@@ -266,9 +271,9 @@ def _problem(args) -> api.Problem:
         if y.ndim < 3:
             raise InputError("--slice needs a stack of measurements")
         y = y[args.slice]
-    problem = api.from_measurement(y, args.operator, shape, device=device, dtype=dtype, **op_params)
-    problem.noise = float(meta.get("noise_std", args.noise))
-    return problem
+    return api.from_measurement(y, args.operator, shape, device=device, dtype=dtype,
+                                noise_std=float(meta.get("noise_std", args.noise_std)),
+                                **op_params)
 
 
 def cmd_reconstruct(args) -> int:
@@ -299,24 +304,14 @@ def cmd_reconstruct(args) -> int:
 def write_outputs(out: Path, problem: api.Problem, result: api.Result, stem: str = "recon") -> None:
     """STEM.tif (truth's units when known), measurement.tif, report.json."""
     out.mkdir(parents=True, exist_ok=True)
-    recon = result.recon
-    units = "normalised [0, 1]"
-    if problem.truth is not None:
-        recon = problem.truth.to_units(recon)
-        units = problem.truth.meta.get("units") or {"ct": "HU", "mri": "scanner units"}.get(
-            problem.truth.modality, units)
-    spacing = (problem.truth.meta.get("spacing") if problem.truth is not None else None)
+    truth = problem.truth
+    recon = result.recon if truth is None else truth.to_units(result.recon)
+    spacing = truth.meta.get("spacing") if truth is not None else None
     io.write_tiff(out / f"{stem}.tif", np.asarray(recon, dtype=np.float32),
-                  {**result.report, "units": units, "spacing": spacing})
+                  {**result.report, "units": problem.units, "spacing": spacing})
     y = problem.y.detach().cpu().numpy()[:, 0]
-    io.write_measurement(out / "measurement.tif", y[0] if problem.squeeze else y, {
-        "operator": problem.op.name,
-        "operator_params": {k: v for k, v in problem.op.params.items()},
-        "image_shape": list(problem.op.image_shape),
-        "noise_std": problem.noise,
-        "seed": problem.seed,
-        "units": problem.op.measurement_units,
-    })
+    io.write_measurement(out / "measurement.tif", y[0] if problem.squeeze else y,
+                         problem.describe_measurement())
     (out / "report.json").write_text(json.dumps(io.json_safe(result.report), indent=2,
                                                 sort_keys=True) + "\n")
 
@@ -327,9 +322,7 @@ def cmd_sample(args) -> int:
     problem = _problem(args)
     method_params = _collect(args, SOLVERS, args.method, "method")
     seed = method_params.pop("seed", args.seed)
-    shape = tuple(problem.y.shape[:1]) + tuple(problem.op.image_shape)
-    shape = shape[1:] if problem.squeeze else shape
-    roi = parse_roi(args.roi, shape) if args.roi else None
+    roi = parse_roi(args.roi, problem.image_shape) if args.roi else None
     out = Path(args.out)
     progress = _Progress(args.method, args.quiet)
     done = []
@@ -373,13 +366,10 @@ def write_ensemble(out: Path, problem: api.Problem, result, args) -> None:
     """samples/mean/std/lower/upper (+ pair_correlation) TIFFs in the truth's units, the
     measurement, report.json and (with a truth) calibration.png."""
     out.mkdir(parents=True, exist_ok=True)
-    units, to_units, scale = "normalised [0, 1]", (lambda a: a), 1.0
+    units, to_units, scale = problem.units, (lambda a: a), 1.0
     if problem.truth is not None:
-        t = problem.truth
-        to_units = t.to_units
-        scale = float(np.asarray(t.to_units(np.float32(1))) - np.asarray(t.to_units(np.float32(0))))
-        units = t.meta.get("units") or {"ct": "HU", "mri": "scanner units"}.get(t.modality, units)
-    report = {**result.report, "operator": problem.op.describe(), "noise_std": problem.noise,
+        to_units, scale = problem.truth.to_units, problem.truth.unit_scale
+    report = {**result.report, "operator": problem.op.describe(), "noise_std": problem.noise_std,
               "measurement_seed": problem.seed, "prior": args.prior, "units": units}
     meta = {"method": args.method, "noise_design": result.report["design"], "units": units}
     arrays = {"samples": to_units(result.samples), "mean": to_units(result.mean),
@@ -407,46 +397,34 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _training_volumes(args):
-    from .training import TrainingVolume, load_training_slices
+def _train_config(args):
+    """The :class:`~napari_patchdiff.training.TrainConfig` of ``train``'s options."""
+    from .training import TrainConfig
 
-    if args.volumes in (["ct"], ["mri"]):
-        return load_training_slices(args.volumes[0]), args.volumes[0]
-    vols, modality = [], args.modality
-    for path in args.volumes:
-        arr, meta = io.read_image(path)
-        arr = arr[None] if arr.ndim == 2 else arr
-        if args.bin > 1:
-            d, h, w = arr.shape
-            b = args.bin
-            arr = arr[:, : h // b * b, : w // b * b].reshape(d, h // b, b, w // b, b).mean((2, 4))
-        modality = modality or io.guess_modality(arr, meta)
-        x, scale = conventions.normalise(arr, modality)
-        vols.append(TrainingVolume(x, Path(path).name, [], scale))
-    return vols, modality
+    return TrainConfig(modality=args.modality, network=args.network, kind=args.kind,
+                       patch_sizes=tuple(args.patch_sizes),
+                       patch_probs=None if args.patch_probs is None else tuple(args.patch_probs),
+                       batch=args.batch, steps=args.steps, lr=args.lr, ema=args.ema, pad=args.pad,
+                       seed=args.seed, device=str(_device(args.device)), resume=args.resume,
+                       overwrite=args.overwrite, init=args.init, save_every=args.save_every,
+                       val_every=args.val_every)
 
 
 def cmd_train(args) -> int:
-    from .training import train
+    import dataclasses
+
+    from .training import train, training_volumes
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
-    vols, modality = _training_volumes(args)
-    kw = dict(config=args.config, patch_sizes=tuple(args.patch_sizes), steps=args.steps,
-              lr=args.lr, ema=args.ema, device=device, resume=args.resume, seed=args.seed,
-              kind=args.kind, overwrite=args.overwrite, save_every=args.save_every,
-              val_every=args.val_every, cancel=CancelToken(), init=args.init)
-    if args.patch_probs:
-        kw["probs"] = tuple(args.patch_probs)
-    for key in ("batch", "pad"):
-        if getattr(args, key) is not None:
-            kw[key] = getattr(args, key)
+    config = _train_config(args)  # bad options fail before the volumes are read
+    vols, modality = training_volumes(args.volumes, config.modality, bin=args.bin)
+    config = dataclasses.replace(config, modality=modality)
     n = sum(v.data.shape[0] for v in vols)
-    print(f"training a {args.kind} prior ({args.config}) on {n} slices of {len(vols)} "
-          f"volume(s), modality {modality}, device {device}", file=sys.stderr)
+    print(f"training a {config.kind} prior ({config.network}) on {n} slices of {len(vols)} "
+          f"volume(s), modality {modality}, device {config.device}", file=sys.stderr)
     last = None
-    for last in train(vols, modality, args.out, **kw):
+    for last in train(vols, args.out, config, cancel=CancelToken()):
         val = ""
         if last.val_losses:
             val = " val " + " ".join(f"{s:g}:{v:.4f}" for s, v in last.val_losses.items())

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from . import api, io
-from .solvers import get_solver
 
 #: the demo problem: slice 10 of the sample volume is lung2 slice 55 (a test slice)
 DEMO_SLICE = 10
@@ -29,21 +28,20 @@ def run_demo(out: Path, device="cpu", seed: int = 0, methods=DEMO_METHODS,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     truth = api.load_truth("sample:ct", slice=DEMO_SLICE)
-    problem = api.simulate(truth, noise=DEMO_NOISE, seed=seed, device=device, **DEMO_OPERATOR)
+    problem = api.simulate(truth, noise_std=DEMO_NOISE, seed=seed, device=device,
+                           **DEMO_OPERATOR)
     results = {}
     for method in methods:
         print(f"[demo] {method} ...", flush=True)
-        kw = {"prior": prior, "seed": seed} if api.needs_prior(method) else {}
-        if kw and nfe is not None:  # the evaluation budget: "nfe" or, for PnP-ADMM, "iterations"
-            names = {p.name for p in get_solver(method).params}
-            kw["nfe" if "nfe" in names else "iterations"] = nfe
+        kw = {"prior": prior, "seed": seed, "nfe": nfe} if api.needs_prior(method) else {}
         results[method] = api.solve(problem, method, **kw)
         r = results[method].report
         print(f"[demo] {method}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
               f"{r['seconds']:.2f} s", flush=True)
     best = methods[-1]
     io.write_tiff(out / "recon.tif", truth.to_units(results[best].recon),
-                  {**results[best].report, "units": "HU", "spacing": truth.meta.get("spacing")})
+                  {**results[best].report, "units": truth.units,
+                   "spacing": truth.meta.get("spacing")})
     report = {
         "job": "20-view parallel-beam CT of lung2 slice 55 (shipped sample data, test split), "
                "noise 0.2",

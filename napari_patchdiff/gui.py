@@ -4,7 +4,7 @@ See :mod:`napari_patchdiff._qt.scripting`::
 
     from napari_patchdiff import gui
     s = gui.open_viewer(sample="ct")
-    s.simulate("ct-parallel", slice=10, views=20, noise=0.2)
+    s.simulate("ct-parallel", slice=10, views=20, noise_std=0.2)
     s.reconstruct("admm-tv")
     gui.run()
 """

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .conventions import UNITS
 from .errors import InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -270,7 +271,7 @@ def _read_dicom(p: Path) -> tuple[np.ndarray, dict]:
     array = arrays[0] if len(arrays) == 1 else np.stack(arrays)
     first = datasets[0]
     modality = _modality(getattr(first, "Modality", None))
-    units = {"ct": "HU", "mri": "scanner units"}.get(modality)
+    units = UNITS.get(modality) if modality in ("ct", "mri") else None
     spacing = _dicom_spacing(datasets, array.ndim)
     return array, {"modality": modality, "units": units, "spacing": spacing}
 

@@ -3,8 +3,8 @@
 Every diffusion sampler in :mod:`napari_patchdiff.solvers.diffusion` draws its initial noise and
 every injected noise from :meth:`NoiseSource.randn`, in a fixed order. ``NoiseSource(seed,
 antithetic=True)`` returns exactly the negation of the stream that ``NoiseSource(seed)`` returns,
-so running a sampler twice with the two gives an antithetic pair (methods.md section 6: the
-WHOLE noise stream is negated, initial and injected noise alike).
+so running a sampler twice with the two gives an antithetic pair (Jia et al., arXiv 2506.06185:
+the WHOLE noise stream is negated, initial and injected noise alike).
 
 Randomness that must *not* be negated (the random grid shift of the PaDIS patch denoiser) comes
 from :attr:`NoiseSource.prior_generator`, a separate generator seeded from the same seed and
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from .errors import InputError
 
 __all__ = ["NoiseSource", "StackedNoise", "sample_seed", "as_noise_source"]
 
@@ -122,5 +124,6 @@ def as_noise_source(noise: NoiseSource | None, seed: int, device, dtype) -> Nois
     if noise is None:
         return NoiseSource(seed, False, device, dtype)
     if not isinstance(noise, NoiseSource):
-        raise TypeError(f"noise must be a NoiseSource or None, got {type(noise).__name__}")
+        raise InputError(f"noise_source must be a NoiseSource or None, got "
+                         f"{type(noise).__name__}")
     return noise

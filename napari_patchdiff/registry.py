@@ -1,6 +1,7 @@
-"""Name -> factory registries for operators, solvers and priors.
-
-The CLI, the Python API and the napari widgets build their choices from these.
+"""A name -> object registry: the operators (``operators.OPERATORS``) and the reconstruction
+methods (``solvers.SOLVERS``). The CLI, the Python API and the napari widgets build their
+choices from these. (Priors are found by name among the shipped checkpoint files,
+``priors.shipped_priors``.)
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python scripts/continue_ct_priors.py --out DIR --device cuda --minutes 7
 
 How the shipped ``ct`` and ``ct-whole`` priors were trained past their CPU runs: both start from
-the shipped weights (``train(init=...)``: EMA weights, fresh Adam, the step count continues) and
+the shipped weights (``TrainConfig(init=...)``: EMA weights, fresh Adam, the step count continues) and
 are stepped in one process, four patch steps (4 x 32,768 pixels) to one whole-image step
 (2 x 256 x 256 = 131,072 pixels), so at every stop both have seen the same number of training
 pixels ("comparable compute": the network is fully convolutional, FLOPs go with pixels). The run
@@ -19,11 +19,11 @@ import time
 import torch
 
 from napari_patchdiff.events import Cancelled, CancelToken
-from napari_patchdiff.training import load_training_slices, train
+from napari_patchdiff.training import TrainConfig, train, training_volumes
 
-#: the recipes of the shipped priors (their metadata), which train(init=...) continues
-PATCH = dict(config="cpu", batch=8, pad=24, inference_patch_size=56, seed=0, val_every=500)
-WHOLE = dict(config="cpu", kind="whole", batch=2, seed=0, val_every=250)
+#: the recipes of the shipped priors (their metadata), which TrainConfig(init=...) continues
+PATCH = dict(network="cpu", batch=8, pad=24, inference_patch_size=56, seed=0, val_every=500)
+WHOLE = dict(network="cpu", kind="whole", batch=2, seed=0, val_every=250)
 
 
 def main() -> None:
@@ -36,13 +36,17 @@ def main() -> None:
     ap.add_argument("--init-whole", default="ct-whole")
     args = ap.parse_args()
     torch.backends.cudnn.benchmark = True
-    vols = load_training_slices("ct")
+    vols, modality = training_volumes("ct")
     tokens = CancelToken(), CancelToken()
-    common = dict(device=args.device, log_every=1, save_every=0, overwrite=True)
-    patch = train(vols, "ct", f"{args.out}/ct", steps=args.patch_steps, init=args.init_patch,
-                  cancel=tokens[0], **PATCH, **common)
-    whole = train(vols, "ct", f"{args.out}/ct-whole", steps=args.patch_steps // 4,
-                  init=args.init_whole, cancel=tokens[1], **WHOLE, **common)
+    common = dict(modality=modality, device=args.device, log_every=1, save_every=0,
+                  overwrite=True)
+    patch = train(vols, f"{args.out}/ct", TrainConfig(steps=args.patch_steps,
+                                                      init=args.init_patch, **PATCH, **common),
+                  cancel=tokens[0])
+    whole = train(vols, f"{args.out}/ct-whole", TrainConfig(steps=args.patch_steps // 4,
+                                                            init=args.init_whole, **WHOLE,
+                                                            **common),
+                  cancel=tokens[1])
     t0, rounds = time.perf_counter(), 0
     deadline = t0 + 60 * args.minutes
     ev_p = ev_w = None

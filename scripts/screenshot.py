@@ -30,7 +30,7 @@ def main() -> None:
     s = open_viewer(sample="ct", show=True, title="napari-patchdiff")
     viewer = s.viewer
     viewer.window.resize(1600, 1000)
-    s.simulate("ct-parallel", slice=10, views=20, noise=0.2)
+    s.simulate("ct-parallel", slice=10, views=20, noise_std=0.2)
     s.use_prior("ct")
     s.reconstruct("dds", nfe=15, samples=4, design="antithetic", seed=0)
     if not s.wait(timeout=900):

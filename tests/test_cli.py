@@ -153,6 +153,38 @@ def test_train_info_resume(tmp_path, capsys):
     assert json.loads(out)["initialised_from"]["steps"] == 6
 
 
+def test_train_two_patch_sizes_without_probabilities(tmp_path, capsys):
+    """`--patch-sizes 32 64` alone trains with equal probabilities (it used to crash)."""
+    from napari_patchdiff.samples import load_sample
+
+    vol = tmp_path / "ct.npy"
+    np.save(vol, load_sample("ct")[0][:4, ::4, ::4])
+    code, out, err = _run(capsys, "train", vol, "--out", tmp_path / "p", "--network", "tiny",
+                          "--patch-sizes", 32, 64, "--steps", 2, "--batch", 1)
+    assert code == 0, err
+    assert "step 2/2" in err and "Traceback" not in err
+    meta = json.loads((tmp_path / "p.json").read_text())
+    assert meta["patch_sizes"] == [32, 64] and meta["patch_probs"] == [0.5, 0.5]
+    assert meta["config_name"] == "tiny" and meta["inference_patch_size"] == 56
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--patch-sizes", "32", "64", "--patch-probs", "1"], "1 patch probabilities for 2"),
+    (["--patch-probs", "0.5", "0.7", "-0.2"], ">= 0"),
+    (["--patch-probs", "0.2", "0.2", "0.2"], "sum to 1"),
+    (["--lr", "nan"], "lr must be finite"),
+    (["--ema", "1.5"], "ema"),
+    (["--steps", "0"], "steps"),
+])
+def test_train_bad_options_exit_2_with_one_line(tmp_path, capsys, options, message):
+    # the options are checked before the volumes are read: no such file is ever opened
+    code, out, err = _run(capsys, "train", tmp_path / "missing.tif", "--out", tmp_path / "p",
+                          "--network", "tiny", *options)
+    assert code == 2 and message in err, err
+    assert err.startswith("napari-patchdiff: error:") and err.strip().count("\n") == 0, err
+    assert not (tmp_path / "p.safetensors").exists()
+
+
 def test_info_on_corrupt_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00\x01garbage")
@@ -187,7 +219,7 @@ def test_api_cancel_token_carries_partial():
     from napari_patchdiff import api
     from napari_patchdiff.events import Cancelled, CancelToken
 
-    problem = api.simulate(api.load_truth("sample:ct", slice=2), "blur-gaussian", noise=0.01)
+    problem = api.simulate(api.load_truth("sample:ct", slice=2), "blur-gaussian", noise_std=0.01)
     token = CancelToken()
 
     def cancel_after_two(ev):
@@ -282,3 +314,30 @@ def test_demo_job_writes_its_outputs(tmp_path):
     recon, meta = io.read_image(tmp_path / "recon.tif")
     assert recon.shape == (256, 256) and meta["units"] == "HU"
     assert (tmp_path / "figure.png").stat().st_size > 10_000
+
+
+def test_python_api_and_cli_run_a_method_with_the_same_defaults(tmp_path, capsys):
+    """A method called directly from Python, through the API and from the CLI gets the same
+    defaults for the operator and noise level, and so the same reconstruction."""
+    from napari_patchdiff import api
+    from napari_patchdiff.events import run_to_end
+    from napari_patchdiff.solvers.classical import admm_tv
+
+    crop = tmp_path / "crop.tif"
+    from napari_patchdiff.samples import load_sample
+
+    hu = load_sample("ct")[0][10, 96:160, 96:160].astype(np.float32)
+    io.write_tiff(crop, hu, {"modality": "ct", "units": "HU"})
+    problem = api.simulate(api.load_truth(crop), "ct-parallel", noise_std=0.2, seed=0, views=20)
+    direct = run_to_end(admm_tv(problem.op, problem.y, noise_std=0.2)).estimate[0, 0].numpy()
+    through_api = api.solve(problem, "admm-tv")
+    np.testing.assert_array_equal(direct, through_api.recon)
+    code, _, err = _run(capsys, "reconstruct", crop, "--operator", "ct-parallel", "--views", 20,
+                        "--noise", 0.2, "--method", "admm-tv", "--out", tmp_path / "cli",
+                        "--quiet")
+    assert code == 0, err
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert report["method_params"] == api.method_params(problem, "admm-tv")
+    assert report["method_params"] == admm_tv.resolve(problem.op, 0.2)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "cli" / "recon.tif"),
+                                  problem.truth.to_units(through_api.recon))

@@ -16,8 +16,8 @@ from napari_patchdiff.events import Cancelled, CancelToken
 from napari_patchdiff.noise_source import NoiseSource
 from napari_patchdiff.operators import make_operator
 from napari_patchdiff.priors.prior import Prior
-from napari_patchdiff.solvers import diffusion
-from napari_patchdiff.solvers.diffusion import dds, dps, padis, pnp_admm
+from napari_patchdiff.solvers import get_solver
+from napari_patchdiff.solvers.diffusion import dds, dps, langevin, padis, pnp_admm
 
 from gaussian_model import (DT, N, GaussianPrior, ZeroNoise, dense_matrix,  # noqa: E402
                             exact_posterior, last, problem, smooth_prior)
@@ -54,7 +54,7 @@ def test_dds_eta0_deterministic_per_seed():
     yb = y.expand(3, -1, -1, -1)
     kw = dict(prior=prior, nfe=10, eta=0.0, cg_iterations=1)
     x1 = last(dds(op, yb, seed=7, **kw)).estimate
-    x2 = last(dds(op, yb, noise=NoiseSource(7, dtype=DT), **kw)).estimate
+    x2 = last(dds(op, yb, noise_source=NoiseSource(7, dtype=DT), **kw)).estimate
     x3 = last(dds(op, yb, seed=8, **kw)).estimate
     assert torch.equal(x1, x2)
     assert not torch.allclose(x1, x3)
@@ -72,10 +72,10 @@ def test_dds_antithetic_pairs_are_exactly_anticorrelated(eta, gamma):
     pairs = 24
     yb = y.expand(pairs, -1, -1, -1)
     kw = dict(prior=prior, nfe=12, eta=eta, cg_iterations=1, gamma=gamma)
-    xp = last(dds(op, yb, noise=NoiseSource(5, dtype=DT), **kw)).estimate.reshape(pairs, -1)
-    xm = last(dds(op, yb, noise=NoiseSource(5, antithetic=True, dtype=DT), **kw)).estimate
+    xp = last(dds(op, yb, noise_source=NoiseSource(5, dtype=DT), **kw)).estimate.reshape(pairs, -1)
+    xm = last(dds(op, yb, noise_source=NoiseSource(5, antithetic=True, dtype=DT), **kw)).estimate
     xm = xm.reshape(pairs, -1)
-    x0 = last(dds(op, yb, noise=ZeroNoise(5, dtype=DT), **kw)).estimate.reshape(pairs, -1)
+    x0 = last(dds(op, yb, noise_source=ZeroNoise(5, dtype=DT), **kw)).estimate.reshape(pairs, -1)
     torch.testing.assert_close((xp + xm) / 2, x0, atol=1e-10, rtol=0)
     # per-pixel correlation across pairs, on pixels whose samples vary
     cp, cm = xp - xp.mean(0), xm - xm.mean(0)
@@ -97,7 +97,7 @@ B = 200
 def _posterior_stats(sampler, **kw):
     prior, op, _, y = problem(sy=SY)
     m, C = exact_posterior(prior, op, y, SY)
-    x = last(sampler(op, y.expand(B, -1, -1, -1), prior=prior, noise=NoiseSource(0, dtype=DT),
+    x = last(sampler(op, y.expand(B, -1, -1, -1), prior=prior, noise_source=NoiseSource(0, dtype=DT),
                      **kw)).estimate.reshape(B, -1)
     sd = C.diagonal().sqrt()
     missing = op.mask.reshape(-1) == 0
@@ -114,7 +114,7 @@ def test_dds_monte_carlo_mean_matches_its_zero_noise_path():
     kw = dict(nfe=50, eta=1.0, cg_iterations=1, gamma=1 / SY**2)
     st = _posterior_stats(dds, **kw)
     prior, op, _, y = problem(sy=SY)
-    x0 = last(dds(op, y, prior=prior, noise=ZeroNoise(0, dtype=DT), **kw)).estimate.reshape(-1)
+    x0 = last(dds(op, y, prior=prior, noise_source=ZeroNoise(0, dtype=DT), **kw)).estimate.reshape(-1)
     x = st["x"]
     se = x.std(0) / math.sqrt(B)
     varies = se > 1e-9
@@ -160,7 +160,7 @@ def test_padis_and_dps_measured_calibration():
 
     The data steps of both use the gradient of the norm |y - A D(x)| with a fixed step, not the
     likelihood gradient, so there is no reason to expect calibration."""
-    st = _posterior_stats(padis, levels=30, inner=5, zeta=0.3)
+    st = _posterior_stats(padis, nfe=150, inner=5, zeta=0.3)
     miss, b = st["missing"], st["bias_sd"]
     assert 0.3 < float(b[miss].abs().max()) < 1.0
     assert 0.6 < float(st["var_ratio"][miss].median()) < 1.4
@@ -177,12 +177,12 @@ def test_pnp_admm_with_the_exact_gaussian_denoiser_reaches_the_posterior_mean(si
     is the posterior mean; exact data steps (2 CG steps: A^T A is a projection)."""
     prior, op, _, y = problem(sy=SY)
     m, _ = exact_posterior(prior, op, y, SY)
-    ev = last(pnp_admm(op, y, prior=prior, iterations=300, sigma_start=sigma, sigma_end=sigma,
+    ev = last(pnp_admm(op, y, prior=prior, nfe=300, sigma_start=sigma, sigma_end=sigma,
                        cg_iterations=2, data_std=SY))
     err = float((ev.estimate.reshape(-1) - m).abs().max())
     assert err < 1e-6, err
     # a wrong data weight converges elsewhere: the test can fail
-    ev = last(pnp_admm(op, y, prior=prior, iterations=300, sigma_start=sigma, sigma_end=sigma,
+    ev = last(pnp_admm(op, y, prior=prior, nfe=300, sigma_start=sigma, sigma_end=sigma,
                        cg_iterations=2, data_std=3 * SY))
     assert float((ev.estimate.reshape(-1) - m).abs().max()) > 1e-2
 
@@ -194,8 +194,9 @@ def test_pnp_admm_with_the_exact_gaussian_denoiser_reaches_the_posterior_mean(si
 SAMPLERS = {
     "dds": (dds, dict(nfe=6, cg_iterations=2), 6),
     "dps": (dps, dict(nfe=6, zeta=0.1), 6),
-    "padis": (padis, dict(levels=3, inner=2, zeta=0.1), 6),
-    "pnp-admm": (pnp_admm, dict(iterations=6, sigma_start=10.0, sigma_end=0.05, cg_iterations=2), 6),
+    "padis": (padis, dict(nfe=6, inner=2, zeta=0.1), 6),
+    "langevin": (langevin, dict(nfe=6, inner=2), 6),
+    "pnp-admm": (pnp_admm, dict(nfe=6, sigma_start=10.0, sigma_end=0.05, cg_iterations=2), 6),
 }
 
 
@@ -238,11 +239,19 @@ def test_events_report_nfe_sigma_and_shapes(name):
 
 def test_padis_reference_defaults_count_1000():
     prior, op, _, y = problem()
-    d = diffusion.padis_defaults(op)
-    assert d["levels"] * d["inner"] == 1000 and d["sigma_min"] == 0.003
-    assert diffusion.dds_defaults(op)["gamma"] is None
-    assert diffusion.dds_defaults(op, 0.05)["gamma"] == pytest.approx((0.05 / 0.05) ** 2)
-    assert diffusion.dps_defaults(op)["nfe"] == 1000
+    d = get_solver("padis").resolve(op)
+    assert d["nfe"] == 1000 and d["inner"] == 10 and d["sigma_min"] == 0.003
+
+
+def test_dds_defaults_follow_the_noise():
+    prior, op, _, y = problem()
+    assert get_solver("dds").resolve(op)["gamma"] == math.inf  # the noiseless formulation
+    assert get_solver("dds").resolve(op, 0.05)["gamma"] == pytest.approx((0.05 / 0.05) ** 2)
+
+
+def test_dps_reference_defaults_count_1000():
+    prior, op, _, y = problem()
+    assert get_solver("dps").resolve(op)["nfe"] == 1000
 
 
 def test_missing_prior_is_an_input_error():
@@ -294,16 +303,17 @@ def test_dds_mri_fits_the_data():
 
 def test_register_is_idempotent_and_specs_run():
     """The package registers the samplers at import; registering again changes nothing."""
-    from napari_patchdiff.solvers import SOLVERS, get_solver
+    from napari_patchdiff.solvers import SOLVERS, register
 
-    diffusion.register()
+    for name in ("dds", "dps", "padis", "langevin", "pnp-admm"):
+        assert register(get_solver(name)) is get_solver(name)
     prior, op, _, y = problem()
     for name in ("dds", "dps", "padis", "pnp-admm"):
         spec = get_solver(name)
         assert spec.kind == "diffusion" and name in SOLVERS.names()
         assert "prior" not in {p.name for p in spec.params}
-        small = {"dds": dict(nfe=3), "dps": dict(nfe=3), "padis": dict(levels=3, inner=1),
-                 "pnp-admm": dict(iterations=3)}[name]
+        small = {"dds": dict(nfe=3), "dps": dict(nfe=3), "padis": dict(nfe=3, inner=1),
+                 "pnp-admm": dict(nfe=3)}[name]
         params = spec.resolve(op, 0.01, **small)
         ev = last(spec.run(op, y, prior=prior, **params))
         assert ev.step == 3 and ev.nfe == 3

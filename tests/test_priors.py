@@ -18,7 +18,7 @@ from napari_patchdiff.priors import (CONFIGS, EDMDenoiser, MixedPatchSampler, Pa
                                      read_metadata, save_checkpoint, stitched_denoise,
                                      tiling_origins)
 from napari_patchdiff.priors import prior as prior_mod
-from napari_patchdiff.training import (DATA_DIR, TrainEvent, TrainingVolume,
+from napari_patchdiff.training import (DATA_DIR, TrainConfig, TrainEvent, TrainingVolume,
                                        load_training_slices, split_slices, train)
 
 
@@ -38,7 +38,7 @@ def _squares(n=6, size=32):
     return vol
 
 
-TINY_TRAIN = dict(config="tiny", patch_sizes=(16, 32), probs=(0.5, 0.5), batch=4, pad=8,
+TINY_TRAIN = dict(network="tiny", patch_sizes=(16, 32), patch_probs=(0.5, 0.5), batch=4, pad=8,
                   inference_patch_size=16, lr=1e-3, val_fraction=0.2, val_patches=8)
 
 
@@ -231,8 +231,9 @@ def test_whole_image_prior_coordinates():
 # ------------------------------------------------------------------------------- training
 
 def test_training_loss_falls(tmp_path):
-    events = list(train([(_squares(), "squares")], "unit", tmp_path / "p", steps=40, seed=0,
-                        log_every=1, val_every=0, save_every=0, **TINY_TRAIN))
+    events = list(train([("squares", _squares())], tmp_path / "p",
+                        TrainConfig(modality="unit", steps=40, seed=0, log_every=1, val_every=0,
+                                    save_every=0, **TINY_TRAIN)))
     assert all(isinstance(e, TrainEvent) for e in events)
     assert [e.step for e in events] == list(range(1, 41)) and events[-1].done
     losses = [e.loss for e in events]
@@ -249,8 +250,9 @@ def test_training_loss_falls(tmp_path):
 
 
 def test_whole_image_training(tmp_path):
-    events = list(train([(_squares(4), "sq")], "unit", tmp_path / "w", kind="whole", steps=3,
-                        config="tiny", batch=2, val_fraction=0, log_every=1))
+    events = list(train([("sq", _squares(4))], tmp_path / "w",
+                        TrainConfig(modality="unit", kind="whole", steps=3, network="tiny",
+                                    batch=2, val_fraction=0, log_every=1)))
     assert events[-1].step == 3 and events[-1].val_losses is None
     pr = load_prior(tmp_path / "w")
     assert isinstance(pr, WholeImagePrior) and pr.pad == 0
@@ -267,21 +269,22 @@ def test_split_by_slices():
 
 
 def test_resume_matches_uninterrupted(tmp_path):
-    vol = [(_squares(), "squares")]
-    common = dict(steps=12, seed=3, log_every=1, val_every=6, save_every=4, **TINY_TRAIN)
-    full = list(train(vol, "unit", tmp_path / "full", **common))
+    vol = [("squares", _squares())]
+    common = dict(modality="unit", steps=12, seed=3, log_every=1, val_every=6, save_every=4,
+                  **TINY_TRAIN)
+    full = list(train(vol, tmp_path / "full", TrainConfig(**common)))
 
     token = CancelToken()
     seen = []
     with pytest.raises(Cancelled, match="step 5"):
-        for ev in train(vol, "unit", tmp_path / "part", **common, cancel=token):
+        for ev in train(vol, tmp_path / "part", TrainConfig(**common), cancel=token):
             seen.append(ev.step)
             if ev.step == 5:
                 token.cancel()
     assert seen == [1, 2, 3, 4, 5]
     with pytest.raises(InputError, match="resume=True"):
-        next(train(vol, "unit", tmp_path / "part", **common))
-    rest = list(train(vol, "unit", tmp_path / "part", resume=True, **common))
+        next(train(vol, tmp_path / "part", TrainConfig(**common)))
+    rest = list(train(vol, tmp_path / "part", TrainConfig(resume=True, **common)))
     assert [e.step for e in rest] == list(range(6, 13))
     assert rest[-1].loss == pytest.approx(full[-1].loss, rel=1e-5, abs=1e-7)
     a, _ = load_checkpoint(tmp_path / "full")
@@ -291,8 +294,143 @@ def test_resume_matches_uninterrupted(tmp_path):
     assert meta_b["steps"] == 12
     # a resumed run must use the same configuration
     with pytest.raises(InputError, match="pad"):
-        next(train(vol, "unit", tmp_path / "part", resume=True,
-                   **dict(common, steps=20, pad=4)))
+        next(train(vol, tmp_path / "part", TrainConfig(resume=True,
+                                                      **dict(common, steps=20, pad=4))))
+
+
+def _nan_at(monkeypatch, bad_steps):
+    """Make the training loss of the given (1-based) training steps NaN."""
+    from napari_patchdiff.training import loop
+
+    real, calls = loop.edm_loss, []
+
+    def loss(denoiser, *args, **kw):
+        out = real(denoiser, *args, **kw)
+        if denoiser.training:
+            calls.append(1)
+            if len(calls) in bad_steps:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(loop, "edm_loss", loss)
+
+
+def test_skipped_non_finite_step_is_not_logged(tmp_path, monkeypatch):
+    """Regression: a skipped step's NaN loss went into the logged mean (the event's loss NaN)."""
+    vol = [("squares", _squares())]
+    common = dict(modality="unit", log_every=2, val_every=0, save_every=0, **TINY_TRAIN)
+    ref = list(train(vol, tmp_path / "a", TrainConfig(steps=1, **dict(common, log_every=1))))
+    _nan_at(monkeypatch, {2})
+    events = list(train(vol, tmp_path / "b", TrainConfig(steps=4, **common)))
+    assert [e.step for e in events] == [2, 4]
+    assert all(np.isfinite(e.loss) for e in events)
+    assert events[0].loss == pytest.approx(ref[0].loss, rel=1e-6)  # step 1's loss alone
+
+
+def test_five_non_finite_steps_in_a_row_abort(tmp_path, monkeypatch):
+    from napari_patchdiff.errors import SolverError
+
+    _nan_at(monkeypatch, {2, 3, 4, 5, 6})
+    with pytest.raises(SolverError, match="step 6"):
+        list(train([("squares", _squares())], tmp_path / "c",
+                   TrainConfig(modality="unit", steps=8, log_every=1, val_every=0,
+                               save_every=0, **TINY_TRAIN)))
+
+
+class _CheckOnlyToken:
+    """A cancel token with only the public check (no ``cancelled`` attribute)."""
+
+    def __init__(self, after: int):
+        self.after, self.calls = after, 0
+
+    def check(self):
+        self.calls += 1
+        if self.calls > self.after:
+            raise Cancelled("cancelled by the user")
+
+
+def test_training_uses_the_cancel_tokens_check(tmp_path):
+    """Regression: the loop read ``cancel.cancelled`` instead of calling ``cancel.check()``."""
+    seen = []
+    with pytest.raises(Cancelled, match=r"step 3; checkpoint saved to .*q\.safetensors"):
+        for ev in train([("squares", _squares())], tmp_path / "q",
+                        TrainConfig(modality="unit", steps=10, log_every=1, val_every=0,
+                                    save_every=0, **TINY_TRAIN), cancel=_CheckOnlyToken(3)):
+            seen.append(ev.step)
+    assert seen == [1, 2, 3]
+    assert read_metadata(tmp_path / "q")["steps"] == 3
+
+
+def test_train_config_derives_its_defaults_once():
+    c = TrainConfig()
+    assert (c.patch_probs, c.batch, c.pad, c.inference_patch_size) == ((0.2, 0.3, 0.5), 8, 24, 56)
+    assert c.channels_last and c.device == "cpu"
+    c = TrainConfig(patch_sizes=(32, 64))
+    assert c.patch_probs == (0.5, 0.5) and c.inference_patch_size == 56
+    assert TrainConfig(patch_sizes=[16]).inference_patch_size == 16
+    assert TrainConfig(patch_sizes=(64, 128)).inference_patch_size == 64
+    w = TrainConfig(kind="whole")
+    assert (w.batch, w.pad, w.inference_patch_size) == (4, 0, None)
+    assert TrainConfig(batch=3, pad=5, channels_last=False).pad == 5
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(kind="strips"), "kind"),
+    (dict(modality="pet"), "modality"),
+    (dict(network="huge"), "network configuration"),
+    (dict(steps=0), "steps"),
+    (dict(lr=float("nan")), "lr must be finite"),
+    (dict(lr=-1e-4), "lr must be >= 0"),
+    (dict(ema=1.0), "ema"),
+    (dict(ema=0.0), "ema"),
+    (dict(patch_sizes=(16, 32), patch_probs=(1.0,)), "1 patch probabilities for 2"),
+    (dict(patch_probs=(0.5, 0.7, -0.2)), ">= 0"),
+    (dict(patch_probs=(0.2, 0.2, 0.2)), "sum to 1"),
+    (dict(patch_sizes=()), "at least one"),
+    (dict(patch_sizes=(16, 16)), "distinct"),
+    (dict(batch=0), "batch"),
+    (dict(pad=-1), "pad"),
+    (dict(val_fraction=0.5), "val_fraction"),
+    (dict(steps=2.5), "integer"),
+    (dict(device="gpu7"), "device"),
+    (dict(init="ct", resume=True), "not both"),
+])
+def test_train_config_refuses_bad_options(kw, message):
+    with pytest.raises(InputError, match=message) as err:
+        TrainConfig(**kw)
+    assert "\n" not in str(err.value)
+
+
+def test_training_volumes_from_arrays_tuples_files(tmp_path):
+    from napari_patchdiff import io
+    from napari_patchdiff.training import training_volumes
+
+    hu = np.full((3, 8, 12), -1024.0, np.float32)
+    hu[:, 2:6, 2:10] = 0.0
+    vols, modality = training_volumes([("layer", hu, {"units": "HU"})])
+    assert modality == "ct" and vols[0].name == "layer" and vols[0].slices == [0, 1, 2]
+    np.testing.assert_allclose(vols[0].data[0, 3, 3], 0.5)
+    io.write_tiff(tmp_path / "scan.tif", hu, {"modality": "ct", "units": "HU"})
+    vols, modality = training_volumes(tmp_path / "scan.tif", bin=2)
+    assert modality == "ct" and vols[0].data.shape == (3, 4, 6) and vols[0].name == "scan.tif"
+    mag = np.abs(np.random.default_rng(0).normal(size=(2, 8, 8))).astype(np.float32) * 500
+    vols, modality = training_volumes([mag, ("b", mag, [4, 7])], modality="mri")
+    assert modality == "mri" and [v.name for v in vols] == ["volume0", "b"]
+    assert vols[1].slices == [4, 7] and vols[0].scale > 0 and vols[0].data.max() <= 1
+    vols, modality = training_volumes([TrainingVolume(np.zeros((2, 8, 8)), "n")], "unit")
+    assert modality == "unit" and vols[0].name == "n"
+    with pytest.raises(InputError, match="same size"):
+        training_volumes([("a", np.zeros((1, 8, 8))), ("b", np.zeros((1, 8, 6)))], "unit")
+    with pytest.raises(InputError, match="NaN"):
+        training_volumes([("a", np.full((1, 8, 8), np.nan))], "unit")
+    with pytest.raises(InputError, match="normalise"):
+        training_volumes([("a", np.full((1, 8, 8), 3.0))], "unit")
+    with pytest.raises(InputError, match="modality"):
+        training_volumes([TrainingVolume(np.zeros((2, 8, 8)), "n")])
+    with pytest.raises(InputError, match="no training volumes"):
+        training_volumes([])
+    with pytest.raises(InputError, match=r"\(name, array"):
+        training_volumes([(np.zeros((2, 8, 8)), "old order")], "unit")
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -404,12 +542,12 @@ def test_load_training_slices_ct():
 
 
 def test_init_from_a_prior_continues_its_weights_and_records_segments(tmp_path):
-    vol = [(_squares(), "squares")]
-    common = dict(seed=3, log_every=1, val_every=0, save_every=0, **TINY_TRAIN)
-    list(train(vol, "unit", tmp_path / "a", steps=4, **common))
+    vol = [("squares", _squares())]
+    common = dict(modality="unit", seed=3, log_every=1, val_every=0, save_every=0, **TINY_TRAIN)
+    list(train(vol, tmp_path / "a", TrainConfig(steps=4, **common)))
     # lr 0: the weights stay those of the source prior, so they must arrive unchanged
-    events = list(train(vol, "unit", tmp_path / "b", steps=7, init=tmp_path / "a",
-                        **dict(common, lr=0.0)))
+    events = list(train(vol, tmp_path / "b", TrainConfig(steps=7, init=tmp_path / "a",
+                                                         **dict(common, lr=0.0))))
     assert [e.step for e in events] == [5, 6, 7]
     a, meta_a = load_checkpoint(tmp_path / "a")
     b, meta_b = load_checkpoint(tmp_path / "b")
@@ -424,10 +562,12 @@ def test_init_from_a_prior_continues_its_weights_and_records_segments(tmp_path):
     # a different network or modality, or init together with resume, is refused
     with pytest.raises(InputError, match="architecture"):
         other = {**dict(build_unet("tiny").config), "channels": [8, 8]}
-        next(train(vol, "unit", tmp_path / "c", steps=7, init=tmp_path / "a",
-                   **dict(common, config=other)))
+        next(train(vol, tmp_path / "c", TrainConfig(steps=7, init=tmp_path / "a",
+                                                    **dict(common, network=other))))
     with pytest.raises(InputError, match="modality"):
-        next(train(vol, "ct", tmp_path / "d", steps=7, init=tmp_path / "a", **common))
+        ct_vol = [TrainingVolume(_squares(), "squares")]  # already normalised: modality ct
+        next(train(ct_vol, tmp_path / "d", TrainConfig(steps=7, init=tmp_path / "a",
+                                                       **dict(common, modality="ct"))))
     with pytest.raises(InputError, match="not both"):
-        next(train(vol, "unit", tmp_path / "b", steps=9, init=tmp_path / "a", resume=True,
-                   **common))
+        next(train(vol, tmp_path / "b", TrainConfig(steps=9, init=tmp_path / "a", resume=True,
+                                                    **common)))

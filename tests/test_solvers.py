@@ -6,7 +6,7 @@ from napari_patchdiff.errors import InputError
 from napari_patchdiff.events import Cancelled, CancelToken, StepEvent, run_to_end
 from napari_patchdiff.metrics import psnr
 from napari_patchdiff.operators import OPERATORS, add_noise, make_operator
-from napari_patchdiff.solvers import SOLVERS, SolverSpec, get_solver, normal_norm, tv
+from napari_patchdiff.solvers import SOLVERS, Method, get_solver, knobs, tv
 
 F64 = torch.float64
 N = 64
@@ -74,7 +74,7 @@ def test_shrinkage_is_the_prox():
 def test_registry_entries_and_defaults():
     for name in ("fbp", "zero-filled", "adjoint", "initial", "cg", "admm-tv"):
         spec = get_solver(name)
-        assert isinstance(spec, SolverSpec) and spec.name == name and spec.kind == "classical"
+        assert isinstance(spec, Method) and spec.name == name and spec.kind == "classical"
         assert SOLVERS.doc(name)
     with pytest.raises(InputError, match="admm-tv.*cg"):
         get_solver("no-such-method")
@@ -85,22 +85,22 @@ def test_registry_entries_and_defaults():
         for spec_name in ("cg", "admm-tv"):
             spec = get_solver(spec_name)
             # noise of 0.05 on the image scale (measurements scale like sqrt(||A^T A||))
-            d0, d1 = spec.defaults(op, 0.0), spec.defaults(op, 0.05 * normal_norm(op) ** 0.5)
+            d0, d1 = spec.resolve(op, 0.0), spec.resolve(op, 0.05 * op.norm() ** 0.5)
             assert set(d0) == {p.name for p in spec.params}
         assert d1["lam"] > d0["lam"] > 0 and d0["rho"] > 0
-        cg0, cg1 = get_solver("cg").defaults(op, 0.0), get_solver("cg").defaults(op, 1.0)
+        cg0, cg1 = get_solver("cg").resolve(op, 0.0), get_solver("cg").resolve(op, 1.0)
         assert cg0["iterations"] >= cg1["iterations"] >= 1
     with pytest.raises(InputError, match="no parameter"):
         get_solver("cg").resolve(op, 0.0, lam=1.0)
     with pytest.raises(InputError, match="noise_std"):
-        get_solver("admm-tv").defaults(op, -1.0)
+        get_solver("admm-tv").resolve(op, -1.0)
 
 
-def test_normal_norm():
-    assert normal_norm(make_operator("denoise", (16, 16), dtype=F64)) == pytest.approx(1.0)
-    assert normal_norm(make_operator("mri-cartesian", (16, 16), dtype=F64)) == pytest.approx(
+def test_operator_norm():
+    assert make_operator("denoise", (16, 16), dtype=F64).norm() == pytest.approx(1.0)
+    assert make_operator("mri-cartesian", (16, 16), dtype=F64).norm() == pytest.approx(
         1.0, rel=1e-6)
-    assert normal_norm(make_operator("superres", (16, 16), dtype=F64)) == pytest.approx(1 / 16)
+    assert make_operator("superres", (16, 16), dtype=F64).norm() == pytest.approx(1 / 16)
 
 
 def test_direct_methods_check_the_operator(phantom):
@@ -201,7 +201,7 @@ def test_events_and_cancel(phantom, name):
     token = CancelToken()
     seen = []
     with pytest.raises(Cancelled) as info:
-        for ev in get_solver(name).run(op, y, cancel=token, iterations=5):
+        for ev in get_solver(name)(op, y, cancel=token, iterations=5):
             assert isinstance(ev, StepEvent)
             assert ev.total == 5 and ev.nfe == 0 and ev.denoised is None
             assert ev.estimate.shape == (1, 1, N, N) and ev.estimate.dtype == F64
@@ -211,7 +211,7 @@ def test_events_and_cancel(phantom, name):
                 token.cancel()
     assert [e.step for e in seen] == [1, 2]
     assert torch.equal(info.value.estimate, seen[-1].estimate)
-    events = list(get_solver(name).run(op, y, iterations=3))
+    events = list(get_solver(name)(op, y, iterations=3))
     assert [e.step for e in events] == [1, 2, 3] and events[-1].done
 
 
@@ -220,8 +220,8 @@ def test_direct_method_cancel_and_event(phantom):
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
-        run_to_end(get_solver("zero-filled").run(op, op(phantom), cancel=token))
-    (ev,) = list(get_solver("zero-filled").run(op, op(phantom)))
+        run_to_end(get_solver("zero-filled")(op, op(phantom), cancel=token))
+    (ev,) = list(get_solver("zero-filled")(op, op(phantom)))
     assert (ev.step, ev.total, ev.nfe) == (1, 1, 0)
 
 
@@ -274,10 +274,10 @@ def test_tv3d_reduces_slice_variation(phantom):
 def test_admm_rho_follows_a_user_lam():
     """Dependent defaults are computed from the caller's overrides, not the default lam."""
     from napari_patchdiff.operators import make_operator
-    from napari_patchdiff.solvers import classical, get_solver
+    from napari_patchdiff.solvers import get_solver, knobs
 
     op = make_operator("denoise", (16, 16))
     spec = get_solver("admm-tv")
     small, big = spec.resolve(op, 0.1, lam=1e-3), spec.resolve(op, 0.1, lam=10.0)
-    assert big["rho"] >= classical.RHO_PER_LAM * 10.0 > small["rho"]
+    assert big["rho"] >= knobs(op.name, "admm-tv")["rho_per_lam"] * 10.0 > small["rho"]
     assert big["lam_z"] == 10.0

@@ -21,7 +21,7 @@ DDS = dict(nfe=12, eta=0.5, cg_iterations=2, gamma=(0.1 / SY) ** 2)
 def gaussian_problem(sy=SY, seed=1):
     prior, op, x_true, y = problem(sy=sy, seed=seed)
     truth = api.Truth(x=x_true[0, 0].numpy().astype(np.float32), modality="unit")
-    return prior, api.Problem(op=op, y=y, noise=sy, truth=truth, squeeze=True), x_true, y
+    return prior, api.Problem(op=op, y=y, noise_std=sy, truth=truth, squeeze=True), x_true, y
 
 
 def samples_of(events):
@@ -65,7 +65,7 @@ def test_langevin_ensemble_matches_the_exact_gaussian_posterior():
     10% on average (measured: 1.04, the bias of the finite Langevin step)."""
     prior, prob, _, y = gaussian_problem()
     n = 200
-    res = run_ensemble(prob, "langevin", prior=prior, samples=n, batch=n, seed=0, levels=20,
+    res = run_ensemble(prob, "langevin", prior=prior, samples=n, batch=n, seed=0, nfe=2400,
                        inner=120, epsilon=0.9, sigma_min=0.005, data_std=SY)
     m, C = exact_posterior(prior, prob.op, y, SY)
     sd = C.diag().sqrt().numpy().reshape(N, N)
@@ -113,7 +113,7 @@ def test_ensemble_ci_covers_the_sampler_mean_over_seeds():
     prior, prob, _, y = gaussian_problem()
     box = [(2, 6), (1, 7)]
     m = roi_mask(box, (N, N))
-    centre = dds(prob.op, y, prior=prior, noise=ZeroNoise(0, dtype=DT), **DDS)
+    centre = dds(prob.op, y, prior=prior, noise_source=ZeroNoise(0, dtype=DT), **DDS)
     for ev in centre:
         pass
     target = float(ev.estimate[0, 0].numpy()[m].mean())

@@ -7,9 +7,9 @@ import torch
 pytest.importorskip("napari")
 
 from napari_patchdiff import io  # noqa: E402
-from napari_patchdiff._qt import jobs  # noqa: E402
+from napari_patchdiff import runs  # noqa: E402
 from napari_patchdiff._qt.scripting import Session, open_viewer  # noqa: E402
-from napari_patchdiff._qt.state import state_for  # noqa: E402
+from napari_patchdiff.state import state_for  # noqa: E402
 from napari_patchdiff.conventions import hu_to_unit  # noqa: E402
 from napari_patchdiff.samples import load_sample  # noqa: E402
 
@@ -33,12 +33,13 @@ def _ct64():
 @pytest.fixture(scope="session")
 def tiny_prior(tmp_path_factory):
     """A tiny CT patch prior for 64 x 64 slices, trained for a few steps."""
-    from napari_patchdiff.training import train
+    from napari_patchdiff.training import TrainConfig, TrainingVolume, train
 
     out = tmp_path_factory.mktemp("prior") / "tiny"
     vol = hu_to_unit(_ct64()[0])
-    for _ in train([(vol, "ct64")], "ct", out, config="tiny", patch_sizes=(16,), probs=(1.0,),
-                   batch=2, pad=8, inference_patch_size=16, steps=4, val_fraction=0):
+    config = TrainConfig(modality="ct", network="tiny", patch_sizes=(16,), patch_probs=(1.0,),
+                         batch=2, pad=8, inference_patch_size=16, steps=4, val_fraction=0)
+    for _ in train([TrainingVolume(vol, "ct64")], out, config):
         pass
     return str(out)
 
@@ -50,7 +51,7 @@ def session(make_napari_viewer):
     s = open_viewer(sample=None, viewer=viewer)
     data, meta = _ct64()
     viewer.add_image(data, name="ct64", metadata=meta, contrast_limits=(-1000, 600))
-    s.simulate("ct-parallel", layer="ct64", slice=1, views=8, noise=0.05)
+    s.simulate("ct-parallel", layer="ct64", slice=1, views=8, noise_std=0.05)
     s.reconstructor.interval = 0.0  # stream every step, however long showing it takes
     s.reconstructor.panel.max_load = None
     return s
@@ -76,7 +77,7 @@ def test_widgets_from_the_plugin_menu_and_writer_round_trip(make_napari_viewer, 
     _, meas = viewer.window.add_plugin_dock_widget(PLUGIN, "Measurement")
     _, prior = viewer.window.add_plugin_dock_widget(PLUGIN, "Prior")
     _, rec = viewer.window.add_plugin_dock_widget(PLUGIN, "Reconstruct")
-    meas.configure(layer="CT lung (HU)", slice=10, operator="ct-parallel", views=8, noise=0.1)
+    meas.configure(layer="CT lung (HU)", slice=10, operator="ct-parallel", views=8, noise_std=0.1)
     assert meas.simulate() is not None
     assert viewer.layers["measurement"].data.shape == (8, 363)
     assert viewer.layers["initial (fbp)"].data.shape == (256, 256)
@@ -157,7 +158,7 @@ def test_worker_errors_reach_the_user(session, monkeypatch, error, expected):
         yield from ()
         raise error
 
-    monkeypatch.setattr(jobs.api, "iterate", failing)
+    monkeypatch.setattr(runs, "iterate", failing)
     shown = []
     notification_manager.notification_ready.connect(shown.append)
     try:
@@ -174,7 +175,7 @@ def test_worker_errors_reach_the_user(session, monkeypatch, error, expected):
 
 def test_train_a_prior_from_layers(session, tmp_path):
     p = session.prior
-    p.configure(layers=["ct64"], config="tiny", steps=3, batch=2, patch_sizes=(16,),
+    p.configure(layers=["ct64"], network="tiny", steps=3, batch=2, patch_sizes=(16,),
                 out=tmp_path / "mine")
     updates = []
     p.panel.updated.connect(updates.append)
@@ -195,7 +196,7 @@ def test_load_a_measurement_written_by_the_cli(session, tmp_path):
     assert cli.main(["reconstruct", "sample:ct", "--slice", "10", "--operator", "ct-parallel",
                      "--views", "8", "--noise", "0.1", "--out", str(tmp_path), "--quiet"]) == 0
     problem = session.measurement.load_measurement(tmp_path / "measurement.tif")
-    assert problem is not None and problem.truth is None and problem.noise == 0.1
+    assert problem is not None and problem.truth is None and problem.noise_std == 0.1
     assert problem.op.params["views"] == 8 and problem.op.image_shape == (256, 256)
     assert session.viewer.layers["measurement"].data.shape == (8, 363)
     assert _run(session, "fbp")[-1].kind == "done"

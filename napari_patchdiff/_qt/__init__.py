@@ -1,9 +1,11 @@
-"""The napari plugin's GUI: dock widgets, background jobs, layer reader/writer, scripting.
+"""The napari plugin's GUI: Qt code only. The core library never imports this package.
 
-Everything that imports Qt or napari lives here; the core library never imports this package.
-Modules: :mod:`.state` (the per-viewer model the widgets share, no Qt), :mod:`.jobs` (frozen job
-configs, the Qt-free update generators and the thread-worker glue), :mod:`.widgets` (the three
-dock widgets), :mod:`.layer_io` (npe2 reader/writer: float32 TIFF + JSON sidecar) and
-:mod:`.scripting` (open a viewer with the plugin docked from a script). This ``__init__`` imports
-nothing, so the reader/writer load without Qt.
+One dock widget per file (:mod:`.measurement_widget`, :mod:`.prior_widget`,
+:mod:`.reconstruct_widget`), the form helpers they share (:mod:`.forms`), the job panel
+(:mod:`.job_panel`) and the thread-worker glue (:mod:`.workers`) that runs the Qt-free jobs of
+:mod:`napari_patchdiff.jobs`, result layers (:mod:`.layers`), the npe2 reader/writer
+(:mod:`.layer_io`: float32 TIFF + JSON sidecar) and :mod:`.scripting` (a viewer with the plugin
+docked, driven from a script). The widgets share the Qt-free per-viewer model
+:mod:`napari_patchdiff.state`. This ``__init__`` imports nothing, so the reader/writer load
+without Qt.
 """

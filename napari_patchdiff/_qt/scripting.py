@@ -2,7 +2,7 @@
 
     from napari_patchdiff import gui
     s = gui.open_viewer(sample="ct")                     # viewer + Measurement/Prior/Reconstruct
-    s.simulate("ct-parallel", slice=10, views=20, noise=0.2)
+    s.simulate("ct-parallel", slice=10, views=20, noise_std=0.2)
     s.use_prior("ct")
     s.reconstruct("dds", nfe=20, samples=4, design="antithetic")   # runs in the background
     gui.run()                                            # napari's event loop
@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass
 
 from ..errors import InputError
-from .widgets import MeasurementWidget, PriorWidget, ReconstructWidget
+from .measurement_widget import MeasurementWidget
+from .prior_widget import PriorWidget
+from .reconstruct_widget import ReconstructWidget
 
 __all__ = ["Session", "open_viewer", "run"]
 
@@ -33,12 +35,12 @@ class Session:
     reconstructor: ReconstructWidget
 
     def simulate(self, operator: str = "ct-parallel", *, layer: str | None = None,
-                 slice: int | None = None, noise: float = 0.0, seed: int = 0,
+                 slice: int | None = None, noise_std: float = 0.0, seed: int = 0,
                  modality: str | None = None, **op_params):
         """Simulate a measurement of ``layer`` (default: the first image layer)."""
         m = self.measurement
         m.configure(layer=layer, slice=-1 if slice is None else slice, operator=operator,
-                    noise=noise, seed=seed, modality=modality or "auto", **op_params)
+                    noise_std=noise_std, seed=seed, modality=modality or "auto", **op_params)
         problem = m.simulate()
         if problem is None:
             raise InputError(m.info.text())

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from .base import Operator, Param, as_batch
+from ..params import Param
+from .base import Operator, as_batch
 from .ct import FanBeamCT, ParallelBeamCT
 from .imaging import Denoising, GaussianBlur, Inpainting, SuperResolution
 from .mri import CartesianMRI, line_mask

@@ -3,26 +3,29 @@
 Every operator maps a batch of real images ``(B, 1, H, W)`` on the project's normalised scale to a
 batch of measurements ``(B, 1, *measurement_shape)`` (complex for MRI) and back. Volumes
 ``(D, H, W)`` are handled slice by slice through :func:`as_batch`.
+
+Besides ``forward`` and ``adjoint`` every operator offers what the solvers need (in the spirit of
+DeepInverse's ``LinearPhysics``): ``normal`` (``A^T A``), ``norm()`` (``||A^T A||``, cached),
+``solve`` (the data-consistency solve of ``(I + gamma A^T A) x = z + gamma A^T y``, by conjugate
+gradients or in closed form where the operator allows it), ``initial`` (its cheap direct
+reconstruction), ``undersampling_factor`` (how much sparser than the tuning reference it samples)
+and ``to(device, dtype)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 from typing import Any, Callable
 
 import torch
 
 from ..errors import InputError
+from ..linalg import cg_steps, conjugate_gradient, power_iteration
+from ..params import Param
 
-
-@dataclass(frozen=True)
-class Param:
-    """One user-settable operator parameter, used by the CLI and the GUI to build their inputs."""
-
-    name: str
-    type: type
-    default: Any
-    help: str
-    choices: tuple | None = None
+#: conjugate-gradient budget of an exact solve without a closed form: stop when the residual
+#: falls below ``EXACT_TOLERANCE`` times the right-hand side, or after ``EXACT_MAX_STEPS`` steps
+EXACT_TOLERANCE = 1e-6
+EXACT_MAX_STEPS = 500
 
 
 class Operator:
@@ -62,16 +65,7 @@ class Operator:
         self.params: dict[str, Any] = {}
         for p in self.PARAMS:
             value = params.get(p.name, p.default)
-            if value is None:
-                self.params[p.name] = None
-                continue
-            try:
-                value = p.type(value)
-            except (TypeError, ValueError):
-                raise InputError(f"{self.name}: {p.name} must be {p.type.__name__}, got {value!r}")
-            if p.choices is not None and value not in p.choices:
-                raise InputError(f"{self.name}: {p.name} must be one of {p.choices}, got {value!r}")
-            self.params[p.name] = value
+            self.params[p.name] = None if value is None else p.check(value, self.name)
         self._setup()
 
     # -- to implement -------------------------------------------------------------------------
@@ -99,6 +93,83 @@ class Operator:
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """``A^T A x``, the operator of the normal equations (conjugate gradients)."""
         return self.adjoint(self.forward(x))
+
+    @property
+    def undersampling_factor(self) -> float:
+        """How much sparser this operator samples than the reference its method defaults were
+        tuned at (1: the reference; CT and MRI override it). Scales ADMM-TV's default weight."""
+        return 1.0
+
+    def norm(self, iterations: int = 20) -> float:
+        """``L = ||A^T A||`` (the largest eigenvalue) by power iteration from a fixed seeded
+        random image, so the value is deterministic; computed once per operator."""
+        cache = self.__dict__.setdefault("_norms", {})
+        if iterations not in cache:
+            g = torch.Generator().manual_seed(0)
+            start = torch.rand((1, 1, *self.image_shape), generator=g, dtype=torch.float64)
+            lam = power_iteration(self.normal, start.to(self.device, self.dtype), iterations)
+            if not lam > 0:
+                raise InputError(f"{self.name}: A^T A appears to be zero; cannot set step sizes")
+            cache[iterations] = lam
+        return cache[iterations]
+
+    def solve(self, z: torch.Tensor, aty: torch.Tensor, gamma: float = math.inf, *,
+              iterations: int = 0, start: torch.Tensor | None = None,
+              penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              per_item: bool = True) -> torch.Tensor:
+        """The data-consistency solve, the step every data-consistent solver shares:
+
+        ``(P + gamma A^T A) x = z + gamma A^T y``, i.e. ``argmin_x <x, P x>/2 - <x, z> +
+        gamma ||A x - y||^2 / 2``, with ``P = I`` (the point nearest ``z`` that fits the data
+        with weight ``gamma``) unless a symmetric positive definite ``penalty`` ``P`` is given
+        (ADMM-TV's ``D^T D + I``, a coupling along z). ``gamma = inf`` solves the noiseless
+        ``A^T A x = A^T y`` instead (``z`` is then only the default start).
+
+        ``aty`` is ``A^T y``, computed once by the caller. ``iterations > 0``: that many
+        conjugate-gradient steps from ``start`` (default ``z``): early stopping keeps ``x`` near
+        the start (the Krylov regularisation of DDS). ``iterations = 0``: the exact solve, in
+        closed form where the operator has one (MRI with a line mask, inpainting, denoising;
+        ``P = I`` only), else by CG to a relative residual of :data:`EXACT_TOLERANCE`.
+        ``per_item = False`` when ``penalty`` couples the batch items (slices of a volume).
+        """
+        if gamma <= 0:
+            raise InputError(f"the data weight gamma must be positive, got {gamma}")
+        noiseless = math.isinf(gamma)
+        if noiseless and penalty is not None:
+            raise InputError("a penalty needs a finite data weight gamma")
+        x0 = z if start is None else start
+        if iterations == 0 and penalty is None:
+            exact = self._closed_form_solve(z, aty, gamma)
+            if exact is not None:
+                return exact
+        if noiseless:
+            apply, b = self.normal, aty
+        else:
+            reg = (lambda v: v) if penalty is None else penalty
+            apply, b = (lambda v: reg(v) + gamma * self.normal(v)), z + gamma * aty
+        if iterations > 0:
+            return conjugate_gradient(apply, b, x0, iterations, per_item)
+        bound = EXACT_TOLERANCE * float(b.norm())
+        x = x0
+        for k, (x, r) in enumerate(cg_steps(apply, b, x0, per_item), start=1):
+            if float(r.norm()) <= bound or k >= EXACT_MAX_STEPS:
+                break
+        return x
+
+    def _closed_form_solve(self, z, aty, gamma) -> torch.Tensor | None:
+        """The exact solve of :meth:`solve` with ``P = I`` in closed form, or None where the
+        operator has none (then CG runs)."""
+        return None
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "Operator":
+        """This operator on ``device`` with image dtype ``dtype`` (itself if nothing changes;
+        else a new operator with the same parameters: CT system matrices are cached per
+        device)."""
+        device = self.device if device is None else torch.device(device)
+        dtype = self.dtype if dtype is None else dtype
+        if device == self.device and dtype == self.dtype:
+            return self
+        return type(self)(self.image_shape, device=device, dtype=dtype, **self.params)
 
     @property
     def measurement_dtype(self) -> torch.dtype:

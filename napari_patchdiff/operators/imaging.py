@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .base import Operator, Param
+from ..params import Param
+from .base import Operator
 
 
 class GaussianBlur(Operator):
@@ -121,6 +122,12 @@ class Inpainting(Operator):
     def adjoint(self, y):
         return self.check_measurement(y) * self.mask
 
+    def _closed_form_solve(self, z, aty, gamma):
+        """``A^T A`` is the diagonal mask: observed pixels move towards the data."""
+        if math.isinf(gamma):
+            return z + self.mask * (aty - z)
+        return (z + gamma * aty) / (1 + gamma * self.mask)
+
 
 class Denoising(Operator):
     """The identity: the measurement is the noisy image itself."""
@@ -137,3 +144,9 @@ class Denoising(Operator):
 
     def adjoint(self, y):
         return self.check_measurement(y).clone()
+
+    def _closed_form_solve(self, z, aty, gamma):
+        """``A^T A = I``: the weighted mean of ``z`` and the data (the data when noiseless)."""
+        if math.isinf(gamma):
+            return aty.clone()
+        return (z + gamma * aty) / (1 + gamma)

@@ -1,12 +1,12 @@
-"""The model the dock widgets of one viewer share (pure Python, no Qt).
+"""The model the dock widgets of one viewer share (pure Python: no Qt, no napari import).
 
 The Measurement widget sets :attr:`PatchDiffState.problem`, the Prior widget
 :attr:`PatchDiffState.prior`; the Reconstruct widget reads both and listens to the signals.
 ``state_for(viewer)`` returns the one state object of a viewer (created on first use, dropped
 with the viewer), so widgets opened in any order, and scripts, find the same problem::
 
-    from napari_patchdiff._qt.state import state_for
-    problem = state_for(viewer).problem      # an api.Problem, or None
+    from napari_patchdiff.state import state_for
+    problem = state_for(viewer).problem      # an Problem, or None
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from typing import Any
 
 from psygnal import Signal
 
-from .. import api
+from .conventions import UNITS
+from .problem import Problem
 
 __all__ = ["PatchDiffState", "Display", "state_for"]
 
@@ -31,7 +32,7 @@ class Display:
 
     scale: tuple[float, ...] | None = None
     contrast_limits: tuple[float, float] | None = None
-    units: str = "normalised [0, 1]"
+    units: str = UNITS["unit"]
     source: str = ""
     slice_z: tuple[float, float] | None = None
 
@@ -43,13 +44,13 @@ class PatchDiffState:
     prior_changed = Signal(object)
 
     def __init__(self) -> None:
-        self.problem: api.Problem | None = None
+        self.problem: Problem | None = None
         self.display = Display()
         self.prior: str | None = None  # a shipped prior name or a checkpoint path
         self._priors: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
-    def set_problem(self, problem: api.Problem | None, display: Display | None = None) -> None:
+    def set_problem(self, problem: Problem | None, display: Display | None = None) -> None:
         self.problem = problem
         self.display = display or Display()
         self.problem_changed.emit(problem)
@@ -61,7 +62,7 @@ class PatchDiffState:
 
     def load_prior(self, source: str, device) -> Any:
         """The prior object for ``source`` on ``device``, loaded once (any thread)."""
-        from ..priors import load_prior
+        from .priors import load_prior
 
         key = (str(source), str(device))
         with self._lock:

@@ -1,0 +1,191 @@
+"""The Measurement dock widget: simulate a measurement from an image layer, or load one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLabel,
+                            QPushButton, QVBoxLayout, QWidget)
+
+from .. import api, io
+from ..conventions import MODALITIES, UNITS, units_of
+from ..errors import InputError
+from ..jobs import error_message, to_units
+from ..operators import OPERATORS
+from ..state import Display, state_for
+from .forms import MAX_SEED, FormSlot, combo, notify_error, row, spin
+from .layers import image_layers, show_layer
+
+__all__ = ["MeasurementWidget"]
+
+
+class MeasurementWidget(QWidget):
+    """Simulate ``y = A x + noise`` from an image layer, or load a measured file written by the
+    CLI (``measurement.tif`` + sidecar); shows the measurement and the operator's direct
+    reconstruction, and hands the problem to the other widgets."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self.layer_box = QComboBox()
+        self.slice_box = spin(-1, 0, -1, "all")
+        self.slice_box.setToolTip("one slice of a volume, or all slices")
+        self.modality_box = combo(("auto",) + MODALITIES)
+        self.modality_box.setToolTip("intensity convention (auto: the layer's metadata, else "
+                                     "guessed from the values)")
+        names = OPERATORS.names()
+        self.operator_box = combo(names, "ct-parallel", [OPERATORS.doc(n) for n in names])
+        self.params = FormSlot()
+        self.noise_box = QDoubleSpinBox()
+        self.noise_box.setDecimals(4)
+        self.noise_box.setRange(0.0, 1e6)
+        self.noise_box.setSingleStep(0.05)
+        self.noise_box.setToolTip("std of the Gaussian noise in measurement units (CT: line "
+                                  "integrals; MRI: k-space; else image units)")
+        self.seed_box = spin(0, MAX_SEED, 0)
+        simulate = QPushButton("Simulate")
+        load = QPushButton("Load measurement…")
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.layer_box)
+        form.addRow("slice", self.slice_box)
+        form.addRow("modality", self.modality_box)
+        form.addRow("operator", self.operator_box)
+        form.addRow(self.params)
+        form.addRow("noise std", self.noise_box)
+        form.addRow("noise seed", self.seed_box)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(row(simulate, load))
+        layout.addWidget(self.info)
+        layout.addStretch()
+
+        self.operator_box.currentTextChanged.connect(
+            lambda name: self.params.set(OPERATORS.get(name).PARAMS))
+        self.layer_box.currentTextChanged.connect(self._layer_changed)
+        simulate.clicked.connect(self.simulate)
+        load.clicked.connect(self._browse)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._refresh_layers)
+        self.params.set(OPERATORS.get(self.operator_box.currentText()).PARAMS)
+        self._refresh_layers()
+
+    def _refresh_layers(self, *_):
+        current = self.layer_box.currentText()
+        self.layer_box.blockSignals(True)
+        self.layer_box.clear()
+        self.layer_box.addItems([ly.name for ly in image_layers(self.viewer)
+                                 if not ly.name.startswith(("measurement", "initial"))])
+        if current:
+            self.layer_box.setCurrentText(current)
+        self.layer_box.blockSignals(False)
+        self._layer_changed(self.layer_box.currentText())
+
+    def _layer_changed(self, name: str) -> None:
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        depth = layer.data.shape[0] - 1 if layer is not None and layer.ndim == 3 else 0
+        if self.slice_box.maximum() != depth:
+            self.slice_box.setMaximum(depth)
+            self.slice_box.setValue(-1)
+        self.slice_box.setEnabled(depth > 0)
+
+    def configure(self, layer: str | None = None, slice: int | None = None,
+                  operator: str | None = None, noise_std: float | None = None,
+                  seed: int | None = None, modality: str | None = None, **op_params) -> None:
+        """Set the inputs as a user would (``slice=-1``: all slices)."""
+        if layer is not None:
+            if self.layer_box.findText(layer) < 0:
+                raise InputError(f"no image layer {layer!r}")
+            self.layer_box.setCurrentText(layer)
+        if slice is not None:
+            self.slice_box.setValue(slice)
+        if modality is not None:
+            self.modality_box.setCurrentText(modality)
+        if operator is not None:
+            OPERATORS.get(operator)
+            self.operator_box.setCurrentText(operator)
+        if noise_std is not None:
+            self.noise_box.setValue(noise_std)
+        if seed is not None:
+            self.seed_box.setValue(seed)
+        self.params.form.set_values(op_params)
+
+    def simulate(self) -> api.Problem | None:
+        """Simulate from the chosen layer: the problem, or None after showing the error."""
+        try:
+            name = self.layer_box.currentText()
+            if name not in self.viewer.layers:
+                raise InputError("choose an image layer (open one, or File > Open Sample)")
+            layer = self.viewer.layers[name]
+            sl = self.slice_box.value() if layer.ndim == 3 and self.slice_box.value() >= 0 else None
+            modality = self.modality_box.currentText()
+            truth = api.truth_from_array(np.asarray(layer.data), layer.metadata, slice=sl,
+                                         modality=None if modality == "auto" else modality)
+            problem = api.simulate(truth, self.operator_box.currentText(),
+                                   noise_std=self.noise_box.value(), seed=self.seed_box.value(),
+                                   **self.params.form.values())
+        except InputError as exc:
+            return self._fail(exc)
+        scale = tuple(float(s) for s in layer.scale[-truth.x.ndim:])
+        z = None
+        if sl is not None:
+            z = (float(layer.translate[0] + sl * layer.scale[0]), float(layer.scale[0]))
+        units = units_of(truth.modality, layer.metadata)
+        where = name + (f", slice {sl}" if sl is not None else "")
+        self._publish(problem, Display(scale, tuple(layer.contrast_limits), units, where, z))
+        return problem
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Measured sinogram / k-space", "",
+                                              "Measurements (*.tif *.tiff *.npy)")
+        if path:
+            self.load_measurement(path)
+
+    def load_measurement(self, path) -> api.Problem | None:
+        """Use a measured file (the CLI's ``measurement.tif``: its sidecar names the operator,
+        its parameters and the image size); no truth, so results stay on the [0, 1] scale."""
+        try:
+            y, meta = io.read_measurement(path)
+            shape = meta.get("image_shape")
+            if shape is None:
+                raise InputError(f"{path}: no sidecar gives the image size (image_shape)")
+            operator = meta.get("operator") or self.operator_box.currentText()
+            params = dict(meta.get("operator_params") or {})
+            if not meta.get("operator"):
+                params = {**self.params.form.values(), **params}
+            problem = api.from_measurement(
+                y, operator, shape, noise_std=float(meta.get("noise_std", self.noise_box.value())),
+                **params)
+        except InputError as exc:
+            return self._fail(exc)
+        self._publish(problem, Display((1.0, 1.0), (0.0, 1.0), UNITS["unit"],
+                                       Path(path).name))
+        return problem
+
+    def _fail(self, exc) -> None:
+        self.info.setText(f"Error: {error_message(exc)}")
+        notify_error(error_message(exc))
+
+    def _publish(self, problem: api.Problem, display: Display) -> None:
+        op = problem.op
+        y = problem.y.detach().cpu().numpy()[:, 0]
+        y = y[0] if problem.squeeze else y
+        meta = problem.describe_measurement()
+        if np.iscomplexobj(y):
+            y = np.log1p(np.abs(y))
+            meta["display"] = "log(1 + |k-space|)"
+        show_layer(self.viewer, "measurement", y, metadata=meta)
+        x = op.initial(problem.y).detach().cpu().numpy()[:, 0]
+        x = x[0] if problem.squeeze else x
+        show_layer(self.viewer, f"initial ({op.initial_name})", to_units(problem, x),
+                   scale=display.scale, contrast_limits=display.contrast_limits,
+                   metadata={"operator": op.describe(), "units": display.units,
+                             "modality": problem.truth.modality if problem.truth else None})
+        self.state.set_problem(problem, display)
+        self.info.setText(f"{op.name} of {display.source}: {problem.y.shape[0]} slice(s) of "
+                          f"{op.image_shape[0]} x {op.image_shape[1]}, measurement "
+                          f"{tuple(op.measurement_shape)}, noise {problem.noise_std:g}"
+                          + (f", modality {problem.truth.modality}" if problem.truth else ""))

@@ -1,0 +1,221 @@
+"""The Prior dock widget: choose a shipped prior or a checkpoint, or train one on image layers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit,
+                            QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton,
+                            QVBoxLayout, QWidget)
+
+from ..errors import InputError
+from ..jobs import TrainJob, Update, UpdateKind, devices, train_updates
+from ..state import state_for
+from .forms import combo, row, spin
+from .job_panel import JobPanel
+from .layers import image_layers
+
+__all__ = ["PriorWidget", "describe_prior"]
+
+
+_FILE = "checkpoint file…"
+_NONE = "(none)"
+_SHOW_META = ("name", "kind", "modality", "image_size", "pad", "config_name", "parameters",
+              "steps", "patch_sizes", "inference_patch_size", "device", "created")
+
+
+def describe_prior(meta: dict) -> str:
+    """A few lines about a prior from its checkpoint metadata."""
+    lines = [f"{k}: {meta[k]}" for k in _SHOW_META if meta.get(k) is not None]
+    val = {k: v for k, v in (meta.get("final_val_loss") or {}).items() if v is not None}
+    if val:
+        lines.append("val loss: " + ", ".join(f"{k}: {v:.4f}" for k, v in val.items()))
+    return "\n".join(lines)
+
+
+class PriorWidget(QWidget):
+    """Choose a shipped prior or a checkpoint (its metadata is shown), or train a new one on
+    image layers with progress, live loss and cancel (the checkpoint is saved on cancel)."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        from ..priors import shipped_priors
+
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self.source_box = combo([_NONE, *shipped_priors(), _FILE])
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("path/to/prior.safetensors")
+        browse = QPushButton("Browse…")
+        self.info = QPlainTextEdit()
+        self.info.setReadOnly(True)
+        self.info.setMaximumHeight(150)
+
+        self.layers = QListWidget()
+        self.layers.setMaximumHeight(90)
+        self.network_box = combo(("tiny", "cpu", "gpu"), "cpu")
+        self.network_box.setToolTip("network size: tiny (tests), cpu (3.7 M), gpu (25 M)")
+        self.steps_box = spin(1, 10_000_000, 2000)
+        self.batch_box = spin(0, 4096, 0, "auto")
+        self.sizes_edit = QLineEdit("16 32 64")
+        self.device_box = combo(devices())
+        self.resume_box = QCheckBox("continue the checkpoint at 'save to'")
+        self.overwrite_box = QCheckBox("replace the checkpoint at 'save to'")
+        self.out_edit = QLineEdit(str(Path.home() / "napari-patchdiff" / "prior"))
+        out_browse = QPushButton("…")
+        self.panel = JobPanel("Train")
+        self.loss = QLabel("")
+
+        form = QFormLayout()
+        form.addRow("prior", self.source_box)
+        form.addRow("file", row(self.path_edit, browse))
+        group = QGroupBox("Train a new prior")
+        tform = QFormLayout(group)
+        tform.addRow("image layers", self.layers)
+        tform.addRow("network", self.network_box)
+        tform.addRow("steps", self.steps_box)
+        tform.addRow("batch", self.batch_box)
+        tform.addRow("patch sizes", self.sizes_edit)
+        tform.addRow("device", self.device_box)
+        tform.addRow("save to", row(self.out_edit, out_browse))
+        tform.addRow(self.resume_box)
+        tform.addRow(self.overwrite_box)
+        tform.addRow(self.panel)
+        tform.addRow(self.loss)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.info)
+        layout.addWidget(group)
+        layout.addStretch()
+
+        self.source_box.currentTextChanged.connect(self._source_changed)
+        self.path_edit.editingFinished.connect(lambda: self.use(self.path_edit.text()))
+        browse.clicked.connect(self._browse)
+        out_browse.clicked.connect(self._browse_out)
+        self.panel.run_button.clicked.connect(self.train)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._refresh_layers)
+        self._refresh_layers()
+        self._source_changed(self.source_box.currentText())
+
+    def _refresh_layers(self, *_):
+        checked = set(self.checked_layers())
+        self.layers.clear()
+        for layer in image_layers(self.viewer):
+            item = QListWidgetItem(layer.name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if layer.name in checked
+                               else Qt.CheckState.Unchecked)
+            self.layers.addItem(item)
+
+    def checked_layers(self) -> list[str]:
+        return [self.layers.item(i).text() for i in range(self.layers.count())
+                if self.layers.item(i).checkState() == Qt.CheckState.Checked]
+
+    def _source_changed(self, text: str) -> None:
+        self.path_edit.setEnabled(text == _FILE)
+        self.use(self.path_edit.text() if text == _FILE else None if text == _NONE else text)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Prior checkpoint", "",
+                                              "Checkpoints (*.safetensors *.pt)")
+        if path:
+            self.use(path)
+
+    def _browse_out(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the prior as", self.out_edit.text(),
+                                              "Checkpoints (*.safetensors)")
+        if path:
+            self.out_edit.setText(path)
+
+    def use(self, source: str | None) -> bool:
+        """Choose a shipped prior name or a checkpoint path (None: no prior) and show its
+        metadata; False (and the error shown) if it cannot be read."""
+        from ..priors import read_metadata, shipped_priors
+
+        if not source:
+            self.state.set_prior(None)
+            self.info.setPlainText("No prior: only the classical methods can run.")
+            return True
+        try:
+            meta = read_metadata(shipped_priors().get(source, source))
+        except InputError as exc:
+            self.state.set_prior(None)
+            self.info.setPlainText(f"Error: {exc}")
+            return False
+        shipped = source in shipped_priors()
+        self.source_box.blockSignals(True)
+        self.source_box.setCurrentText(source if shipped else _FILE)
+        self.source_box.blockSignals(False)
+        self.path_edit.setEnabled(not shipped)
+        if not shipped:
+            self.path_edit.setText(str(source))
+        self.state.set_prior(source)
+        self.info.setPlainText(describe_prior(meta))
+        return True
+
+    def configure(self, layers=None, network=None, steps=None, batch=None, patch_sizes=None,
+                  device=None, out=None, resume=None, overwrite=None) -> None:
+        """Set the training inputs as a user would."""
+        if layers is not None:
+            for i in range(self.layers.count()):
+                item = self.layers.item(i)
+                item.setCheckState(Qt.CheckState.Checked if item.text() in layers
+                                   else Qt.CheckState.Unchecked)
+        for box, value in ((self.network_box, network), (self.device_box, device)):
+            if value is not None:
+                box.setCurrentText(str(value))
+        for box, value in ((self.steps_box, steps), (self.batch_box, batch)):
+            if value is not None:
+                box.setValue(int(value))
+        if patch_sizes is not None:
+            self.sizes_edit.setText(" ".join(str(p) for p in patch_sizes))
+        if out is not None:
+            self.out_edit.setText(str(out))
+        for box, value in ((self.resume_box, resume), (self.overwrite_box, overwrite)):
+            if value is not None:
+                box.setChecked(bool(value))
+
+    def train(self):
+        """Train on the checked layers in a thread worker; the result becomes the prior."""
+        from ..training import TrainConfig
+
+        if self.panel.running:
+            return None
+        try:
+            names = self.checked_layers()
+            images = [(n, np.array(self.viewer.layers[n].data),
+                       dict(self.viewer.layers[n].metadata)) for n in names]
+            try:
+                sizes = tuple(int(s) for s in self.sizes_edit.text().replace(",", " ").split())
+            except ValueError:
+                raise InputError(f"patch sizes: expected integers, got "
+                                 f"{self.sizes_edit.text()!r}") from None
+            out = self.out_edit.text().strip()
+            if not out:
+                raise InputError("choose where to save the prior")
+            config = TrainConfig(network=self.network_box.currentText(),
+                                 steps=self.steps_box.value(),
+                                 batch=self.batch_box.value() or None, patch_sizes=sizes,
+                                 resume=self.resume_box.isChecked(),
+                                 overwrite=self.overwrite_box.isChecked(),
+                                 device=self.device_box.currentText(),
+                                 log_every=1)  # every step: the updates are paced by time
+            job = TrainJob(out=out, config=config)
+        except InputError as exc:
+            return self.panel.fail(exc)
+        self.loss.setText("")
+        self.panel.start(lambda token, pace: train_updates(job, images, token, pace),
+                         self._on_update, f"training {Path(out).name}", job.interval)
+        return self.panel.worker
+
+    def _on_update(self, u: Update) -> None:
+        if u.metrics:
+            self.loss.setText(", ".join(f"{k} {v:.4f}" for k, v in u.metrics.items()))
+        if u.kind is UpdateKind.STEP:
+            self.panel.status.setText(f"step {u.step}/{u.total}")
+        elif u.kind.final:
+            self.panel.status.setText(u.text or u.kind)
+            if u.report:
+                self.use(self.out_edit.text().strip())

@@ -1,0 +1,231 @@
+"""The Reconstruct dock widget: run a method or draw an ensemble, streaming into layers."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from .. import api
+from ..errors import InputError
+from ..jobs import ReconJob, Update, UpdateKind, devices, recon_updates
+from ..solvers import SOLVERS
+from ..state import Display, state_for
+from ..uncertainty import DESIGNS
+from .forms import MAX_SEED, FormSlot, combo, row, spin
+from .job_panel import JobPanel
+from .layers import show_layer
+
+__all__ = ["ReconstructWidget"]
+
+
+class ReconstructWidget(QWidget):
+    """Run a method on the current problem in a thread worker and stream the results.
+
+    One run: the estimate streams into the layer named after the method. Several samples of a
+    diffusion method: layers "samples" (sample axis first), "mean", "std", "lower", "upper" and,
+    antithetic, "pair correlation" update as samples finish. PSNR/SSIM against the truth update
+    live; result layers carry the run's report in ``layer.metadata``. A cancelled run keeps its
+    last estimate as "<method> (cancelled)".
+    """
+
+    #: seconds between streamed estimates
+    interval = 0.25
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self._job: ReconJob | None = None
+        self._display = Display()
+        self.problem_label = QLabel("")
+        self.problem_label.setWordWrap(True)
+        names = SOLVERS.names()
+        self.method_box = combo(names, "admm-tv", [SOLVERS.doc(n) for n in names])
+        self.params = FormSlot()
+        self.seed_box = spin(0, MAX_SEED, 0)
+        self.seed_box.setToolTip("seed of the sampler's noise stream (runs are reproducible)")
+        randomise = QPushButton("Randomise")
+        self.device_box = combo(devices())
+        self.samples_box = spin(1, 1024, 1)
+        self.samples_box.setToolTip("posterior samples (diffusion methods): mean, std, bounds")
+        self.design_box = combo(DESIGNS)
+        self.design_box.setToolTip("iid noise, or antithetic pairs (negated noise)")
+        self.batch_box = spin(0, 1024, 0, "auto")
+        self.batch_box.setToolTip("samples per sampler run (auto: about 8 slices at once)")
+        self.panel = JobPanel("Run")
+        self.metrics = QLabel("")
+        self.metrics.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow(self.problem_label)
+        form.addRow("method", self.method_box)
+        form.addRow(self.params)
+        form.addRow("seed", row(self.seed_box, randomise))
+        form.addRow("device", self.device_box)
+        form.addRow("samples", self.samples_box)
+        form.addRow("noise design", self.design_box)
+        form.addRow("batch", self.batch_box)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.panel)
+        layout.addWidget(self.metrics)
+        layout.addStretch()
+
+        self.method_box.currentTextChanged.connect(self._set_method)
+        randomise.clicked.connect(lambda: self.seed_box.setValue(random.randint(0, MAX_SEED)))
+        self.panel.run_button.clicked.connect(self.run)
+        self.state.problem_changed.connect(self._refresh)
+        self.state.prior_changed.connect(self._refresh)
+        self._set_method(self.method_box.currentText())
+
+    def _set_method(self, name: str) -> None:
+        self.params.set(SOLVERS.get(name).params, skip=("seed",))
+        self._refresh()
+
+    def _refresh(self, *_) -> None:
+        """Enable diffusion methods only with a prior; show the problem and current defaults."""
+        has_prior = bool(self.state.prior)
+        model = self.method_box.model()
+        for i in range(self.method_box.count()):
+            model.item(i).setEnabled(has_prior or not api.needs_prior(self.method_box.itemText(i)))
+        method = self.method_box.currentText()
+        diffusion = api.needs_prior(method)
+        if diffusion and not has_prior:
+            self.method_box.setCurrentText("admm-tv")  # comes back through _set_method
+            return
+        sampler = SOLVERS.get(method).sampler
+        for w in (self.samples_box, self.design_box, self.batch_box):
+            w.setEnabled(sampler)
+        problem = self.state.problem
+        if problem is None:
+            self.problem_label.setText("No problem yet: simulate or load one in the "
+                                       "Measurement widget.")
+            return
+        self.problem_label.setText(f"Problem: {problem.op.name}, {problem.y.shape[0]} slice(s) "
+                                   f"of {self.state.display.source}; prior: "
+                                   f"{self.state.prior or 'none'}")
+        try:
+            self.params.form.show_defaults(api.method_params(problem, method))
+        except InputError:
+            pass
+
+    def configure(self, method: str | None = None, seed: int | None = None,
+                  device: str | None = None, samples: int | None = None,
+                  design: str | None = None, batch: int | None = None, **params) -> None:
+        """Set the inputs as a user would (``params``: the method's parameters)."""
+        if method is not None:
+            SOLVERS.get(method)
+            if api.needs_prior(method) and not self.state.prior:
+                raise InputError(f"method {method!r} needs a prior: choose one first")
+            self.method_box.setCurrentText(method)
+        if device is not None:
+            if self.device_box.findText(device) < 0:
+                raise InputError(f"unknown device {device!r}; choose one of {devices()}")
+            self.device_box.setCurrentText(device)
+        for box, value in ((self.seed_box, seed), (self.samples_box, samples),
+                           (self.batch_box, batch)):
+            if value is not None:
+                box.setValue(int(value))
+        if design is not None:
+            self.design_box.setCurrentText(design)
+        self.params.form.set_values(params)
+
+    def snapshot(self) -> ReconJob:
+        """The widget's values as a frozen job (InputError if something is missing)."""
+        if self.state.problem is None:
+            raise InputError("no problem yet: simulate or load one in the Measurement widget")
+        method = self.method_box.currentText()
+        diffusion = api.needs_prior(method)
+        if diffusion and not self.state.prior:
+            raise InputError(f"method {method!r} needs a prior: choose one in the Prior widget")
+        return ReconJob(method, self.params.form.values(), seed=self.seed_box.value(),
+                        device=self.device_box.currentText(),
+                        samples=self.samples_box.value() if SOLVERS.get(method).sampler else 1,
+                        design=self.design_box.currentText(),
+                        batch=self.batch_box.value() or None,
+                        prior=self.state.prior if diffusion else None, interval=self.interval)
+
+    def run(self):
+        """Start a run (no-op while one runs); the worker, or None after showing the error."""
+        if self.panel.running:
+            return None
+        try:
+            job = self.snapshot()
+        except InputError as exc:
+            self.panel.fail(exc)
+            return None
+        problem, self._job, self._display = self.state.problem, job, self.state.display
+        self.metrics.setText("")
+        what = f"{job.samples} samples of {job.method}" if job.samples > 1 else job.method
+        self.panel.start(lambda token, pace: recon_updates(job, problem, token,
+                                                           self.state.load_prior, pace),
+                         self._on_update, what, job.interval)
+        return self.panel.worker
+
+    # -- results ------------------------------------------------------------------------------
+    def _show(self, name, data, report=None, stack=False, units=None, **kw):
+        d = self._display
+        scale, translate = (tuple(d.scale) if d.scale else None), None
+        if stack and d.slice_z is not None:  # one slice of a volume: the stack sits at it
+            data = np.asarray(data)[:, None]
+            scale = (1.0, d.slice_z[1], *scale)
+            translate = (0.0, d.slice_z[0], 0.0, 0.0)
+        elif stack and scale is not None:
+            scale = (1.0, *scale)
+        meta = None if report is None else {**report, "units": units or d.units}
+        return show_layer(self.viewer, name, data, scale=scale, translate=translate,
+                          metadata=meta, **kw)
+
+    def _on_update(self, u: Update) -> None:
+        name, limits = self._job.method, self._display.contrast_limits
+        report = u.report or None
+        if u.kind is UpdateKind.STEP and u.image is not None:
+            self._show(name, u.image, contrast_limits=limits)
+        if u.samples is not None:
+            self._show("samples", u.samples, report, stack=True, contrast_limits=limits)
+        for key, data in (u.maps or {}).items():
+            kw = {"contrast_limits": limits} if key in ("mean", "lower", "upper") else {}
+            if key == "std":
+                kw = {"colormap": "magma"}
+            elif key == "pair correlation":
+                kw = {"colormap": "bwr", "contrast_limits": (-1.0, 1.0), "units": "correlation"}
+            self._show(key, data, report, **kw)
+        if u.kind is UpdateKind.DONE:
+            if u.samples is None:
+                self._show(name, u.image, report, contrast_limits=limits)
+            elif name in self.viewer.layers:  # an ensemble: the samples hold the result
+                self.viewer.layers.remove(name)
+        elif u.kind is UpdateKind.CANCELLED:
+            cancelled = f"{name} (cancelled)"
+            if cancelled in self.viewer.layers:
+                self.viewer.layers.remove(cancelled)
+            if name in self.viewer.layers:
+                self.viewer.layers[name].name = cancelled
+            if u.image is not None or cancelled in self.viewer.layers:
+                image = u.image if u.image is not None else self.viewer.layers[cancelled].data
+                self._show(cancelled, image, {**(report or {"method": name}), "cancelled": True},
+                           contrast_limits=limits)
+        self.metrics.setText(self._metrics_text(u) or self.metrics.text())
+        self.panel.status.setText(self._status_text(u))
+
+    def _metrics_text(self, u: Update) -> str:
+        m = u.metrics
+        parts = []
+        if "psnr" in m:
+            parts.append(f"{'mean' if u.maps else 'estimate'}: PSNR {m['psnr']:.2f} dB")
+        if "ssim" in m:
+            parts.append(f"SSIM {m['ssim']:.4f}")
+        if "coverage" in m:
+            parts.append(f"coverage of the {self._job.level:.0%} bounds {m['coverage']:.1%}")
+        return ", ".join(parts)
+
+    def _status_text(self, u: Update) -> str:
+        if u.kind is UpdateKind.STEP:
+            return u.text or f"step {u.step}/{u.total}"
+        if u.kind is UpdateKind.SAMPLE:
+            return f"{u.text} of {self._job.samples} done"
+        if u.kind is UpdateKind.DONE:
+            secs = u.report.get("seconds")
+            return f"done: {self._job.method}" + (f" in {secs:.1f} s" if secs else "")
+        return f"cancelled: {u.text or 'partial result kept'}"

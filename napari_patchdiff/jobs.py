@@ -1,0 +1,316 @@
+"""Background jobs as Qt-free generators of typed updates, for the GUI and for scripts.
+
+A widget snapshots its inputs on the main thread into a frozen :class:`ReconJob` or
+:class:`TrainJob`. :func:`recon_updates` and :func:`train_updates` drive the core generators
+(:func:`~napari_patchdiff.runs.iterate`, :func:`~napari_patchdiff.uncertainty.ensemble`,
+:func:`~napari_patchdiff.training.train`) and yield :class:`Update` messages that hold numpy
+arrays only (tensors are converted in the worker), at most a few per second (:class:`Pace`);
+the last one (:attr:`UpdateKind.DONE` or :attr:`UpdateKind.CANCELLED`) always comes. Nothing
+here imports Qt: the napari layer runs these on a thread worker
+(:mod:`napari_patchdiff._qt.workers`), benchmarks and tests drive them in their own thread.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import metrics
+from .errors import InputError, JobError
+from .events import Cancelled, CancelToken, StepEvent
+from .problem import Problem
+from .runs import make_report, method_params, needs_prior, to_array
+from .uncertainty import Accumulator, SampleEvent, default_batch, ensemble
+
+__all__ = ["UpdateKind", "Update", "Pace", "ReconJob", "TrainJob", "recon_updates",
+           "train_updates", "to_units", "devices", "error_message"]
+
+
+class UpdateKind(str, enum.Enum):
+    """What an :class:`Update` carries (a ``str`` enum: ``UpdateKind.DONE == "done"``)."""
+
+    STEP = "step"            #: an intermediate estimate, or a training step
+    SAMPLE = "sample"        #: a batch of posterior samples finished
+    DONE = "done"            #: the job finished (always the last update, or CANCELLED)
+    CANCELLED = "cancelled"  #: the job stopped at a cancel, with its partial result
+
+    @property
+    def final(self) -> bool:
+        return self in (UpdateKind.DONE, UpdateKind.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Update:
+    """One message from a job to the main thread.
+
+    kind : see :class:`UpdateKind`.
+    step, total : progress of the whole job (all batches of an ensemble).
+    image : the current estimate in display units (the truth's units when known).
+    metrics : live values (psnr, ssim against the truth; loss when training).
+    samples : the finished samples so far (N, ...), display units.
+    maps : ensemble summaries in display units: mean, std, lower, upper and (antithetic, at
+        least 3 pairs) the per-pixel within-pair correlation.
+    report : provenance (the run's report / the ensemble summary; prior metadata).
+    """
+
+    kind: UpdateKind
+    step: int = 0
+    total: int = 0
+    image: np.ndarray | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    samples: np.ndarray | None = None
+    maps: dict[str, np.ndarray] | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", UpdateKind(self.kind))
+
+
+@dataclass(frozen=True)
+class ReconJob:
+    """A reconstruction (``samples == 1``) or a posterior ensemble (``samples > 1``)."""
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)  # method parameters, without seed
+    seed: int = 0
+    device: str = "cpu"
+    samples: int = 1
+    design: str = "iid"
+    batch: int | None = None  # samples per sampler run (None: uncertainty.default_batch)
+    prior: str | None = None  # shipped prior name or checkpoint path
+    level: float = 0.9  # credible level of the lower/upper bounds
+    interval: float = 0.25  # seconds between streamed estimates
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Training a prior on image layers: where to save it (``out``), every training option
+    (``config``; its modality None: that of the first layer, see
+    :func:`napari_patchdiff.training.training_volumes`) and the seconds between streamed
+    updates."""
+
+    out: str
+    config: Any  # napari_patchdiff.training.TrainConfig
+    interval: float = 0.25
+
+
+class Pace:
+    """How often a job streams an update: every ``minimum`` seconds at most, and, if
+    ``max_load`` is set, rarely enough that showing the updates (``cost`` seconds each, measured
+    by the main thread) takes at most that fraction of the main thread's time. The worker reads
+    it, the main thread updates ``cost``."""
+
+    def __init__(self, minimum: float = 0.25, max_load: float | None = None):
+        self.minimum, self.max_load, self.cost = float(minimum), max_load, 0.0
+        self._last = -math.inf
+
+    @property
+    def interval(self) -> float:
+        return max(self.minimum, self.cost / self.max_load if self.max_load else 0.0)
+
+    def measured(self, seconds: float) -> None:
+        self.cost = seconds if not self.cost else 0.5 * (self.cost + seconds)
+
+    def due(self, cancel: CancelToken | None = None) -> bool:
+        """Whether the worker should stream now (never once a cancel is asked for: the final
+        update follows at once)."""
+        now = time.perf_counter()
+        if (cancel is not None and cancel.cancelled) or now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+
+def devices() -> list[str]:
+    """The torch devices to offer: cpu and each CUDA device torch sees."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def error_message(exc: BaseException) -> str:
+    """A one-paragraph message for the user."""
+    if isinstance(exc, (InputError, JobError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------------------------------------
+# reconstruction
+
+
+def to_units(problem: Problem, x, shift: bool = True) -> np.ndarray:
+    """Normalised values in display units (the truth's); ``shift=False`` for differences."""
+    x = np.asarray(x, dtype=np.float32)
+    if problem.truth is None:
+        return x
+    return problem.truth.to_units(x) if shift else x * np.float32(problem.truth.unit_scale)
+
+
+def _view(ev: StepEvent) -> torch.Tensor:
+    """What to show of a step: the denoised estimate while a sampler runs, else the iterate."""
+    return ev.denoised if ev.denoised is not None and not ev.done else ev.estimate
+
+
+def _metrics(problem: Problem, x) -> dict[str, float]:
+    if problem.truth is None:
+        return {}
+    out = {"psnr": metrics.psnr(x, problem.truth.x)}
+    try:
+        out["ssim"] = metrics.ssim(x, problem.truth.x)
+    except InputError:  # smaller than the SSIM window
+        pass
+    return out
+
+
+def _load_prior(source, device):
+    from .priors import load_prior
+
+    return load_prior(source, device=device)
+
+
+def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = None,
+                  load_prior: Callable | None = None, pace: Pace | None = None
+                  ) -> Iterator[Update]:
+    """Run ``job`` on ``problem``, yielding :class:`Update` s (see the module docstring).
+
+    ``load_prior(source, device)`` returns the prior object (default: load it every time);
+    ``pace`` spaces the streamed estimates (default: every ``job.interval`` seconds).
+    """
+    from .runs import iterate
+
+    pace = pace or Pace(job.interval)
+    problem = problem.to(job.device)
+    prior = None
+    if needs_prior(job.method):
+        if not job.prior:
+            raise InputError(f"method {job.method!r} needs a prior: choose one in the Prior widget")
+        prior = (load_prior or _load_prior)(job.prior, problem.op.device)
+    if job.samples > 1:
+        yield from _ensemble_updates(job, problem, prior, cancel, pace)
+        return
+    params = method_params(problem, job.method, **job.params)
+    if "seed" in params:
+        params["seed"] = job.seed
+    t0, last = time.perf_counter(), None
+    try:
+        for last in iterate(problem, job.method, cancel=cancel, prior=prior, **params):
+            if not last.done and pace.due(cancel):
+                x = to_array(problem, _view(last))
+                yield Update(UpdateKind.STEP, last.step, last.total, to_units(problem, x),
+                             _metrics(problem, x))
+    except Cancelled:
+        if last is None:
+            yield Update(UpdateKind.CANCELLED, text="cancelled before the first step")
+            return
+        x = to_array(problem, _view(last))
+        report = make_report(problem, job.method, params, last, time.perf_counter() - t0, x,
+                             prior)
+        report.update(cancelled=True, partial=f"estimate after step {last.step} of {last.total}")
+        yield Update(UpdateKind.CANCELLED, last.step, last.total, to_units(problem, x),
+                     _metrics(problem, x), report=report)
+        return
+    if last is None:
+        raise JobError(f"method {job.method!r} yielded no step")
+    x = to_array(problem, last.estimate)
+    report = make_report(problem, job.method, params, last, time.perf_counter() - t0, x, prior)
+    yield Update(UpdateKind.DONE, last.step, last.total, to_units(problem, x),
+                 _metrics(problem, x), report=report)
+
+
+def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> Iterator[Update]:
+    params = {k: v for k, v in job.params.items() if k != "seed"}
+    used = {**method_params(problem, job.method, **params), "seed": job.seed}
+    batch = job.batch or default_batch(job.samples, problem.slices, job.design)
+    runs = math.ceil(job.samples / batch)
+    truth = problem.truth.x if problem.truth is not None else None
+    acc, t0 = Accumulator(job.design), time.perf_counter()
+    last, pos, tot = None, 0, 0
+
+    def update(kind: UpdateKind) -> Update:
+        samples = to_units(problem, acc.stack(usable_only=False)) if len(acc) else None
+        s = acc.summary(truth, level=job.level) if last is not None else None
+        if s is None:
+            return Update(kind, pos, tot, samples=samples, text=f"{len(acc)} samples")
+        maps = {"mean": to_units(problem, s.mean), "std": to_units(problem, s.std, shift=False),
+                "lower": to_units(problem, s.lower), "upper": to_units(problem, s.upper)}
+        if s.pair_correlation is not None and acc.usable >= 6:  # 2 pairs: +-1 everywhere
+            maps["pair correlation"] = s.pair_correlation
+        report = make_report(problem, job.method, used, last, time.perf_counter() - t0, s.mean,
+                             prior)
+        report.update(s.report, nfe=acc.nfe, batch=batch, samples_requested=job.samples)
+        live = {"psnr": s.report.get("psnr_mean"), "ssim": s.report.get("ssim_mean"),
+                "coverage": s.report.get("coverage"), "mean_std": s.report["mean_std"]}
+        return Update(kind, pos, tot, samples=samples, maps=maps, report=report,
+                      metrics={k: v for k, v in live.items() if v is not None},
+                      text=f"{len(acc)} samples")
+
+    try:
+        for ev in ensemble(problem, job.method, prior=prior, samples=job.samples,
+                           design=job.design, batch=batch, seed=job.seed, cancel=cancel,
+                           **params):
+            if isinstance(ev, SampleEvent):
+                acc.add(ev)
+                if not ev.done and (ev.index + 1) % batch == 0:  # a batch is complete
+                    yield update(UpdateKind.SAMPLE)
+                continue
+            last = ev
+            pos, tot = ev.info["batch"] * ev.total + ev.step, runs * ev.total
+            if not ev.done and pace.due(cancel):
+                x = to_array(problem, _view(ev))
+                first = ev.info["samples"][0]
+                yield Update(UpdateKind.STEP, pos, tot, to_units(problem, x),
+                             _metrics(problem, x),
+                             text=f"sample {first + 1} of {job.samples}, step {ev.step}/{ev.total}")
+    except Cancelled:
+        final = update(UpdateKind.CANCELLED)
+        x = None if last is None else to_units(problem, to_array(problem, _view(last)))
+        yield dataclasses.replace(final, image=x, report={**final.report, "cancelled": True})
+        return
+    yield update(UpdateKind.DONE)
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+def train_updates(job: TrainJob, images, cancel: CancelToken | None = None,
+                  pace: Pace | None = None) -> Iterator[Update]:
+    """Train a prior on ``images`` (``[(name, array, metadata)]``: 2D images or 3D volumes in
+    their own units, see :func:`napari_patchdiff.training.training_volumes`), yielding
+    :class:`Update` s (``metrics``: loss since the previous update, validation losses; final
+    ``report``: the checkpoint metadata)."""
+    from .priors import read_metadata
+    from .training import train
+
+    if not images:
+        raise InputError("choose at least one image layer to train on")
+    pace = pace or Pace(job.interval)
+    losses, val, ev = [], {}, None
+    try:
+        for ev in train(images, job.out, job.config, cancel=cancel):
+            losses.append(ev.loss)
+            if ev.val_losses:
+                val = {f"val {s:g}": v for s, v in ev.val_losses.items()}
+            if not ev.done and pace.due(cancel):
+                yield Update(UpdateKind.STEP, ev.step, ev.total,
+                             metrics={"loss": float(np.mean(losses)), **val})
+                losses = []
+    except Cancelled as exc:
+        try:
+            report = read_metadata(job.out)
+        except InputError:
+            report = {}
+        yield Update(UpdateKind.CANCELLED, 0 if ev is None else ev.step, job.config.steps,
+                     text=str(exc), report=report)
+        return
+    if ev is None:
+        raise JobError("training yielded no step")
+    yield Update(UpdateKind.DONE, ev.step, ev.total,
+                 metrics={"loss": float(np.mean(losses or [ev.loss])), **val},
+                 report=read_metadata(job.out), text=f"saved {ev.checkpoint or job.out}")

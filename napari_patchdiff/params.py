@@ -1,0 +1,89 @@
+"""Declared parameters: each operator and method parameter is declared once (name, type, bounds,
+choices, meaning) and checked in one place, :meth:`Param.check`.
+
+The CLI builds its options from these declarations, the napari widgets their forms, and the
+solver registry validates and fills a method's parameters with them
+(:meth:`napari_patchdiff.solvers.Method.resolve`). A ``default`` of ``None`` means "automatic":
+the operator computes it (a CT detector count) or the method's defaults choose it for the
+operator and noise level (see :mod:`napari_patchdiff.solvers.defaults`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InputError
+
+__all__ = ["Param"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-settable parameter.
+
+    Attributes
+    ----------
+    name : the keyword (``views``, ``eta``, ...); ``--views`` on the command line.
+    type : ``int``, ``float``, ``bool`` or ``str``.
+    default : the value when not given; ``None``: automatic (chosen per operator/noise).
+    help : one line for ``--help`` and tooltips.
+    choices : the allowed values (strings), if restricted.
+    low, high : bounds of a number (inclusive unless ``open_low`` / ``open_high``).
+    allow_inf : ``float('inf')`` is a valid value (e.g. DDS's data weight: noiseless data).
+    """
+
+    name: str
+    type: type
+    default: Any = None
+    help: str = ""
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    allow_inf: bool = False
+
+    def check(self, value, where: str = "") -> Any:
+        """``value`` converted to ``type`` and checked against the bounds and choices;
+        InputError with a one-line message naming the parameter otherwise."""
+        name = f"{where}: {self.name}" if where else self.name
+        if self.type is bool:
+            if isinstance(value, (bool, int)) and value in (0, 1):
+                return bool(value)
+            raise InputError(f"{name} must be true or false, got {value!r}")
+        if self.type is str:
+            value = str(value)
+        elif self.type is int:
+            if isinstance(value, bool):
+                raise InputError(f"{name} must be an integer, got {value!r}")
+            try:
+                converted = int(value)
+                integral = converted == float(value)
+            except (TypeError, ValueError, OverflowError):
+                raise InputError(f"{name} must be an integer, got {value!r}") from None
+            if not integral:
+                raise InputError(f"{name} must be an integer, got {value!r}")
+            value = converted
+        elif self.type is float:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise InputError(f"{name} must be a number, got {value!r}") from None
+            if math.isnan(value) or (math.isinf(value) and not (self.allow_inf and value > 0)):
+                raise InputError(f"{name} must be a finite number, got {value!r}")
+        else:
+            try:
+                value = self.type(value)
+            except (TypeError, ValueError):
+                raise InputError(f"{name} must be {self.type.__name__}, got {value!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise InputError(f"{name} must be one of {', '.join(map(str, self.choices))}, "
+                             f"got {value!r}")
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            raise InputError(f"{name} must be {'>' if self.open_low else '>='} {self.low:g}, "
+                             f"got {value!r}")
+        if self.high is not None and (value > self.high or (self.open_high and value == self.high)):
+            raise InputError(f"{name} must be {'<' if self.open_high else '<='} {self.high:g}, "
+                             f"got {value!r}")
+        return value

@@ -1,0 +1,121 @@
+"""One run of a method on a problem: its parameters, its prior, its step generator, its report.
+
+The API (:mod:`napari_patchdiff.api`), ensembles (:mod:`napari_patchdiff.uncertainty`) and the
+GUI's jobs (:mod:`napari_patchdiff.jobs`) all start a run through :func:`iterate` and describe
+it with :func:`make_report`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from . import metrics
+from .errors import InputError
+from .events import CancelToken, StepEvent
+from .problem import Problem
+from .solvers import get_solver
+
+__all__ = ["Result", "method_params", "needs_prior", "resolve_prior", "prior_info", "iterate",
+           "to_array", "make_report", "result_of"]
+
+
+@dataclass
+class Result:
+    """A finished (or, after a cancel, partial) reconstruction with its report."""
+
+    recon: np.ndarray  # normalised scale, (H, W) or (D, H, W)
+    report: dict[str, Any]
+    last: StepEvent
+
+
+def method_params(problem: Problem, method: str, **given) -> dict[str, Any]:
+    """The parameters ``method`` runs with on ``problem``: the given ones, checked, and the
+    defaults for its operator and noise level."""
+    return get_solver(method).resolve(problem.op, problem.noise_std, **given)
+
+
+def needs_prior(method: str) -> bool:
+    """Whether ``method`` is a diffusion method that needs a prior."""
+    return get_solver(method).kind == "diffusion"
+
+
+def resolve_prior(problem: Problem, method: str, prior=None):
+    """The prior object for a diffusion ``method`` (a shipped name, a path or a Prior), checked
+    against the problem's image size and modality; ``None`` for classical methods."""
+    if not needs_prior(method):
+        if prior is not None:
+            raise InputError(f"method {method!r} does not use a prior; drop --prior")
+        return None
+    if prior is None:
+        raise InputError(f"method {method!r} needs a prior: pass a shipped prior name "
+                         f"(e.g. 'ct') or a checkpoint path")
+    if isinstance(prior, (str, Path)):
+        from .priors import load_prior
+
+        prior = load_prior(prior, device=problem.op.device)
+    modality = problem.truth.modality if problem.truth is not None else None
+    prior.check(problem.op.image_shape, None if modality == "unit" else modality)
+    return prior
+
+
+def prior_info(prior) -> dict[str, Any]:
+    """What a report records of the prior a run used."""
+    return {k: prior.metadata.get(k) for k in ("name", "kind", "modality", "steps", "created",
+                                                "source")}
+
+
+def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, prior=None,
+            **params) -> Iterator[StepEvent]:
+    """The step generator of ``method`` on ``problem`` (``prior``: a name, path or Prior, for
+    diffusion methods; ``params``: the method's parameters, the rest take their defaults)."""
+    spec = get_solver(method)
+    objects = {"prior": resolve_prior(problem, method, prior)} if needs_prior(method) else {}
+    return spec(problem.op, problem.y, noise_std=problem.noise_std, cancel=cancel, **objects,
+                **params)
+
+
+def to_array(problem: Problem, estimate: torch.Tensor) -> np.ndarray:
+    """The first reconstruction of a batch estimate ``(B, 1, H, W)`` as ``(H, W)`` or
+    ``(D, H, W)`` float32 on the CPU (normalised scale)."""
+    x = estimate.detach()[: problem.slices, 0].to("cpu", torch.float32).numpy()
+    return x[0] if problem.squeeze else x
+
+
+def make_report(problem: Problem, method: str, params: dict, last: StepEvent, seconds: float,
+                recon: np.ndarray, prior=None) -> dict[str, Any]:
+    """Provenance and quality of a run: method and parameters, operator, noise, seed, time,
+    iterations, network evaluations, device, and PSNR/SSIM when the truth is known."""
+    report: dict[str, Any] = {
+        "method": method,
+        "method_params": params,
+        "operator": problem.op.describe(),
+        "measurement_units": problem.op.measurement_units,
+        "noise_std": problem.noise_std,
+        "seed": problem.seed,
+        "seconds": round(seconds, 4),
+        "iterations": last.step,
+        "nfe": last.nfe,
+        "device": str(problem.op.device),
+        "intensity_scale": "normalised [0, 1] (see napari_patchdiff.conventions)",
+    }
+    if prior is not None:
+        report["prior"] = prior_info(prior)
+    if problem.truth is not None:
+        t = problem.truth
+        report.update(modality=t.modality, mri_scale=t.scale,
+                      psnr=round(metrics.psnr(recon, t.x), 4),
+                      ssim=round(metrics.ssim(recon, t.x), 5), metric_data_range=1.0)
+        if np.asarray(recon).ndim == 3:
+            report["psnr_per_slice"] = [round(v, 4) for v in metrics.per_slice_psnr(recon, t.x)]
+    return report
+
+
+def result_of(problem: Problem, method: str, params: dict, last: StepEvent, seconds: float,
+              prior=None) -> Result:
+    """The :class:`Result` of a run whose last step is ``last``."""
+    recon = to_array(problem, last.estimate)
+    return Result(recon, make_report(problem, method, params, last, seconds, recon, prior), last)

@@ -1,0 +1,72 @@
+"""What the diffusion samplers share: their common parameters, the noise source and prior
+set-up, the first iterate and the denoiser call."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ...errors import InputError
+from ...events import CancelToken
+from ...noise_source import NoiseSource, as_noise_source
+from ...params import Param
+from ...priors.sampling import edm_sigmas
+
+__all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "check_budget", "check_cancel",
+           "denoise", "edm_sigmas", "first_iterate", "grad_residual", "setup"]
+
+#: keyword arguments of every sampler that are objects, not parameters
+OBJECTS = ("prior", "noise_source")
+SEED = Param("seed", int, 0, "seed of the noise stream (initial and injected noise)")
+SIGMA_MAX = Param("sigma_max", float, 10.0, "largest noise level of the EDM schedule (images in "
+                  "[0, 1])", low=0, open_low=True)
+SIGMA_MIN = Param("sigma_min", float, 0.002, "smallest nonzero noise level", low=0, open_low=True)
+STARTS = ("noise", "initial")
+
+
+def setup(op, y, prior, noise_source, seed) -> tuple[NoiseSource, tuple, Callable[[], int]]:
+    """``(noise source, iterate shape, evaluations used so far)`` of one run."""
+    if prior is None or not hasattr(prior, "denoise"):
+        raise InputError("a diffusion sampler needs prior=<a Prior object> (see load_prior)")
+    noise_source = as_noise_source(noise_source, seed, op.device, op.dtype)
+    start = int(getattr(prior, "nfe", 0))
+    return (noise_source, (y.shape[0], 1, *op.image_shape),
+            lambda: int(getattr(prior, "nfe", 0)) - start)
+
+
+def check_cancel(cancel: CancelToken | None, x) -> None:
+    if cancel is not None:
+        cancel.check(x)
+
+
+def check_budget(values: dict) -> None:
+    """``nfe`` must be a whole number of levels of ``inner`` steps (PaDIS, Langevin)."""
+    if values["nfe"] % values["inner"]:
+        raise InputError(f"nfe ({values['nfe']}) must be a multiple of inner "
+                         f"({values['inner']}): nfe / inner noise levels")
+
+
+def denoise(prior, x, sigma, noise: NoiseSource):
+    """``prior.denoise`` in the iterate's dtype/device, with the pair-invariant generator."""
+    d = prior.denoise(x, float(sigma), generator=noise.prior_generator)
+    return d.to(device=x.device, dtype=x.dtype)
+
+
+def first_iterate(op, y, start: str, sigma: float, noise: NoiseSource, shape):
+    """``sigma z`` (``start = 'noise'``) or ``op.initial(y) + sigma z`` (``'initial'``)."""
+    z = sigma * noise.randn(shape, op.dtype, op.device)
+    if start == "noise":
+        return z
+    with torch.no_grad():
+        return op.initial(y).to(z.dtype) + z
+
+
+def grad_residual(op, y, prior, x, sigma, noise):
+    """``(D(x), ||y - A D(x)|| per item, grad_x sum_i ||y_i - A D(x_i)||)`` by autograd."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        d = denoise(prior, xg, sigma, noise)
+        r = y - op.forward(d)
+        res = torch.linalg.vector_norm(r.reshape(r.shape[0], -1), dim=1)
+        (g,) = torch.autograd.grad(res.sum(), xg)
+    return d.detach(), res.detach(), g

@@ -1,0 +1,61 @@
+"""Plug-and-play ADMM (Venkatakrishnan et al. 2013) with the prior's denoiser as the proximal
+step: a point estimate in 50 network evaluations, no backpropagation."""
+from __future__ import annotations
+
+import torch
+
+from ...events import StepEvent
+from ...params import Param
+from ..method import Method, register
+from .common import OBJECTS, SEED, check_cancel, denoise, setup
+
+
+def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_std, seed,
+              noise_source=None, cancel=None):
+    """For ``min_x ||y - A x||^2 / (2 data_std^2) + R(x)`` with the split ``x = z`` and penalty
+    ``1 / sigma^2``, start at ``x = z = op.initial(y)``, ``u = 0`` and per iteration at the level
+    ``sigma_k`` (geometric from ``sigma_start`` to ``sigma_end`` over ``nfe`` iterations):
+
+    1. ``x = op.solve(z - u, A^T y, gamma)``, ``gamma = (sigma_k / data_std)^2``:
+       ``cg_iterations`` CG steps warm-started at the previous ``x`` (0: exact);
+    2. ``z = D(x + u, sigma_k)``;
+    3. ``u <- u + x - z``.
+
+    The MMSE denoiser of a Gaussian prior ``N(mu, S)`` at level ``sigma`` is the proximal map of
+    ``R(x) = (x - mu)^T S^-1 (x - mu) / 2`` with weight ``sigma^2``, so with such a prior, a fixed
+    ``sigma`` and exact data steps the iteration is ADMM on the MAP problem and converges to the
+    posterior mean (tested). The estimate is ``z``; the prior's random shifts make the iteration
+    stochastic unless the prior has none.
+    """
+    noise, shape, used = setup(op, y, prior, noise_source, seed)
+    ratio = (sigma_end / sigma_start) ** (1.0 / max(nfe - 1, 1))
+    aty = op.adjoint(y)
+    with torch.no_grad():
+        x = op.initial(y).to(op.dtype).expand(shape).clone()
+    z, u = x.clone(), torch.zeros_like(x)
+    for k in range(nfe):
+        check_cancel(cancel, z)
+        s = sigma_start * ratio**k
+        with torch.no_grad():
+            x = op.solve(z - u, aty, (s / data_std) ** 2, iterations=cg_iterations, start=x)
+            z = denoise(prior, x + u, s, noise)
+            u = u + x - z
+        yield StepEvent(k + 1, nfe, z, z, nfe=used(), info={"sigma": s})
+
+
+pnp_admm = register(Method(
+    "pnp-admm", _pnp_admm, (
+        Param("nfe", int, 50, "ADMM iterations, one network evaluation each", low=1),
+        Param("sigma_start", float, None, "denoiser level of the first iteration", low=0,
+              open_low=True),
+        Param("sigma_end", float, None, "denoiser level of the last iteration (geometric in "
+              "between)", low=0, open_low=True),
+        Param("cg_iterations", int, None, "CG steps on the data term per iteration (0: exact)",
+              low=0),
+        Param("data_std", float, None, "noise std of the data term (default: data_scale times "
+              "the noise, at least 1e-3)", low=0, open_low=True),
+        SEED,
+    ), rule=lambda op, noise_std, values, tuned: {
+        "data_std": tuned["data_scale"] * max(noise_std, 1e-3)},
+    objects=OBJECTS, kind="diffusion",
+    doc="plug-and-play ADMM with the prior's denoiser as the proximal step (50 evaluations)"))

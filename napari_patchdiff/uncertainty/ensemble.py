@@ -1,0 +1,212 @@
+"""Posterior ensembles from any sampler under an iid or antithetic noise design.
+
+:func:`ensemble` draws ``N`` posterior samples from a registered diffusion sampler and streams
+each as it finishes; :class:`Accumulator` collects them (keeping antithetic pairs whole when a
+run stops early) and summarises them; :func:`run_ensemble` does both to the end.
+
+Noise designs (antithetic sampling for diffusion models: Jia et al., arXiv 2506.06185):
+
+* ``iid``: sample ``k`` draws its whole noise stream from ``NoiseSource(sample_seed(seed, k))``;
+* ``antithetic``: pair ``j`` = samples ``2j`` and ``2j + 1`` draw from ``NoiseSource(s_j)`` and
+  its negation ``NoiseSource(s_j, antithetic=True)``: initial noise and every injected noise are
+  negated, by the noise source, so no sampler has special code. Both members of a pair run in
+  the same batch and see the same patch shifts.
+
+Samples are batched: one sampler run draws ``batch`` samples (times the slices of a volume) at
+once through a :class:`~napari_patchdiff.noise_source.StackedNoise`. The same seed, design and
+batch size give the same ensemble.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import InputError
+from ..events import Cancelled, CancelToken, StepEvent
+from ..noise_source import NoiseSource, StackedNoise, sample_seed
+from ..problem import Problem
+from ..runs import method_params, resolve_prior, to_array
+from ..solvers import SOLVERS, get_solver
+from .summaries import EnsembleResult, summarise
+
+__all__ = ["DESIGNS", "BATCH_SLICES", "SampleEvent", "Accumulator", "default_batch", "ensemble",
+           "run_ensemble"]
+
+DESIGNS = ("iid", "antithetic")
+#: default number of image slices per sampler run (samples x slices)
+BATCH_SLICES = 8
+
+
+@dataclass(frozen=True)
+class SampleEvent:
+    """One finished posterior sample.
+
+    ``index`` is 0-based out of ``total``; ``sample`` is (H, W) or (D, H, W) on the normalised
+    scale; ``pair``/``member`` say which antithetic pair and which member (None for iid);
+    ``nfe`` counts the network evaluations of the ensemble so far (one per batched call).
+    """
+
+    index: int
+    total: int
+    sample: np.ndarray
+    seed: int
+    antithetic: bool
+    pair: int | None
+    member: int | None
+    nfe: int
+    seconds: float
+
+    @property
+    def done(self) -> bool:
+        return self.index + 1 >= self.total
+
+
+def _streams(samples: int, design: str, seed: int) -> list[tuple[int, bool, int | None, int | None]]:
+    """(seed, antithetic, pair, member) of each sample."""
+    if design == "iid":
+        return [(sample_seed(seed, k), False, None, None) for k in range(samples)]
+    return [(sample_seed(seed, k // 2), bool(k % 2), k // 2, k % 2) for k in range(samples)]
+
+
+def _check_design(samples: int, design: str) -> None:
+    if design not in DESIGNS:
+        raise InputError(f"unknown noise design {design!r}; choose one of: {', '.join(DESIGNS)}")
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise InputError(f"the number of samples must be a positive integer, got {samples!r}")
+    if design == "antithetic" and samples % 2:
+        raise InputError(f"the antithetic design draws pairs: the number of samples must be even, "
+                         f"got {samples}")
+
+
+def default_batch(samples: int, slices: int, design: str) -> int:
+    """Samples per sampler run: about :data:`BATCH_SLICES` slices, whole pairs when antithetic."""
+    b = max(1, min(samples, BATCH_SLICES // max(1, slices)))
+    if design == "antithetic":
+        b = max(2, b - b % 2)
+    return b
+
+
+def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: str = "iid",
+             batch: int | None = None, seed: int = 0, cancel: CancelToken | None = None,
+             **params) -> Iterator[StepEvent | SampleEvent]:
+    """Draw ``samples`` posterior samples of ``problem`` with the diffusion sampler ``method``.
+
+    Yields the sampler's :class:`StepEvent` for every step of every batch (``info`` gains
+    ``batch`` and ``samples``: which samples the batch draws) and one :class:`SampleEvent` per
+    finished sample. ``params`` override the method's defaults (``seed`` is the ensemble's).
+    The cancel token is checked at every step (a cancel raises
+    :class:`~napari_patchdiff.events.Cancelled`).
+    """
+    _check_design(samples, design)
+    spec = get_solver(method)
+    if not spec.sampler:
+        samplers = [n for n in SOLVERS.names() if SOLVERS.get(n).sampler]
+        raise InputError(f"method {method!r} is not a posterior sampler; an ensemble needs one of "
+                         f"{', '.join(samplers)}")
+    prior = resolve_prior(problem, method, prior)
+    used = method_params(problem, method, **params)
+    used.pop("seed", None)
+    d = problem.slices  # slices of one sample
+    batch = default_batch(samples, d, design) if batch is None else int(batch)
+    if batch < 1 or (design == "antithetic" and batch % 2):
+        raise InputError(f"batch must be a positive (even, for antithetic pairs) number of "
+                         f"samples, got {batch}")
+    streams = _streams(samples, design, seed)
+    op, y = problem.op, problem.y
+    nfe0 = int(getattr(prior, "nfe", 0))
+    t0 = time.perf_counter()
+    for bi, start in enumerate(range(0, samples, batch)):
+        chunk = streams[start:start + batch]
+        noise = StackedNoise([NoiseSource(s, a, op.device, op.dtype) for s, a, _, _ in chunk],
+                             [d] * len(chunk), prior_seed=sample_seed(seed, 10**6 + bi),
+                             device=op.device, dtype=op.dtype)
+        yb = y.repeat(len(chunk), *([1] * (y.ndim - 1)))
+        last = None
+        for last in spec.run(op, yb, prior=prior, noise_source=noise, cancel=cancel, seed=seed,
+                             **used):
+            yield StepEvent(last.step, last.total, last.estimate, last.denoised,
+                            nfe=int(getattr(prior, "nfe", 0)) - nfe0,
+                            info={**last.info, "batch": bi,
+                                  "samples": list(range(start, start + len(chunk)))})
+        if last is None:
+            raise RuntimeError(f"method {method!r} yielded no step")
+        est = last.estimate.detach().to("cpu").float().numpy()[:, 0]
+        for i, (s, a, pair, member) in enumerate(chunk):
+            x = est[i * d:(i + 1) * d]
+            yield SampleEvent(start + i, samples, x[0] if problem.squeeze else x, s, a, pair,
+                              member, int(getattr(prior, "nfe", 0)) - nfe0,
+                              time.perf_counter() - t0)
+
+
+class Accumulator:
+    """The finished samples of an ensemble, as they arrive.
+
+    :attr:`usable` is how many can be summarised: all of them for iid, whole pairs only for the
+    antithetic design (a lone member would bias the pair-mean estimators), so a run stopped
+    early keeps every complete pair and nothing else.
+    """
+
+    def __init__(self, design: str) -> None:
+        self.design = design
+        self.samples: list[np.ndarray] = []
+        self.nfe = 0
+
+    def add(self, event: SampleEvent) -> None:
+        self.samples.append(event.sample)
+        self.nfe = event.nfe
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def usable(self) -> int:
+        n = len(self.samples)
+        return n - n % 2 if self.design == "antithetic" else n
+
+    def stack(self, usable_only: bool = True) -> np.ndarray:
+        """The samples ``(N, ...)`` (the usable ones, or all that arrived)."""
+        return np.stack(self.samples[: self.usable] if usable_only else self.samples)
+
+    def summary(self, truth=None, roi=None, level: float = 0.9) -> EnsembleResult | None:
+        """:func:`summarise` of the usable samples, or None if fewer than two."""
+        if self.usable < 2:
+            return None
+        return summarise(self.stack(), self.design, truth, roi, level)
+
+
+def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: str = "iid",
+                 batch: int | None = None, seed: int = 0, roi=None, level: float = 0.9,
+                 cancel: CancelToken | None = None,
+                 on_event: Callable[[Any], None] | None = None, **params) -> EnsembleResult:
+    """Run :func:`ensemble` to the end and summarise it (with the truth if known).
+
+    On a cancel the exception carries ``exc.partial``: the summary of the samples finished so far
+    (whole pairs for antithetic), or None if fewer than two.
+    """
+    if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples < 2:
+        raise InputError(f"an ensemble summary needs at least two samples, got {samples}")
+    acc = Accumulator(design)
+    t0 = time.perf_counter()
+    truth = problem.truth.x if problem.truth is not None else None
+    try:
+        for ev in ensemble(problem, method, prior=prior, samples=samples, design=design,
+                           batch=batch, seed=seed, cancel=cancel, **params):
+            if isinstance(ev, SampleEvent):
+                acc.add(ev)
+            if on_event is not None:
+                on_event(ev)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        exc.partial = acc.summary(truth, roi, level)
+        if exc.partial is not None:
+            exc.partial.report.update(cancelled=True, seconds=time.perf_counter() - t0)
+        raise
+    result = acc.summary(truth, roi, level)
+    batch = batch or default_batch(samples, problem.slices, design)
+    result.report.update(method=method, seed=seed, batch=batch, nfe=acc.nfe,
+                         seconds=round(time.perf_counter() - t0, 3),
+                         nfe_per_sample=acc.nfe / math.ceil(samples / batch))
+    return result
