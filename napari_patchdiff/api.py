@@ -9,6 +9,7 @@ The CLI and the napari widgets are thin layers over the same functions::
     print(result.report["psnr"])
     ensemble = api.sample(problem, "dds", prior="ct", samples=8, design="antithetic")
     print(ensemble.report["coverage"])
+    meta = api.train(["scan1.nii.gz"], "priors/my_ct", bin=2, network="cpu", steps=20000)
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .runs import (Result, iterate, make_report, method_params, needs_prior, res
 
 __all__ = ["Truth", "Problem", "Result", "load_truth", "truth_from_array", "simulate",
            "from_measurement", "method_params", "needs_prior", "resolve_prior", "iterate",
-           "solve", "sample", "make_report"]
+           "solve", "sample", "train", "make_report"]
 
 
 def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
@@ -57,3 +58,32 @@ def sample(problem: Problem, method: str = "dds", prior=None, samples: int = 8,
     from .uncertainty import run_ensemble
 
     return run_ensemble(problem, method, prior=prior, samples=samples, design=design, **kwargs)
+
+
+def train(volumes, out, config=None, *, bin: int = 1, cancel: CancelToken | None = None,
+          on_event: Callable | None = None, **options) -> dict:
+    """Train a prior on ``volumes`` (files, arrays in their own units, ``(name, array)`` pairs,
+    or ``"ct"`` / ``"mri"`` for the development split; ``bin`` averages ``bin x bin`` blocks
+    first) and save it at ``out``; returns the checkpoint's metadata.
+
+    ``config`` is a :class:`~napari_patchdiff.training.TrainConfig`, or give its fields as
+    keyword ``options`` (``network="cpu", steps=20000, device="cuda", resume=True, ...``), the
+    same options as ``napari-patchdiff train`` and the Prior widget. ``on_event`` receives each
+    :class:`~napari_patchdiff.training.TrainEvent`; a cancel saves a checkpoint and raises
+    :class:`~napari_patchdiff.events.Cancelled`.
+    """
+    import dataclasses
+
+    from .priors import read_metadata
+    from .training import TrainConfig, train as run, training_volumes
+
+    if config is None:
+        config = TrainConfig(**options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    vols, modality = training_volumes(volumes, config.modality, bin=bin)
+    config = dataclasses.replace(config, modality=modality)
+    for event in run(vols, out, config, cancel=cancel):
+        if on_event is not None:
+            on_event(event)
+    return read_metadata(out)

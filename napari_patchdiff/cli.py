@@ -411,26 +411,26 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    import dataclasses
-
-    from .training import train, training_volumes
+    from .priors.checkpoint import checkpoint_paths
 
     if args.threads:
         torch.set_num_threads(args.threads)
     config = _train_config(args)  # bad options fail before the volumes are read
-    vols, modality = training_volumes(args.volumes, config.modality, bin=args.bin)
-    config = dataclasses.replace(config, modality=modality)
-    n = sum(v.data.shape[0] for v in vols)
-    print(f"training a {config.kind} prior ({config.network}) on {n} slices of {len(vols)} "
-          f"volume(s), modality {modality}, device {config.device}", file=sys.stderr)
-    last = None
-    for last in train(vols, args.out, config, cancel=CancelToken()):
+    print(f"training a {config.kind} prior ({config.network}) on {' '.join(args.volumes)}, "
+          f"device {config.device}", file=sys.stderr)
+
+    def progress(ev) -> None:
         val = ""
-        if last.val_losses:
-            val = " val " + " ".join(f"{s:g}:{v:.4f}" for s, v in last.val_losses.items())
-        print(f"step {last.step}/{last.total} loss {last.loss:.4f}{val} "
-              f"[{last.seconds:.0f} s]", file=sys.stderr, flush=True)
-    print(f"wrote {last.checkpoint or args.out}")
+        if ev.val_losses:
+            val = " val " + " ".join(f"{s:g}:{v:.4f}" for s, v in ev.val_losses.items())
+        print(f"step {ev.step}/{ev.total} loss {ev.loss:.4f}{val} [{ev.seconds:.0f} s]",
+              file=sys.stderr, flush=True)
+
+    meta = api.train(args.volumes, args.out, config, bin=args.bin, cancel=CancelToken(),
+                     on_event=progress)
+    slices = sum(len(v["slices"]) for v in meta.get("training_data", []))
+    print(f"wrote {checkpoint_paths(args.out)['weights']} ({meta['steps']} steps, {slices} "
+          f"training slices, modality {meta['modality']})")
     return 0
 
 

@@ -571,3 +571,18 @@ def test_init_from_a_prior_continues_its_weights_and_records_segments(tmp_path):
     with pytest.raises(InputError, match="not both"):
         next(train(vol, tmp_path / "b", TrainConfig(steps=9, init=tmp_path / "a", resume=True,
                                                     **common)))
+
+
+def test_api_train_takes_the_same_options_as_the_cli(tmp_path):
+    """api.train: volumes in their own units and TrainConfig's fields as keywords."""
+    from napari_patchdiff import api
+
+    hu = np.full((3, 32, 32), -1000.0, dtype=np.float32)
+    hu[:, 8:24, 8:24] = 40.0
+    seen = []
+    meta = api.train([("phantom", hu)], tmp_path / "p", network="tiny", steps=2, batch=2,
+                     patch_sizes=(16,), val_fraction=0, on_event=seen.append)
+    assert meta["steps"] == 2 and meta["modality"] == "ct" and seen[-1].step == 2
+    assert meta["patch_probs"] == [1.0] and meta["training_data"][0]["name"] == "phantom"
+    with pytest.raises(InputError, match="lr"):
+        api.train([("phantom", hu)], tmp_path / "q", network="tiny", steps=2, lr=float("nan"))

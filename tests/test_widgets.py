@@ -204,3 +204,23 @@ def test_load_a_measurement_written_by_the_cli(session, tmp_path):
     fbp = session.viewer.layers["fbp"]
     assert fbp.metadata["units"] == "normalised [0, 1]"  # no truth: the normalised scale
     np.testing.assert_allclose(fbp.data * 2048 - 1024, recon, atol=0.5)
+
+
+def test_gui_runs_a_method_with_the_same_defaults_as_python(session, tiny_prior):
+    """The Reconstruct widget, the API and a direct Python call of the method resolve the same
+    parameters for the same problem, and give the same reconstruction."""
+    from napari_patchdiff import api
+    from napari_patchdiff.events import run_to_end
+    from napari_patchdiff.priors import load_prior
+    from napari_patchdiff.solvers.diffusion import dds
+
+    problem = state_for(session.viewer).problem
+    done = _run(session, "admm-tv")[-1]
+    assert done.report["method_params"] == api.method_params(problem, "admm-tv")
+    session.use_prior(tiny_prior)
+    done = _run(session, "dds", nfe=3)[-1]
+    params = api.method_params(problem, "dds", nfe=3)
+    assert done.report["method_params"] == params == dds.resolve(problem.op, 0.05, nfe=3)
+    direct = run_to_end(dds(problem.op, problem.y, noise_std=0.05, prior=load_prior(tiny_prior),
+                            nfe=3)).estimate[0, 0].numpy()
+    np.testing.assert_allclose(problem.truth.to_units(direct), done.image, rtol=0, atol=1e-3)

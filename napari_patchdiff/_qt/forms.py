@@ -54,27 +54,30 @@ def row(*widgets) -> QHBoxLayout:
 
 
 class ParamForm(QWidget):
-    """Inputs for a tuple of :class:`~napari_patchdiff.operators.Param` (a registry entry's).
+    """Inputs for a tuple of :class:`~napari_patchdiff.params.Param` (a registry entry's).
 
-    Numbers are typed as text: empty means the method's own (operator/noise dependent) default,
-    shown as the placeholder after :meth:`show_defaults`. Choices are combo boxes, flags check
-    boxes.
+    Numbers are typed as text, choices are combo boxes, flags check boxes. With ``prefill``
+    (operators) the inputs start at the declared defaults. Without it (methods) they start
+    empty / "auto": nothing is sent, so the method resolves its own default for the operator and
+    noise level, exactly as from Python or the CLI (:meth:`show_defaults` shows those values
+    as placeholders); only what the user sets is sent.
     """
 
-    def __init__(self, params: tuple[Param, ...] = (), skip=()):
+    def __init__(self, params: tuple[Param, ...] = (), skip=(), prefill: bool = True):
         super().__init__()
         self.params = [p for p in params if p.name not in skip]
         self.inputs: dict[str, QWidget] = {}
         form = QFormLayout(self)
         form.setContentsMargins(12, 0, 0, 0)
         for p in self.params:
+            given = p.default if prefill else None
             if p.type is bool:
                 w = QCheckBox()
                 w.setChecked(bool(p.default))
             elif p.choices:
-                w = combo((["auto"] if p.default is None else []) + list(p.choices), p.default)
+                w = combo((["auto"] if given is None else []) + list(p.choices), given)
             else:
-                w = QLineEdit("" if p.default is None else fmt(p.default))
+                w = QLineEdit("" if given is None else fmt(given))
                 w.setPlaceholderText("auto")
             w.setToolTip(p.help)
             form.addRow(p.name.replace("_", " "), w)
@@ -89,13 +92,9 @@ class ParamForm(QWidget):
                 out[p.name] = w.isChecked()
             elif isinstance(w, QComboBox):
                 if w.currentText() != "auto":
-                    out[p.name] = p.type(w.currentText())
+                    out[p.name] = p.check(w.currentText())
             elif w.text().strip():
-                try:
-                    out[p.name] = p.type(w.text())
-                except ValueError:
-                    raise InputError(f"{p.name}: expected {p.type.__name__}, got "
-                                     f"{w.text()!r}") from None
+                out[p.name] = p.check(w.text().strip())
         return out
 
     def set_values(self, values: dict[str, Any]) -> None:
@@ -127,9 +126,9 @@ class FormSlot(QWidget):
         self.form = ParamForm()
         self.layout().addWidget(self.form)
 
-    def set(self, params, skip=()) -> ParamForm:
+    def set(self, params, skip=(), prefill: bool = True) -> ParamForm:
         self.form.setParent(None)
         self.form.deleteLater()
-        self.form = ParamForm(params, skip)
+        self.form = ParamForm(params, skip, prefill)
         self.layout().addWidget(self.form)
         return self.form

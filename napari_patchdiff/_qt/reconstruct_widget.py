@@ -80,7 +80,7 @@ class ReconstructWidget(QWidget):
         self._set_method(self.method_box.currentText())
 
     def _set_method(self, name: str) -> None:
-        self.params.set(SOLVERS.get(name).params, skip=("seed",))
+        self.params.set(SOLVERS.get(name).params, skip=("seed",), prefill=False)
         self._refresh()
 
     def _refresh(self, *_) -> None:
