@@ -21,7 +21,6 @@ import torch
 
 from common import CT_TEST, CT_VAL, MRI_VAL, RESULTS, ct_slices, machine, mri_slices
 from napari_patchdiff import api
-from napari_patchdiff.api import Truth
 from napari_patchdiff.metrics import psnr, ssim
 from napari_patchdiff.priors import load_prior
 from napari_patchdiff.priors.sampling import sample_unconditional

@@ -1,8 +1,8 @@
 """The ``napari-patchdiff`` command line: a thin layer over :mod:`napari_patchdiff.api`.
 
 Subcommands: ``reconstruct`` (simulate a measurement from a ground truth, or read a measured
-one, and reconstruct it), ``sample`` (a posterior ensemble with uncertainty maps), ``train`` and ``info`` (diffusion priors) and ``demo`` (the README's
-main job on the shipped sample data).
+one, and reconstruct it), ``sample`` (a posterior ensemble with uncertainty maps), ``train`` and
+``info`` (diffusion priors) and ``demo`` (the README's main job on the shipped sample data).
 Exit codes: 0 success, 2 bad input (a clear message on stderr), 1 unexpected failure,
 130 cancelled (Ctrl-C).
 """
@@ -23,6 +23,7 @@ from .errors import InputError
 from .events import Cancelled, CancelToken
 from .operators import OPERATORS, Param
 from .solvers import SOLVERS
+from .uncertainty import DESIGNS
 
 
 def _flag(name: str) -> str:
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          if SOLVERS.get(n).kind == "diffusion"],
                      help="diffusion sampler (default dds)")
     smp.add_argument("--samples", type=int, default=8, help="ensemble size (default 8)")
-    smp.add_argument("--noise-design", default="iid", choices=("iid", "antithetic"),
+    smp.add_argument("--noise-design", default="iid", choices=DESIGNS,
                      help="iid samples, or antithetic pairs (z and -z for the whole noise stream)")
     smp.add_argument("--batch", type=int, help="samples per sampler run (default: ~8 slices)")
     smp.add_argument("--roi", help="region for the mean-intensity CI: y0:y1,x0:x1 (pixels; "

@@ -1,8 +1,7 @@
 """Conjugate gradients and power iteration on batches of images (torch only, no package imports).
 
 Operators use them for their data-consistency solve and norm
-(:meth:`napari_patchdiff.operators.Operator.solve`, :meth:`~napari_patchdiff.operators.Operator.norm`);
-ADMM-TV for its x-update.
+(:meth:`napari_patchdiff.operators.Operator.solve` and ``Operator.norm``).
 """
 from __future__ import annotations
 

@@ -120,7 +120,8 @@ def truth_from_array(arr, meta=None, modality=None, slice=None) -> Truth:
     if arr.ndim not in (2, 3):
         raise InputError(f"expected a 2D image or a 3D volume, got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise InputError(f"the image contains {int((~np.isfinite(arr)).sum())} NaN or infinite values")
+        bad = int((~np.isfinite(arr)).sum())
+        raise InputError(f"the image contains {bad} NaN or infinite values")
     if slice is not None:
         if arr.ndim != 3:
             raise InputError("--slice needs a volume (D, H, W); the input is a 2D image")

@@ -303,14 +303,14 @@ def _fixed_grid_denoise(denoiser, x, sigma, patch_size, pad, overlap, max_batch,
 
 
 def averaged_denoise(denoiser, x: torch.Tensor, sigma, patch_size: int = 56, pad: int = 24,
-                     overlap: int = 8, max_batch: int | None = 64, generator=None) -> torch.Tensor:
+                     overlap: int = 8, max_batch: int | None = 64) -> torch.Tensor:
     """"Patch averaging" ablation: fixed overlapping grid (:func:`overlapping_origins`), the
-    denoised patches averaged where they overlap. ``generator`` is accepted and unused."""
+    denoised patches averaged where they overlap (deterministic: no random shift)."""
     return _fixed_grid_denoise(denoiser, x, sigma, patch_size, pad, overlap, max_batch, True)
 
 
 def stitched_denoise(denoiser, x: torch.Tensor, sigma, patch_size: int = 56, pad: int = 24,
-                     overlap: int = 8, max_batch: int | None = 64, generator=None) -> torch.Tensor:
+                     overlap: int = 8, max_batch: int | None = 64) -> torch.Tensor:
     """"Patch stitching" ablation: the same grid as :func:`averaged_denoise`, later patches
-    (row-major order) overwrite earlier ones. ``generator`` is accepted and unused."""
+    (row-major order) overwrite earlier ones (deterministic)."""
     return _fixed_grid_denoise(denoiser, x, sigma, patch_size, pad, overlap, max_batch, False)

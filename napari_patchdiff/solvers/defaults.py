@@ -35,7 +35,8 @@ _UNTUNED = "untuned starting value"
 
 #: rows shared by the two CT geometries (the fan beam was never tuned on its own)
 _CT = {
-    "cg.noiseless_iterations": Tuned(25, "Shepp-Logan phantom, noiseless; early stopping regularises"),
+    "cg.noiseless_iterations": Tuned(25, "Shepp-Logan phantom, noiseless; early stopping "
+                                          "regularises"),
     "admm-tv.weight": Tuned(2.0, "tv_tuning.md, lung2 47"),
     "admm-tv.noise_power": Tuned(2, "tv_tuning.md: ill-conditioned, lam ~ sigma^2 (MAP)"),
     "admm-tv.rho_rel": Tuned(0.002, "Shepp-Logan phantom: fastest ADMM convergence"),
@@ -61,7 +62,8 @@ TUNED: dict[str, dict[str, Tuned]] = {
     "ct-parallel": _CT,
     "ct-fan": _CT,
     "mri-cartesian": {
-        "cg.noiseless_iterations": Tuned(2, "A^T A is a projection-like mask: CG converges in 1-2 steps"),
+        "cg.noiseless_iterations": Tuned(2, "A^T A is a projection-like mask: CG converges in "
+                                            "1-2 steps"),
         "admm-tv.weight": Tuned(0.4, "tv_tuning.md, brain1 12"),
         "admm-tv.rho_rel": Tuned(0.03, "Shepp-Logan phantom: fastest ADMM convergence"),
         "dds.cg_iterations": Tuned(0, "exact (closed form); 2 CG steps reached it exactly"),
@@ -84,15 +86,16 @@ TUNED: dict[str, dict[str, Tuned]] = {
         "pnp-admm.cg_iterations": Tuned(5, "DDS's count, untuned for PnP-ADMM"),
     },
     "superres": {
-        "cg.noiseless_iterations": Tuned(2, "A^T A is (1/f^2) a projection: CG converges in 1-2 steps"),
+        "cg.noiseless_iterations": Tuned(2, "A^T A is (1/f^2) a projection: CG converges in "
+                                            "1-2 steps"),
         "admm-tv.weight": Tuned(0.2, "tv_tuning.md, lung2 47 downsampled x4"),
         "admm-tv.noise_power": Tuned(2, "ill-conditioned: lam ~ sigma^2"),
         "admm-tv.rho_rel": Tuned(0.1, "Shepp-Logan phantom"),
         "dds.cg_iterations": Tuned(3, "dds_tuning.md (SR x4): 2, 5 and 10 give identical results"),
         "dds.prior_std": Tuned(0.05, "dds_tuning.md (SR x4): 0.02-0.2 within 0.1 dB"),
         "dds.eta": Tuned(1.0, "dds_tuning.md (SR x4): 1 beat 0.15 by 1.9 dB"),
-        "dds.start": Tuned("initial", "dds_tuning.md (SR x4): bicubic plus noise at 0.3, 0.9 dB above "
-                                      "pure noise"),
+        "dds.start": Tuned("initial", "dds_tuning.md (SR x4): bicubic plus noise at 0.3, 0.9 dB "
+                                      "above pure noise"),
         "dds.sigma_max": Tuned(0.3, "dds_tuning.md (SR x4), with the warm start above"),
         "pnp-admm.cg_iterations": Tuned(3, "DDS's count, untuned for PnP-ADMM"),
     },

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..events import Cancelled, CancelToken, StepEvent
 from ..noise_source import NoiseSource, StackedNoise, sample_seed
 from ..problem import Problem
-from ..runs import method_params, resolve_prior, to_array
+from ..runs import method_params, resolve_prior
 from ..solvers import SOLVERS, get_solver
 from .summaries import EnsembleResult, summarise
 
