@@ -17,12 +17,13 @@ import time
 from typing import Callable
 
 from .events import Cancelled, CancelToken, StepEvent
-from .problem import Problem, Truth, from_measurement, load_truth, simulate, truth_from_array
+from .problem import (Problem, Truth, from_measurement, load_measurement, load_truth, simulate,
+                      truth_from_array)
 from .runs import (Result, iterate, make_report, method_params, needs_prior, resolve_prior,
                    result_of)
 
 __all__ = ["Truth", "Problem", "Result", "load_truth", "truth_from_array", "simulate",
-           "from_measurement", "method_params", "needs_prior", "resolve_prior", "iterate",
+           "from_measurement", "load_measurement", "method_params", "needs_prior", "resolve_prior", "iterate",
            "solve", "sample", "train", "make_report"]
 
 

@@ -22,6 +22,7 @@ from .conventions import MODALITIES
 from .errors import InputError
 from .events import Cancelled, CancelToken
 from .operators import OPERATORS, Param
+from .outputs import OutputFolder, write_ensemble, write_reconstruction
 from .solvers import SOLVERS
 from .uncertainty import DESIGNS
 
@@ -92,14 +93,15 @@ def _problem_options(p) -> None:
                    "measurement.tif written by this command carries its operator in a sidecar)")
     p.add_argument("--image-shape", type=int, nargs=2, metavar=("H", "W"),
                    help="image size for --measurement when no sidecar gives it")
-    p.add_argument("--operator", required=True, choices=OPERATORS.names(),
-                   help="forward operator")
+    p.add_argument("--operator", choices=OPERATORS.names(),
+                   help="forward operator (with --measurement: read from its sidecar)")
     p.add_argument("--prior", help="diffusion prior for dds/dps/padis: a shipped name "
                    "(see `napari-patchdiff info`) or a checkpoint path")
-    p.add_argument("--noise-std", "--noise", dest="noise_std", type=float, default=0.0,
+    p.add_argument("--noise-std", "--noise", dest="noise_std", type=float, default=None,
                    help="std of the added Gaussian noise in measurement units: CT line "
                    "integrals (pixel-length units), MRI orthonormal k-space (each of real and "
-                   "imaginary part), image units otherwise (default 0)")
+                   "imaginary part), image units otherwise (default 0; with --measurement: the "
+                   "sidecar's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and of "
                    "the diffusion samplers' noise stream")
     p.add_argument("--slice", type=int, help="reconstruct only this slice of a volume")
@@ -107,7 +109,9 @@ def _problem_options(p) -> None:
                    help="intensity convention of TRUTH (default: guessed from metadata/values)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier "
+                   "run in --out (the new ones are written aside and moved in when complete)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _add_params(p, OPERATORS, "operator")
     _add_params(p, SOLVERS, "method")
@@ -199,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init", metavar="PRIOR", help="start from this prior's weights (shipped "
                     "name or checkpoint) with a fresh optimiser: fine-tuning")
     tr.add_argument("--overwrite", action="store_true", help="start afresh over --out")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     tr.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
     tr.add_argument("--val-every", type=int, default=500, help="validation every N steps")
     tr.set_defaults(func=cmd_train)
@@ -224,19 +229,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Progress:
-    """Throttled one-line progress on stderr."""
+    """A progress bar on stderr (tqdm: rate and time left) over the steps of a run; ``quiet``
+    silences it. Called with each step event; ``position``/``total`` override the event's
+    (an ensemble counts the steps of all its batches), ``now`` redraws at once (else at most
+    twice a second), keyword arguments are shown after the bar."""
 
-    def __init__(self, label: str, quiet: bool = False):
-        self.label, self.quiet, self.t0, self.last = label, quiet, time.perf_counter(), 0.0
+    def __init__(self, label: str, quiet: bool = False, unit: str = "step"):
+        self.label, self.quiet, self.unit, self.bar = label, quiet, unit, None
 
-    def __call__(self, ev) -> None:
-        now = time.perf_counter()
-        if self.quiet or (now - self.last < 0.5 and not ev.done):
+    def __call__(self, ev, position: int | None = None, total: int | None = None,
+                 now: bool = False, **postfix) -> None:
+        if self.quiet:
             return
-        self.last = now
-        extra = f" nfe {ev.nfe}" if ev.nfe else ""
-        print(f"\r{self.label}: step {ev.step}/{ev.total}{extra} [{now - self.t0:.1f} s]",
-              end="\n" if ev.done else "", file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        position = ev.step if position is None else position
+        total = ev.total if total is None else total
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, unit=self.unit, file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.5)
+        self.bar.total = total
+        if getattr(ev, "nfe", 0):
+            postfix.setdefault("nfe", ev.nfe)
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(position - self.bar.n)
+        if now:
+            self.bar.refresh()
+        if position >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _device(name: str) -> torch.device:
@@ -252,90 +278,70 @@ def _device(name: str) -> torch.device:
 def _problem(args) -> api.Problem:
     dtype = getattr(torch, args.dtype)
     device = _device(args.device)
-    op_params = _collect(args, OPERATORS, args.operator, "operator")
     if (args.truth is None) == (args.measurement is None):
         raise InputError("give either TRUTH (to simulate a measurement) or --measurement Y")
     if args.truth is not None:
+        if args.operator is None:
+            raise InputError("--operator is needed to simulate a measurement of TRUTH")
+        op_params = _collect(args, OPERATORS, args.operator, "operator")
         truth = api.load_truth(args.truth, modality=args.modality, slice=args.slice)
-        return api.simulate(truth, args.operator, noise_std=args.noise_std, seed=args.seed,
-                            device=device, dtype=dtype, **op_params)
-    y, meta = io.read_measurement(args.measurement)
-    if meta.get("operator") not in (None, args.operator):
-        raise InputError(f"{args.measurement} was measured with operator "
-                         f"{meta['operator']!r}, not {args.operator!r}")
-    shape = args.image_shape or meta.get("image_shape")
-    if shape is None:
-        raise InputError("--measurement needs --image-shape H W (no sidecar gives the image size)")
-    for key, value in meta.get("operator_params", {}).items():
-        op_params.setdefault(key, value)
-    if args.slice is not None:
-        if y.ndim < 3:
-            raise InputError("--slice needs a stack of measurements")
-        y = y[args.slice]
-    return api.from_measurement(y, args.operator, shape, device=device, dtype=dtype,
-                                noise_std=float(meta.get("noise_std", args.noise_std)),
-                                **op_params)
+        return api.simulate(truth, args.operator, noise_std=args.noise_std or 0.0,
+                            seed=args.seed, device=device, dtype=dtype, **op_params)
+    operator = args.operator or io.read_sidecar(args.measurement).get("operator")
+    if operator is None:
+        raise InputError(f"{args.measurement}: no sidecar names the operator; pass --operator")
+    op_params = _collect(args, OPERATORS, operator, "operator")
+    return api.load_measurement(args.measurement, operator=args.operator,
+                                image_shape=args.image_shape, noise_std=args.noise_std,
+                                slice=args.slice, device=device, dtype=dtype, **op_params)
 
 
 def cmd_reconstruct(args) -> int:
+    folder = OutputFolder(args.out, args.overwrite)  # before any computation
     problem = _problem(args)
     method_params = _collect(args, SOLVERS, args.method, "method")
-    out = Path(args.out)
-    token = CancelToken()
     try:
-        result = api.solve(problem, args.method, cancel=token, prior=args.prior,
+        result = api.solve(problem, args.method, cancel=CancelToken(), prior=args.prior,
                            on_event=_Progress(args.method, args.quiet), **method_params)
     except (Cancelled, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:  # keep what was computed, under names that say so
-            write_outputs(out, problem, partial, stem="recon_partial")
+            where = folder.commit(lambda d: write_reconstruction(d, problem, partial, True))
             print(f"\ncancelled after {partial.report['iterations']} steps; wrote "
-                  f"{out}/recon_partial.tif and {out}/report.json", file=sys.stderr)
+                  f"{where}/recon_partial.tif and report_partial.json", file=sys.stderr)
         raise
-    write_outputs(out, problem, result)
+    folder.commit(lambda d: write_reconstruction(d, problem, result))
     r = result.report
     summary = f"{args.method}: {r['seconds']:.2f} s, {r['iterations']} iterations"
     if "psnr" in r:
         summary += f", PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}"
     print(summary)
-    print(f"wrote {out}/recon.tif, {out}/measurement.tif, {out}/report.json")
+    print(f"wrote {folder.path}/recon.tif, measurement.tif, report.json")
     return 0
 
 
-def write_outputs(out: Path, problem: api.Problem, result: api.Result, stem: str = "recon") -> None:
-    """STEM.tif (truth's units when known), measurement.tif, report.json."""
-    out.mkdir(parents=True, exist_ok=True)
-    truth = problem.truth
-    recon = result.recon if truth is None else truth.to_units(result.recon)
-    spacing = truth.meta.get("spacing") if truth is not None else None
-    io.write_tiff(out / f"{stem}.tif", np.asarray(recon, dtype=np.float32),
-                  {**result.report, "units": problem.units, "spacing": spacing})
-    y = problem.y.detach().cpu().numpy()[:, 0]
-    io.write_measurement(out / "measurement.tif", y[0] if problem.squeeze else y,
-                         problem.describe_measurement())
-    (out / "report.json").write_text(json.dumps(io.json_safe(result.report), indent=2,
-                                                sort_keys=True) + "\n")
-
-
 def cmd_sample(args) -> int:
-    from .uncertainty import parse_roi, run_ensemble
+    from .uncertainty import check_level, default_batch, parse_region, region_note, run_ensemble
 
+    folder = OutputFolder(args.out, args.overwrite)  # before any computation
+    check_level(args.level)
     problem = _problem(args)
     method_params = _collect(args, SOLVERS, args.method, "method")
     seed = method_params.pop("seed", args.seed)
-    roi = parse_roi(args.roi, problem.image_shape) if args.roi else None
-    out = Path(args.out)
-    progress = _Progress(args.method, args.quiet)
-    done = []
+    roi = parse_region(args.roi) if args.roi else None
+    note = region_note(roi, problem.image_shape) if roi is not None else None
+    if note:
+        print(f"napari-patchdiff: note: {note}", file=sys.stderr)
+    progress = _Progress(f"{args.method} x {args.samples}", args.quiet)
+    batch = args.batch or default_batch(args.samples, problem.slices, args.noise_design)
+    runs, done = -(-args.samples // batch), [0]
 
     def on_event(ev):
         if hasattr(ev, "sample"):
-            done.append(ev)
-            if not args.quiet:
-                print(f"\rsample {ev.index + 1}/{ev.total} [{ev.seconds:.1f} s]", file=sys.stderr,
-                      flush=True)
+            done[0] = ev.index + 1
         else:
-            progress(ev)
+            progress(ev, ev.info["batch"] * ev.total + ev.step, runs * ev.total,
+                     samples=f"{done[0]}/{args.samples}")
 
     try:
         result = run_ensemble(problem, args.method, prior=args.prior, samples=args.samples,
@@ -345,11 +351,12 @@ def cmd_sample(args) -> int:
     except (Cancelled, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:
-            write_ensemble(out, problem, partial, args)
-            print(f"\ncancelled after {partial.samples.shape[0]} samples; wrote them to {out}",
-                  file=sys.stderr)
+            folder.commit(lambda d: write_ensemble(d, problem, partial, args.method, args.prior,
+                                                   partial=True))
+            print(f"\ncancelled after {partial.samples.shape[0]} samples; wrote them to "
+                  f"{folder.path} as *_partial files", file=sys.stderr)
         raise
-    write_ensemble(out, problem, result, args)
+    folder.commit(lambda d: write_ensemble(d, problem, result, args.method, args.prior))
     r = result.report
     line = f"{args.method} x {r['samples']} ({r['design']}): {r['seconds']:.1f} s"
     if "psnr_mean" in r:
@@ -359,36 +366,8 @@ def cmd_sample(args) -> int:
         ci = r["roi"]
         line += f", region mean {ci['estimate']:.4f} [{ci['lower']:.4f}, {ci['upper']:.4f}]"
     print(line)
-    print(f"wrote {out}/samples.tif, mean.tif, std.tif, lower.tif, upper.tif, report.json")
+    print(f"wrote {folder.path}/samples.tif, mean.tif, std.tif, lower.tif, upper.tif, report.json")
     return 0
-
-
-def write_ensemble(out: Path, problem: api.Problem, result, args) -> None:
-    """samples/mean/std/lower/upper (+ pair_correlation) TIFFs in the truth's units, the
-    measurement, report.json and (with a truth) calibration.png."""
-    out.mkdir(parents=True, exist_ok=True)
-    units, to_units, scale = problem.units, (lambda a: a), 1.0
-    if problem.truth is not None:
-        to_units, scale = problem.truth.to_units, problem.truth.unit_scale
-    report = {**result.report, "operator": problem.op.describe(), "noise_std": problem.noise_std,
-              "measurement_seed": problem.seed, "prior": args.prior, "units": units}
-    meta = {"method": args.method, "noise_design": result.report["design"], "units": units}
-    arrays = {"samples": to_units(result.samples), "mean": to_units(result.mean),
-              "std": result.std * scale, "lower": to_units(result.lower),
-              "upper": to_units(result.upper)}
-    if result.pair_correlation is not None:
-        arrays["pair_correlation"] = result.pair_correlation
-    for name, arr in arrays.items():
-        io.write_tiff(out / f"{name}.tif", np.asarray(arr, dtype=np.float32),
-                      {**meta, "quantity": name,
-                       "units": "correlation" if name == "pair_correlation" else units})
-    if problem.truth is not None and "calibration" in report:
-        from .uncertainty import calibration_figure
-
-        calibration_figure(report["calibration"], out / "calibration.png",
-                           title=f"{args.method}, {report['samples']} samples ({report['design']})")
-    (out / "report.json").write_text(json.dumps(io.json_safe(report), indent=2, sort_keys=True)
-                                     + "\n")
 
 
 def cmd_demo(args) -> int:
@@ -412,26 +391,55 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from .priors.checkpoint import checkpoint_paths
+    from .priors.checkpoint import checkpoint_paths, read_metadata
 
     if args.threads:
         torch.set_num_threads(args.threads)
     config = _train_config(args)  # bad options fail before the volumes are read
     print(f"training a {config.kind} prior ({config.network}) on {' '.join(args.volumes)}, "
           f"device {config.device}", file=sys.stderr)
+    weights = checkpoint_paths(args.out)["weights"]
+
+    class CtrlC(CancelToken):
+        """Hands a Ctrl-C caught while a progress line is printed (outside the training loop)
+        to the loop at its next step, which saves that step and says where."""
+
+        interrupted = False
+
+        def check(self, estimate=None) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            super().check(estimate)
+
+    token = CtrlC()
+
+    bar = _Progress("training", args.quiet)
 
     def progress(ev) -> None:
-        val = ""
-        if ev.val_losses:
-            val = " val " + " ".join(f"{s:g}:{v:.4f}" for s, v in ev.val_losses.items())
-        print(f"step {ev.step}/{ev.total} loss {ev.loss:.4f}{val} [{ev.seconds:.0f} s]",
-              file=sys.stderr, flush=True)
+        try:
+            val = {f"val {s:g}": f"{v:.4f}" for s, v in (ev.val_losses or {}).items()}
+            bar(ev, now=bool(val), loss=f"{ev.loss:.4f}", **val)  # show validations at once
+        except KeyboardInterrupt:
+            token.interrupted = True
 
-    meta = api.train(args.volumes, args.out, config, bin=args.bin, cancel=CancelToken(),
-                     on_event=progress)
+    try:
+        meta = api.train(args.volumes, args.out, config, bin=args.bin, cancel=token,
+                         on_event=progress)
+    except Cancelled as exc:  # the loop saved a checkpoint: say which step and where
+        bar.close()
+        print(f"napari-patchdiff: {exc}", file=sys.stderr, flush=True)
+        raise
+    except KeyboardInterrupt:  # outside the loop (reading the volumes, ...): what is kept
+        try:
+            kept = (f"{weights} holds step {read_metadata(weights).get('steps')} (resume with "
+                    "--resume)" if weights.is_file() else "no checkpoint was saved")
+        except InputError as exc:
+            kept = f"{weights} is unreadable ({exc})"
+        print(f"napari-patchdiff: training interrupted; {kept}", file=sys.stderr, flush=True)
+        raise
     slices = sum(len(v["slices"]) for v in meta.get("training_data", []))
-    print(f"wrote {checkpoint_paths(args.out)['weights']} ({meta['steps']} steps, {slices} "
-          f"training slices, modality {meta['modality']})")
+    print(f"wrote {weights} ({meta['steps']} steps, {slices} training slices, modality "
+          f"{meta['modality']})")
     return 0
 
 
@@ -467,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
               f"--slice, or --device cpu", file=sys.stderr)
         return 1
     except MemoryError:
-        print("napari-patchdiff: error: out of memory; reconstruct fewer slices (--slice)",
-              file=sys.stderr)
+        print("napari-patchdiff: error: out of memory: crop or bin the image, or reconstruct "
+              "fewer slices of a volume (--slice)", file=sys.stderr)
         return 1
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["Param"]
+__all__ = ["Param", "NOISE_STD", "SEED"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class Param:
     choices : the allowed values (strings), if restricted.
     low, high : bounds of a number (inclusive unless ``open_low`` / ``open_high``).
     allow_inf : ``float('inf')`` is a valid value (e.g. DDS's data weight: noiseless data).
+    measured : for an operator, whether the value defines the measurement (a measured file's
+        sidecar must then agree with it), not only how it is computed (a CT backend).
     """
 
     name: str
@@ -43,11 +45,15 @@ class Param:
     open_low: bool = False
     open_high: bool = False
     allow_inf: bool = False
+    measured: bool = True
 
-    def check(self, value, where: str = "") -> Any:
+    def check(self, value, where: str = "", text: bool = False) -> Any:
         """``value`` converted to ``type`` and checked against the bounds and choices;
-        InputError with a one-line message naming the parameter otherwise."""
+        InputError with a one-line message naming the parameter otherwise. A number given as a
+        string is refused unless ``text`` (a form field's text)."""
         name = f"{where}: {self.name}" if where else self.name
+        if isinstance(value, str) and self.type in (int, float) and not text:
+            raise InputError(f"{name} must be a number, got the string {value!r}")
         if self.type is bool:
             if isinstance(value, (bool, int)) and value in (0, 1):
                 return bool(value)
@@ -87,3 +93,11 @@ class Param:
             raise InputError(f"{name} must be {'<' if self.open_high else '<='} {self.high:g}, "
                              f"got {value!r}")
         return value
+
+
+#: the measurement noise std (measurement units), which every method takes to choose its
+#: defaults and every problem records
+NOISE_STD = Param("noise_std", float, 0.0, "measurement noise std (measurement units)", low=0)
+#: a seed of torch's and NumPy's generators
+SEED = Param("seed", int, 0, "seed of the noise stream (initial and injected noise)", low=0,
+             high=2**63 - 1)

@@ -8,7 +8,9 @@ The data path starts here: a file or an array becomes a :class:`Truth` on the no
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +18,11 @@ import torch
 
 from . import conventions, io
 from .errors import InputError
-from .operators import Operator, add_noise, make_operator
+from .operators import OPERATORS, Operator, add_noise, make_operator
+from .params import NOISE_STD, SEED
 
-__all__ = ["Truth", "Problem", "load_truth", "truth_from_array", "simulate", "from_measurement"]
+__all__ = ["Truth", "Problem", "load_truth", "truth_from_array", "simulate", "from_measurement",
+           "load_measurement"]
 
 
 @dataclass
@@ -102,6 +106,24 @@ class Problem:
                 "seed": self.seed, "units": self.op.measurement_units}
 
 
+#: image-sized arrays a reconstruction keeps at once (iterates, CG vectors, TV splits, duals):
+#: the factor of the memory estimate of :func:`check_problem_memory`
+WORKING_ARRAYS = 16
+
+
+def check_problem_memory(op: Operator, slices: int) -> None:
+    """InputError, before anything is computed, when reconstructing ``slices`` images with
+    ``op`` would need more than half of this computer's memory (about :data:`WORKING_ARRAYS`
+    image-sized arrays and four measurement-sized ones, in the operator's dtype)."""
+    itemsize = torch.finfo(op.dtype).bits // 8
+    image = slices * math.prod(op.image_shape) * itemsize
+    measurement = slices * math.prod(op.measurement_shape) * itemsize * (2 if op.is_complex
+                                                                         else 1)
+    shape = " x ".join(map(str, ((slices,) if slices > 1 else ()) + tuple(op.image_shape)))
+    io.check_memory(WORKING_ARRAYS * image + 4 * measurement,
+                    f"reconstructing {shape} pixels with {op.name}")
+
+
 def load_truth(source, modality: str | None = None, slice: int | None = None) -> Truth:
     """Read a ground truth in its own units (a path, or ``sample:ct`` / ``sample:mri``)."""
     if isinstance(source, str) and source.startswith("sample:"):
@@ -114,9 +136,17 @@ def load_truth(source, modality: str | None = None, slice: int | None = None) ->
 
 
 def truth_from_array(arr, meta=None, modality=None, slice=None) -> Truth:
-    """A :class:`Truth` from an array in its own units (``modality`` guessed if not given)."""
+    """A :class:`Truth` from a real 2D image or 3D volume in its own units (``modality``
+    inferred from the metadata or the values when not given, see
+    :func:`napari_patchdiff.io.infer_modality`; the reason is kept in ``meta``)."""
     meta = dict(meta or {})
     arr = np.asarray(arr)
+    if np.iscomplexobj(arr):
+        raise InputError(f"complex data ({arr.dtype}) is not supported; take the magnitude "
+                         f"(np.abs) first")
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer)
+                                 or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"the image must hold numbers, got dtype {arr.dtype}")
     if arr.ndim not in (2, 3):
         raise InputError(f"expected a 2D image or a 3D volume, got shape {arr.shape}")
     if not np.isfinite(arr).all():
@@ -125,13 +155,22 @@ def truth_from_array(arr, meta=None, modality=None, slice=None) -> Truth:
     if slice is not None:
         if arr.ndim != 3:
             raise InputError("--slice needs a volume (D, H, W); the input is a 2D image")
-        if not -arr.shape[0] <= slice < arr.shape[0]:
-            raise InputError(f"slice {slice} is outside the volume's {arr.shape[0]} slices")
-        arr = arr[slice]
-        meta["slice"] = int(slice)
+        index = _slice_index(slice, arr.shape[0])
+        arr = arr[index]
+        meta["slice"] = index
         if meta.get("spacing") is not None and len(meta["spacing"]) == 3:
             meta["spacing"] = tuple(meta["spacing"])[1:]  # the slice keeps its in-plane spacing
-    modality = modality or io.guess_modality(arr, meta)
+        if meta.get("affine") is not None:  # (slice, row, col, 1) -> world: move the origin
+            affine = np.array(meta["affine"], dtype=np.float64)
+            affine[:, 3] += index * affine[:, 0]
+            meta["affine"] = affine.tolist()
+    if modality is None:
+        modality, meta["modality_reason"] = io.infer_modality(arr, meta)
+    elif modality not in conventions.MODALITIES:
+        raise InputError(f"unknown modality {modality!r}; choose one of "
+                         f"{', '.join(conventions.MODALITIES)}")
+    else:
+        meta["modality_reason"] = "given"
     x, scale = conventions.normalise(arr, modality)
     if modality == "unit" and (x.min() < -0.5 or x.max() > 1.5):
         raise InputError(
@@ -146,7 +185,12 @@ def simulate(truth: Truth, operator: str, noise_std: float = 0.0, seed: int = 0,
              dtype=torch.float32, **op_params) -> Problem:
     """Simulate ``y = A x + n`` from a ground truth (``n`` Gaussian with std ``noise_std`` in
     measurement units, seeded by ``seed``)."""
+    if not isinstance(truth, Truth):
+        raise InputError(f"simulate needs a Truth (see load_truth, truth_from_array), got "
+                         f"{type(truth).__name__}")
+    noise_std, seed = NOISE_STD.check(noise_std), SEED.check(seed, "the noise seed")
     op = make_operator(operator, truth.x.shape[-2:], device=device, dtype=dtype, **op_params)
+    check_problem_memory(op, 1 if truth.x.ndim == 2 else truth.x.shape[0])
     problem = Problem(op=op, y=None, noise_std=float(noise_std), seed=int(seed), truth=truth,
                       squeeze=truth.x.ndim == 2)
     with torch.no_grad():
@@ -157,7 +201,9 @@ def simulate(truth: Truth, operator: str, noise_std: float = 0.0, seed: int = 0,
 def from_measurement(y, operator: str, image_shape, noise_std: float = 0.0, device="cpu",
                      dtype=torch.float32, **op_params) -> Problem:
     """Wrap a measured sinogram / k-space ``(M...)`` or stack ``(D, M...)`` as a problem."""
+    noise_std = NOISE_STD.check(noise_std)
     op = make_operator(operator, image_shape, device=device, dtype=dtype, **op_params)
+    check_problem_memory(op, int(np.prod(np.shape(y)[:-len(op.measurement_shape)] or (1,))))
     y = torch.as_tensor(np.asarray(y))
     nd = len(op.measurement_shape)
     if y.ndim == nd:
@@ -170,3 +216,82 @@ def from_measurement(y, operator: str, image_shape, noise_std: float = 0.0, devi
             f"(D, {', '.join(map(str, op.measurement_shape))}), got {tuple(y.shape)}"
         )
     return Problem(op=op, y=op.check_measurement(y), noise_std=float(noise_std), squeeze=squeeze)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def load_measurement(path, operator: str | None = None, image_shape=None,
+                     noise_std: float | None = None, slice: int | None = None, device="cpu",
+                     dtype=torch.float32, **op_params) -> Problem:
+    """A measured sinogram / k-space file (TIFF or ``.npy``) as a problem without a truth.
+
+    Its JSON sidecar (written with every ``measurement.tif``) records the operator, its
+    parameters, the image shape and the noise std; values given here fill what the sidecar
+    lacks, and one that contradicts it is an error naming both (a wrong geometry would
+    reconstruct the wrong image without a word). ``slice`` picks one measurement of a stack.
+    """
+    y, meta = io.read_measurement(path)
+    name = Path(path).name
+    recorded = {"operator": meta.get("operator"), "image_shape": meta.get("image_shape")}
+    given = {"operator": operator,
+             "image_shape": None if image_shape is None else [int(v) for v in image_shape]}
+    for key in ("operator", "image_shape"):
+        if given[key] is not None and recorded[key] is not None and \
+                list(np.atleast_1d(given[key])) != list(np.atleast_1d(recorded[key])):
+            raise InputError(f"{name} was measured with {key} {recorded[key]}, not "
+                             f"{given[key]} (its sidecar says so); drop the option or use the "
+                             f"right file")
+    operator = operator or recorded["operator"]
+    shape = given["image_shape"] or recorded["image_shape"]
+    if operator is None:
+        raise InputError(f"{name}: no sidecar names the operator; pass --operator")
+    if shape is None:
+        raise InputError(f"{name}: no sidecar gives the image size; pass --image-shape H W")
+    cls = OPERATORS.get(operator)
+    declared = {p.name: p for p in cls.PARAMS}
+    params = dict(meta.get("operator_params") or {})
+    for key, value in op_params.items():
+        if value is None:
+            continue
+        if key in params and params[key] is not None and key in declared and \
+                declared[key].measured:
+            ours = declared[key].check(value, operator)
+            theirs = declared[key].check(params[key], operator)
+            if not _same(ours, theirs):
+                raise InputError(f"{name} was measured with {key} {theirs}, but {key} {ours} "
+                                 f"was given; drop the option (the sidecar knows) or use the "
+                                 f"right file")
+        params[key] = value
+    recorded_noise = meta.get("noise_std")
+    if recorded_noise is not None:
+        recorded_noise = NOISE_STD.check(recorded_noise, f"{name}'s sidecar")
+        if noise_std is not None and not _same(float(noise_std), recorded_noise):
+            raise InputError(f"{name} was measured with noise std {recorded_noise}, but "
+                             f"{noise_std} was given; drop the option or use the right file")
+    noise = NOISE_STD.check(noise_std if noise_std is not None else recorded_noise or 0.0)
+    problem = from_measurement(y, operator, shape, noise_std=noise, device=device, dtype=dtype,
+                               **params)
+    if slice is not None:
+        problem = _one_slice(problem, slice)
+    return problem
+
+
+def _one_slice(problem: Problem, index) -> Problem:
+    """One measurement of a stack as a problem of its own."""
+    if problem.squeeze:
+        raise InputError("--slice needs a stack of measurements; this is a single one")
+    index = _slice_index(index, problem.slices)
+    return dataclasses.replace(problem, y=problem.y[index:index + 1], squeeze=True)
+
+
+def _slice_index(index, count: int) -> int:
+    """``index`` as a slice number of a stack of ``count`` (negative counts from the end)."""
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+        raise InputError(f"the slice must be a whole number, got {index!r}")
+    if not -count <= index < count:
+        raise InputError(f"slice {index} is outside the {count} slices (0 to {count - 1})")
+    return int(index) % count

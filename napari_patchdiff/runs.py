@@ -57,6 +57,9 @@ def resolve_prior(problem: Problem, method: str, prior=None):
         from .priors import load_prior
 
         prior = load_prior(prior, device=problem.op.device)
+    elif not (hasattr(prior, "denoise") and hasattr(prior, "check")):
+        raise InputError(f"prior must be a shipped prior's name, a checkpoint path or a loaded "
+                         f"prior (load_prior), got {type(prior).__name__}")
     modality = problem.truth.modality if problem.truth is not None else None
     prior.check(problem.op.image_shape, None if modality == "unit" else modality)
     return prior
@@ -106,11 +109,15 @@ def make_report(problem: Problem, method: str, params: dict, last: StepEvent, se
         report["prior"] = prior_info(prior)
     if problem.truth is not None:
         t = problem.truth
-        report.update(modality=t.modality, mri_scale=t.scale,
-                      psnr=round(metrics.psnr(recon, t.x), 4),
-                      ssim=round(metrics.ssim(recon, t.x), 5), metric_data_range=1.0)
-        if np.asarray(recon).ndim == 3:
-            report["psnr_per_slice"] = [round(v, 4) for v in metrics.per_slice_psnr(recon, t.x)]
+        report.update(modality=t.modality, mri_scale=t.scale, metric_data_range=1.0)
+        try:  # the reconstruction is worth more than its scores: never lose it to them
+            report.update(psnr=round(metrics.psnr(recon, t.x), 4),
+                          ssim=round(metrics.ssim(recon, t.x), 5))
+            if np.asarray(recon).ndim == 3:
+                report["psnr_per_slice"] = [round(v, 4)
+                                            for v in metrics.per_slice_psnr(recon, t.x)]
+        except MemoryError:
+            report["metrics_skipped"] = "out of memory while computing PSNR/SSIM"
     return report
 
 

@@ -131,7 +131,7 @@ def test_train_info_resume(tmp_path, capsys):
             "--patch-probs", 1.0, "--batch", 2, "--pad", 8, "--save-every", 2, "--val-every", 4]
     code, out, err = _run(capsys, *base, "--steps", 4)
     assert code == 0, err
-    assert "step 4/4" in err
+    assert "4/4" in err
     code, out, err = _run(capsys, "info", str(ckpt) + ".safetensors", "--json")
     assert code == 0, err
     meta = json.loads(out)
@@ -140,7 +140,7 @@ def test_train_info_resume(tmp_path, capsys):
     assert code == 2 and "resume" in err  # refuses to overwrite silently
     code, _, err = _run(capsys, *base, "--steps", 6, "--resume")
     assert code == 0, err
-    assert "step 6/6" in err and "step 2/6" not in err
+    assert "6/6" in err and "2/6" not in err
     code, out, _ = _run(capsys, "info", str(ckpt) + ".safetensors")
     assert "steps" in out
     # --init: fine-tune from that prior into a new checkpoint; the step count continues
@@ -148,7 +148,7 @@ def test_train_info_resume(tmp_path, capsys):
     code, _, err = _run(capsys, *base[:3], tuned, *base[4:], "--steps", 8, "--init",
                         str(ckpt) + ".safetensors")
     assert code == 0, err
-    assert "step 8/8" in err and "step 6/8" not in err
+    assert "8/8" in err and " 6/8 " not in err
     code, out, err = _run(capsys, "info", str(tuned) + ".safetensors", "--json")
     assert json.loads(out)["initialised_from"]["steps"] == 6
 
@@ -162,7 +162,7 @@ def test_train_two_patch_sizes_without_probabilities(tmp_path, capsys):
     code, out, err = _run(capsys, "train", vol, "--out", tmp_path / "p", "--network", "tiny",
                           "--patch-sizes", 32, 64, "--steps", 2, "--batch", 1)
     assert code == 0, err
-    assert "step 2/2" in err and "Traceback" not in err
+    assert "2/2" in err and "Traceback" not in err
     meta = json.loads((tmp_path / "p.json").read_text())
     assert meta["patch_sizes"] == [32, 64] and meta["patch_probs"] == [0.5, 0.5]
     assert meta["config_name"] == "tiny" and meta["inference_patch_size"] == 56
@@ -193,7 +193,8 @@ def test_info_on_corrupt_checkpoint(tmp_path, capsys):
 
 
 def test_cancel_keeps_the_partial_result(tmp_path, capsys, monkeypatch):
-    """Ctrl-C mid-run exits 130 and writes the last finished step as recon_partial.tif."""
+    """Ctrl-C mid-run exits 130 and writes the last finished step under partial names
+    (recon_partial.tif, report_partial.json), never under the names of a finished run."""
     import napari_patchdiff.cli as cli
 
     calls = {"n": 0}
@@ -209,10 +210,10 @@ def test_cancel_keeps_the_partial_result(tmp_path, capsys, monkeypatch):
     code, _, err = _run(capsys, "reconstruct", "sample:ct", "--slice", 3, "--operator",
                         "ct-parallel", "--views", 20, "--method", "admm-tv", "--out", tmp_path)
     assert code == 130 and "cancelled after 3 steps" in err
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report_partial.json").read_text())
     assert report["cancelled"] is True and report["iterations"] == 3
     assert tifffile.imread(tmp_path / "recon_partial.tif").shape == (256, 256)
-    assert not (tmp_path / "recon.tif").exists()
+    assert not (tmp_path / "recon.tif").exists() and not (tmp_path / "report.json").exists()
 
 
 def test_api_cancel_token_carries_partial():

@@ -92,9 +92,9 @@ class ParamForm(QWidget):
                 out[p.name] = w.isChecked()
             elif isinstance(w, QComboBox):
                 if w.currentText() != "auto":
-                    out[p.name] = p.check(w.currentText())
+                    out[p.name] = p.check(w.currentText(), text=True)
             elif w.text().strip():
-                out[p.name] = p.check(w.text().strip())
+                out[p.name] = p.check(w.text().strip(), text=True)
         return out
 
     def set_values(self, values: dict[str, Any]) -> None:

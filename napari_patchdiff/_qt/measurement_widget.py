@@ -148,17 +148,12 @@ class MeasurementWidget(QWidget):
         """Use a measured file (the CLI's ``measurement.tif``: its sidecar names the operator,
         its parameters and the image size); no truth, so results stay on the [0, 1] scale."""
         try:
-            y, meta = io.read_measurement(path)
-            shape = meta.get("image_shape")
-            if shape is None:
-                raise InputError(f"{path}: no sidecar gives the image size (image_shape)")
-            operator = meta.get("operator") or self.operator_box.currentText()
-            params = dict(meta.get("operator_params") or {})
-            if not meta.get("operator"):
-                params = {**self.params.form.values(), **params}
-            problem = api.from_measurement(
-                y, operator, shape, noise_std=float(meta.get("noise_std", self.noise_box.value())),
-                **params)
+            if io.read_sidecar(path).get("operator"):  # the sidecar knows the measurement
+                problem = api.load_measurement(path)
+            else:
+                problem = api.load_measurement(path, operator=self.operator_box.currentText(),
+                                               noise_std=self.noise_box.value(),
+                                               **self.params.form.values())
         except InputError as exc:
             return self._fail(exc)
         self._publish(problem, Display((1.0, 1.0), (0.0, 1.0), UNITS["unit"],

@@ -205,6 +205,10 @@ class Operator:
             )
         if y.is_complex() and not self.is_complex:
             raise InputError(f"{self.name}: measurements are real, got {y.dtype}")
+        if self.is_complex and not y.is_complex():
+            raise InputError(f"{self.name} measures complex values (k-space); got real data "
+                             f"({y.dtype}), e.g. a magnitude image: give the complex "
+                             f"measurement")
         return y.to(device=self.device, dtype=self.measurement_dtype)
 
 

@@ -127,6 +127,11 @@ class _OdlApply(torch.autograd.Function):
         return _OdlApply.apply(grad, ctx.op.adjoint, ctx.in_shape), None, None
 
 
+#: how the ray transform is computed: not part of the measurement's geometry
+BACKEND = Param("backend", str, "matrix", "ray transform backend", ("matrix", "odl"),
+                measured=False)
+
+
 class _CTBase(Operator):
     initial_name = "fbp"
     measurement_units = "line integrals of normalised attenuation, pixel-length units"
@@ -211,7 +216,7 @@ class ParallelBeamCT(_CTBase):
         Param("views", int, 60, "number of projection angles (8, 20, 60: sparse view)"),
         Param("angular_range", float, 180.0, "angular range in degrees (180 full; 90 or 120 limited angle)"),
         Param("detectors", int, None, "detector pixels (default: ceil(sqrt(2) * max(H, W)))"),
-        Param("backend", str, "matrix", "ray transform backend", ("matrix", "odl")),
+        BACKEND,
     )
 
     def _geometry(self, space):
@@ -232,7 +237,7 @@ class FanBeamCT(_CTBase):
         Param("src_radius", float, 500.0, "source to rotation centre distance, in pixels"),
         Param("det_radius", float, 500.0, "rotation centre to detector distance, in pixels"),
         Param("detectors", int, None, "detector pixels (default: 2 * max(H, W))"),
-        Param("backend", str, "matrix", "ray transform backend", ("matrix", "odl")),
+        BACKEND,
     )
 
     def _geometry(self, space):

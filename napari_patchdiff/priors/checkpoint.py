@@ -21,20 +21,29 @@ keys (``format_version`` 1)::
     [{name, slices}], validation_data [{name, slices}], steps, wall_time_s, device, ema_decay,
     lr, seed, final_val_loss {sigma: loss}, torch_version, created.
 
-Loading uses ``safetensors`` (a pure tensor container) and ``json``; ``.pt`` files are read with
-``torch.load(weights_only=True)`` only. Every failure is re-raised as
+Loading uses ``safetensors`` (a pure tensor container) and ``json``. A ``.pt`` file is read only
+when it is named explicitly (``x.pt``; ``x`` or ``x.safetensors`` never falls back to it), only
+with torch >= 2.6 (whose ``weights_only`` unpickler closed a code-execution hole of earlier
+versions) and only with ``torch.load(weights_only=True)``; a file that holds anything but
+tensors is refused without unpickling it. Every failure is re-raised as
 :class:`~napari_patchdiff.errors.InputError` naming the file and what is wrong.
+
+Files are written through a temporary file in the same folder and renamed over the target
+(atomic), with the mode a newly created file would get (``0o666 & ~umask``).
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import InputError
+from ..files import atomic_output
 from .network import EDMDenoiser, build_unet, unet_config
 
 __all__ = [
@@ -48,6 +57,8 @@ FORMAT_VERSION = 1
 _HEADER_KEY = "patchdiff"
 _REQUIRED = ("format_version", "kind", "architecture", "pad", "image_size", "canvas_size",
              "modality", "coordinates")
+#: the first torch whose ``torch.load(weights_only=True)`` is trusted with ``.pt`` files
+PT_MIN_TORCH = (2, 6)
 
 
 def checkpoint_paths(path) -> dict[str, Path]:
@@ -68,10 +79,15 @@ def checkpoint_paths(path) -> dict[str, Path]:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """``write(tmp)`` to a fresh temporary file next to ``path``, flush it to disk and move it
+    over ``path`` with the mode a new file would get (``0o666 & ~umask``; the temporary file
+    is created 0600), see :func:`~napari_patchdiff.files.atomic_output`. On any failure
+    (Ctrl-C included) the temporary file is removed and ``path`` is untouched."""
+    # absolute(): a leading "~" stays a folder name here, as the readers below take it
+    with atomic_output(path.absolute()) as tmp:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
 
 
 def _jsonable(obj):
@@ -126,17 +142,44 @@ def validate_metadata(meta, where="checkpoint") -> dict:
     return meta
 
 
+def _torch_version() -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", str(torch.__version__))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _convert_hint(path: Path) -> str:
+    stem = checkpoint_paths(path)
+    return (f"convert it to safetensors: save its state dict with "
+            f"safetensors.torch.save_file(state_dict, '{stem['weights'].name}') and keep "
+            f"{stem['json'].name} next to it")
+
+
+def _check_pt_allowed(path: Path) -> None:
+    """Refuse ``.pt`` files on a torch whose ``weights_only`` loader is not safe."""
+    if _torch_version() < PT_MIN_TORCH:
+        need = ".".join(map(str, PT_MIN_TORCH))
+        raise InputError(f"{path}: .pt checkpoints are read only with torch >= {need} (this is "
+                         f"torch {torch.__version__}, whose loader of .pt files is not safe); "
+                         + _convert_hint(path))
+
+
 def _resolve_weights(path) -> Path:
+    """The weights file of ``path``: its ``.safetensors`` file, or a ``.pt`` file only when
+    ``path`` names that exact file (and torch is recent enough to read it safely)."""
     p = Path(path)
     paths = checkpoint_paths(p)
     if p.suffix == ".pt" and p.is_file():
+        _check_pt_allowed(p)
         return p
-    for cand in (paths["weights"], paths["pt"]):
-        if cand.is_file():
-            return cand
+    if paths["weights"].is_file():
+        return paths["weights"]
     if p.is_dir():
         raise InputError(f"{p} is a folder, not a prior checkpoint (.safetensors)")
-    raise InputError(f"prior checkpoint not found: {paths['weights']}")
+    hint = ""
+    if paths["pt"].is_file():
+        hint = (f" ({paths['pt'].name} is there, but .pt files are read only when named "
+                f"explicitly; better, {_convert_hint(paths['pt'])})")
+    raise InputError(f"prior checkpoint not found: {paths['weights']}{hint}")
 
 
 def _read_header(path: Path) -> dict | None:
@@ -173,12 +216,26 @@ def read_metadata(path) -> dict:
     return validate_metadata(meta, weights)
 
 
+def _load_pt(path: Path):
+    """``torch.load(weights_only=True)`` with torch's messages replaced: they advise turning
+    the guard off (``weights_only=False``), which would run whatever the file pickled."""
+    _check_pt_allowed(path)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        reason = ("it is corrupt, or holds pickled Python objects besides tensors, which are "
+                  "never unpickled (that could run code)")
+    except Exception as exc:  # RuntimeError (not a torch file), OSError, EOFError, ...
+        text = " ".join(str(exc).split())
+        reason = ("not a readable torch file" if "weights_only" in text or not text
+                  else f"{type(exc).__name__}: {text[:200]}")
+    raise InputError(f"cannot read prior checkpoint {path}: {reason}; if you trust its source, "
+                     + _convert_hint(path))
+
+
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".pt":
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(f"cannot read prior checkpoint {path} ({exc})") from None
+        obj = _load_pt(path)
         if isinstance(obj, dict) and "state_dict" in obj:
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -157,14 +157,13 @@ class WholeImagePrior(_NetworkPrior):
 
 
 def shipped_priors() -> dict[str, Path]:
-    """Names -> weight files of the priors shipped in ``napari_patchdiff/priors/shipped/``."""
+    """Names -> weight files (``.safetensors`` only) of the priors shipped in
+    ``napari_patchdiff/priors/shipped/``."""
     out = {}
     if SHIPPED_DIR.is_dir():
         for f in sorted(SHIPPED_DIR.iterdir()):
-            if f.name.endswith(".state.safetensors"):
-                continue
-            if f.suffix in (".safetensors", ".pt"):
-                out.setdefault(f.stem, f)
+            if f.suffix == ".safetensors" and not f.name.endswith(".state.safetensors"):
+                out[f.stem] = f
     return out
 
 
@@ -178,6 +177,10 @@ def load_prior(name_or_path, device="cpu", mode: str | None = None,
     ``mode='whole'`` applies a patch network to whole images instead. ``kind == 'whole'`` gives a
     :class:`WholeImagePrior`. The network is frozen (``requires_grad=False``) and in eval mode;
     ``channels_last`` (default: on for CPU, faster there) sets its memory format.
+
+    Weights load from ``.safetensors`` files; a ``.pt`` file only when ``name_or_path`` names
+    it exactly (see :mod:`~napari_patchdiff.priors.checkpoint`), never in place of a missing
+    ``.safetensors`` file.
     """
     shipped = shipped_priors()
     key = str(name_or_path)
@@ -186,6 +189,7 @@ def load_prior(name_or_path, device="cpu", mode: str | None = None,
     else:
         path = Path(key).expanduser()
         cands = checkpoint_paths(path)
+        # a lone x.pt is not loaded for "x", but load_checkpoint says why (and how to convert)
         if not (path.exists() or cands["weights"].exists() or cands["pt"].exists()):
             choices = ", ".join(shipped) or "none are shipped"
             raise InputError(f"unknown prior {key!r}: no such checkpoint file, and not the name "

@@ -28,14 +28,12 @@ from typing import Any, Callable, Iterator
 
 from ..errors import InputError
 from ..events import CancelToken, StepEvent
-from ..params import Param
+from ..params import NOISE_STD, Param
 from ..registry import Registry
 from .defaults import knobs
 
 __all__ = ["Method", "SOLVERS", "register", "get_solver", "NOISE_STD"]
 
-#: the measurement noise std every method takes to choose its defaults (not a method parameter)
-NOISE_STD = Param("noise_std", float, 0.0, "measurement noise std (measurement units)", low=0)
 
 
 @dataclass(frozen=True)

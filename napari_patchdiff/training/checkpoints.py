@@ -134,6 +134,11 @@ def resume_from(paths, meta: dict, model, opt, device):
             raise InputError(f"cannot resume {paths['weights']}: its {key} "
                              f"({old.get(key)!r}) differs from this run's ({meta.get(key)!r})")
     info = load_training_state(paths["weights"], model, opt)
+    if old.get("steps") is not None and int(old["steps"]) != int(info["step"]):
+        raise InputError(f"cannot resume {paths['weights']}: its training state is at step "
+                         f"{info['step']} but the checkpoint at step {old['steps']} (a save was "
+                         f"interrupted); train into a new checkpoint with init={paths['weights']} "
+                         "(a fresh optimiser) or start afresh with overwrite")
     ema_model, _ = load_checkpoint(paths["weights"], device=device)
     progress = Progress(int(info["step"]), float(info.get("wall_time_s", 0.0)),
                         info.get("val_history", []), segments_of(old), "resumed")

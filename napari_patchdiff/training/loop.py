@@ -13,12 +13,21 @@ Determinism and resume: step ``t`` draws everything (patch size, slices, locatio
 and the dropout masks) from generators seeded with ``(seed, t)`` alone, so a run that is stopped
 and resumed gives the same weights as an uninterrupted one; the training state file stores the
 raw weights, the Adam moments and the counters (the EMA weights are the checkpoint itself).
+
+Stopping: a set cancel token (checked before every step) or Ctrl-C (``KeyboardInterrupt``,
+between or during a step) saves a checkpoint of the last completed step and raises
+:class:`~napari_patchdiff.events.Cancelled` saying which step and where. A step's weight update
+(Adam, EMA, step counter) is one unit: Ctrl-C during it is held back until it is done, so a
+step is either wholly in the checkpoint or not at all.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -75,6 +84,11 @@ def train(volumes, out, config: TrainConfig, cancel=None) -> Iterator[TrainEvent
     out : checkpoint path (``out.safetensors``, ``out.json``, ``out.state.safetensors``).
     cancel : a :class:`~napari_patchdiff.events.CancelToken`, checked before every step; when it
         is set, a checkpoint is written and :class:`~napari_patchdiff.events.Cancelled` raised.
+
+    ``KeyboardInterrupt`` (Ctrl-C) inside the loop likewise saves the EMA weights and training
+    state of the last completed step and raises :class:`~napari_patchdiff.events.Cancelled`
+    ("training interrupted at step N; checkpoint saved to PATH (resume with --resume)"),
+    chained to the interrupt; ``resume=True`` then continues exactly as if uninterrupted.
     """
     started = time.perf_counter()
     if not isinstance(config, TrainConfig):
@@ -93,21 +107,24 @@ def train(volumes, out, config: TrainConfig, cancel=None) -> Iterator[TrainEvent
     if run.step >= config.steps:
         yield TrainEvent(run.step, config.steps, float("nan"), None, run.elapsed(), None)
         return
-    validator = Validator(data.val_images, config.kind, config.inference_patch_size or 0,
-                          config.pad, config.seed, config.val_patches, config.val_sigmas,
-                          data.device)
-    losses = _LossLog()
-    while run.step < config.steps:
-        _stop_if_cancelled(cancel, run, save)
-        t = run.step + 1
-        losses.add(optimisation_step(run, draw_batch(config, data, t), config, t))
-        val = validator(run.ema_model) if _due(t, config.val_every, config.steps) else None
-        if val is not None:
-            run.progress.val_history.append([t, val])
-            run.last_val = val
-        ckpt = save() if _due(t, config.save_every, config.steps) else None
-        if t % max(1, config.log_every) == 0 or val is not None or ckpt or t == config.steps:
-            yield TrainEvent(t, config.steps, losses.pop_mean(), val, run.elapsed(), ckpt)
+    try:
+        validator = Validator(data.val_images, config.kind, config.inference_patch_size or 0,
+                              config.pad, config.seed, config.val_patches, config.val_sigmas,
+                              data.device)
+        losses = _LossLog()
+        while run.step < config.steps:
+            _stop_if_cancelled(cancel, run, save)
+            t = run.step + 1
+            losses.add(optimisation_step(run, draw_batch(config, data, t), config, t))
+            val = validator(run.ema_model) if _due(t, config.val_every, config.steps) else None
+            if val is not None:
+                run.progress.val_history.append([t, val])
+                run.last_val = val
+            ckpt = save() if _due(t, config.save_every, config.steps) else None
+            if t % max(1, config.log_every) == 0 or val is not None or ckpt or t == config.steps:
+                yield TrainEvent(t, config.steps, losses.pop_mean(), val, run.elapsed(), ckpt)
+    except KeyboardInterrupt as exc:
+        raise _interrupted(run, save, paths) from exc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -203,6 +220,7 @@ class Run:
         self.first_step = progress.step
         self.last_val = progress.val_history[-1][1] if progress.val_history else None
         self.bad_steps = 0  # consecutive non-finite losses
+        self.updating: int | None = None  # the step whose weight update is under way
 
     @property
     def step(self) -> int:
@@ -273,27 +291,36 @@ def optimisation_step(run: Run, batch: Batch, config: TrainConfig, t: int) -> fl
     """One Adam step on ``batch`` (dropout seeded with ``(seed, t)``; skipped if the loss is not
     finite, and :class:`SolverError` after :data:`MAX_BAD_STEPS` such steps in a row), then the
     EMA update ``ema <- d ema + (1 - d) w`` with the warm-up ``d = min(ema, (1 + t) / (10 + t))``.
-    Returns the loss (NaN/Inf for a skipped step)."""
+    Returns the loss (NaN/Inf for a skipped step).
+
+    The loss and its gradients change nothing that is saved; the update (Adam, EMA and
+    ``run.progress.step = t``) runs with Ctrl-C held back (:func:`_interrupts_deferred`) and
+    with ``run.updating = t`` meanwhile, so an interrupt never leaves a half-updated run that
+    looks complete."""
     device = batch.x0.device
     fork_devices = ([device.index if device.index is not None else torch.cuda.current_device()]
                     if device.type == "cuda" else [])
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(step_seed(config.seed, t) ^ 0x5EED)
         loss = edm_loss(run.model, batch.x0, batch.sigma, batch.noise, batch.coords)
-        if torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if finite:
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
-            run.opt.step()
-            run.bad_steps = 0
-        else:
-            run.bad_steps += 1
-            if run.bad_steps >= MAX_BAD_STEPS:
-                raise SolverError(f"training diverged: non-finite loss at step {t}")
+    if not finite and run.bad_steps + 1 >= MAX_BAD_STEPS:
+        run.bad_steps += 1
+        raise SolverError(f"training diverged: non-finite loss at step {t}")
     decay = min(config.ema, (1 + t) / (10 + t))
-    with torch.no_grad():
-        for pe, pm in zip(run.ema_model.parameters(), run.model.parameters()):
-            pe.lerp_(pm, 1.0 - decay)
-    run.progress.step = t
+    with _interrupts_deferred():
+        run.updating = t
+        if finite:
+            run.opt.step()
+        run.bad_steps = 0 if finite else run.bad_steps + 1
+        with torch.no_grad():
+            for pe, pm in zip(run.ema_model.parameters(), run.model.parameters()):
+                pe.lerp_(pm, 1.0 - decay)
+        run.progress.step = t
+        run.updating = None
     return float(loss.detach())
 
 
@@ -320,6 +347,61 @@ class _LossLog:
 def _due(step: int, every: int, total: int) -> bool:
     """Whether a periodic action (every ``every`` steps, 0: never, and at the end) is due."""
     return bool(every and step % every == 0) or step == total
+
+
+@contextlib.contextmanager
+def _interrupts_deferred(deliver: bool = True):
+    """Hold back Ctrl-C (SIGINT) inside the block; afterwards, if one came and the block ended
+    normally, hand it to the previous handler (``KeyboardInterrupt`` by default), or drop it
+    (``deliver=False``). A no-op outside the main thread (signals only reach that one) and
+    where SIGINT is ignored or left to the OS."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+        except (ValueError, OSError):  # pragma: no cover - no signal support
+            previous = None
+    if not callable(previous):
+        yield
+        return
+    caught: list = []
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    except (ValueError, OSError):  # pragma: no cover - e.g. an embedded interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and deliver:
+        previous(*caught[0])
+
+
+def _kept(paths) -> str:
+    """What the checkpoint at ``paths`` holds now, in words."""
+    from ..priors.checkpoint import read_metadata
+
+    if not paths["weights"].is_file():
+        return "no checkpoint was kept"
+    try:
+        return f"{paths['weights']} holds step {read_metadata(paths['weights']).get('steps')}"
+    except InputError as exc:
+        return f"{paths['weights']} is unreadable ({exc})"
+
+
+def _interrupted(run: Run, save, paths) -> Cancelled:
+    """After Ctrl-C: save the last completed step (Ctrl-C again is ignored while saving) and
+    return the :class:`Cancelled` that says so; nothing is saved if a weight update was
+    interrupted half-way (only possible for a ``KeyboardInterrupt`` raised, not signalled)."""
+    if run.updating is not None:
+        return Cancelled(f"training interrupted during step {run.updating}, before its weight "
+                         f"update finished; no checkpoint saved (the state is inconsistent); "
+                         f"{_kept(paths)}")
+    with _interrupts_deferred(deliver=False):
+        path = save()
+    return Cancelled(f"training interrupted at step {run.step}; checkpoint saved to {path} "
+                     "(resume with --resume)")
 
 
 def _stop_if_cancelled(cancel, run: Run, save) -> None:

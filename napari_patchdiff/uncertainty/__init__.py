@@ -9,10 +9,11 @@ calibration curve.
 """
 from .ensemble import (BATCH_SLICES, DESIGNS, Accumulator, SampleEvent, default_batch, ensemble,
                        run_ensemble)
-from .regions import parse_roi, roi_mask
+from .regions import parse_region, parse_roi, region_note, roi_mask
 from .summaries import (LEVELS, EnsembleResult, calibration_curve, calibration_figure,
-                        pair_correlation, region_interval, summarise)
+                        check_level, pair_correlation, region_interval, summarise)
 
 __all__ = ["DESIGNS", "BATCH_SLICES", "LEVELS", "SampleEvent", "Accumulator", "EnsembleResult",
-           "default_batch", "ensemble", "run_ensemble", "summarise", "roi_mask", "parse_roi",
+           "default_batch", "ensemble", "run_ensemble", "summarise", "check_level", "roi_mask",
+           "parse_roi", "parse_region", "region_note",
            "calibration_curve", "calibration_figure", "region_interval", "pair_correlation"]

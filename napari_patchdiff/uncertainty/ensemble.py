@@ -31,7 +31,8 @@ from ..noise_source import NoiseSource, StackedNoise, sample_seed
 from ..problem import Problem
 from ..runs import method_params, resolve_prior
 from ..solvers import SOLVERS, get_solver
-from .summaries import EnsembleResult, summarise
+from .regions import roi_mask
+from .summaries import EnsembleResult, check_level, summarise
 
 __all__ = ["DESIGNS", "BATCH_SLICES", "SampleEvent", "Accumulator", "default_batch", "ensemble",
            "run_ensemble"]
@@ -189,6 +190,9 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     """
     if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples < 2:
         raise InputError(f"an ensemble summary needs at least two samples, got {samples}")
+    level = check_level(level)  # everything the summary needs is checked before sampling
+    if roi is not None:
+        roi_mask(roi, problem.image_shape)
     acc = Accumulator(design)
     t0 = time.perf_counter()
     truth = problem.truth.x if problem.truth is not None else None

@@ -10,13 +10,24 @@ import numpy as np
 
 from .. import metrics
 from ..errors import InputError
-from .regions import roi_mask
+from .regions import region_note, roi_mask
 
-__all__ = ["LEVELS", "EnsembleResult", "summarise", "pair_correlation", "region_interval",
+__all__ = ["LEVELS", "EnsembleResult", "summarise", "check_level", "pair_correlation", "region_interval",
            "calibration_curve", "calibration_figure"]
 
 #: nominal levels of the calibration curve
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def check_level(level) -> float:
+    """A credible/confidence level, a number strictly between 0 and 1 (InputError otherwise)."""
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise InputError(f"the level must be a number in (0, 1), got {level!r}") from None
+    if not 0 < value < 1:
+        raise InputError(f"the level must be in (0, 1), e.g. 0.9 for 90%, got {level!r}")
+    return value
 
 
 def pair_correlation(samples: np.ndarray) -> np.ndarray:
@@ -138,8 +149,7 @@ def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None
     s = np.asarray(samples, dtype=np.float32)
     if s.shape[0] < 2:
         raise InputError("an ensemble summary needs at least two samples")
-    if not 0 < level < 1:
-        raise InputError(f"level must be in (0, 1), got {level}")
+    level = check_level(level)
     s64 = s.astype(np.float64)
     mean, std = s64.mean(0), s64.std(0, ddof=1)
     lower = np.quantile(s64, (1 - level) / 2, axis=0)
@@ -154,6 +164,7 @@ def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None
         m = roi_mask(roi, s.shape[1:])
         values = s64[:, m].mean(axis=1)
         report["roi"] = {"pixels": int(m.sum()), "values": values.tolist(),
+                         "clipped": region_note(roi, s.shape[1:]),
                          **region_interval(values, design, level)}
     if truth is not None:
         t = np.asarray(truth, dtype=np.float64)

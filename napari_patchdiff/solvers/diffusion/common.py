@@ -9,7 +9,7 @@ import torch
 from ...errors import InputError
 from ...events import CancelToken
 from ...noise_source import NoiseSource, as_noise_source
-from ...params import Param
+from ...params import SEED, Param
 from ...priors.sampling import edm_sigmas
 
 __all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "check_budget", "check_cancel",
@@ -17,7 +17,6 @@ __all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "check_budget"
 
 #: keyword arguments of every sampler that are objects, not parameters
 OBJECTS = ("prior", "noise_source")
-SEED = Param("seed", int, 0, "seed of the noise stream (initial and injected noise)")
 SIGMA_MAX = Param("sigma_max", float, 10.0, "largest noise level of the EDM schedule (images in "
                   "[0, 1])", low=0, open_low=True)
 SIGMA_MIN = Param("sigma_min", float, 0.002, "smallest nonzero noise level", low=0, open_low=True)
