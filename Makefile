@@ -9,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/napari-patchdiff demo --out $(DEMO_OUT)
+	$(VENV)/bin/napari-patchdiff demo --out $(DEMO_OUT) --overwrite
 
 test: setup
 	$(PY) -m pytest

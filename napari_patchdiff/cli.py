@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
     demo.add_argument("--device", default="cpu", help="torch device")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the results of an earlier demo in --out")
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -285,6 +287,9 @@ def _problem(args) -> api.Problem:
             raise InputError("--operator is needed to simulate a measurement of TRUTH")
         op_params = _collect(args, OPERATORS, args.operator, "operator")
         truth = api.load_truth(args.truth, modality=args.modality, slice=args.slice)
+        if args.modality is None and not args.quiet:
+            print(f"napari-patchdiff: modality {truth.modality}: "
+                  f"{truth.meta['modality_reason']}", file=sys.stderr)
         return api.simulate(truth, args.operator, noise_std=args.noise_std or 0.0,
                             seed=args.seed, device=device, dtype=dtype, **op_params)
     operator = args.operator or io.read_sidecar(args.measurement).get("operator")
@@ -373,7 +378,8 @@ def cmd_sample(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), device=_device(args.device), seed=args.seed)
+    run_demo(Path(args.out), device=_device(args.device), seed=args.seed,
+             overwrite=args.overwrite)
     return 0
 
 
@@ -477,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("napari-patchdiff: error: out of memory: crop or bin the image, or reconstruct "
               "fewer slices of a volume (--slice)", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a file removed under us: the earlier results are kept
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"napari-patchdiff: error: {exc.strerror or exc}{where}; the output folder was "
+              f"left as it was", file=sys.stderr)
         return 1
 
 

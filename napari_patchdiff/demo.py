@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import api, io
+from .outputs import OutputFolder, write_report
 
 #: the demo problem: slice 10 of the sample volume is lung2 slice 55 (a test slice)
 DEMO_SLICE = 10
@@ -24,9 +25,9 @@ DEMO_PRIOR = "ct"
 
 
 def run_demo(out: Path, device="cpu", seed: int = 0, methods=DEMO_METHODS,
-             prior=DEMO_PRIOR, nfe: int | None = None) -> dict:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+             prior=DEMO_PRIOR, nfe: int | None = None, overwrite: bool = False) -> dict:
+    folder = OutputFolder(out, overwrite)  # checked before any computation
+    out = folder.path
     truth = api.load_truth("sample:ct", slice=DEMO_SLICE)
     problem = api.simulate(truth, noise_std=DEMO_NOISE, seed=seed, device=device,
                            **DEMO_OPERATOR)
@@ -39,9 +40,6 @@ def run_demo(out: Path, device="cpu", seed: int = 0, methods=DEMO_METHODS,
         print(f"[demo] {method}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
               f"{r['seconds']:.2f} s", flush=True)
     best = methods[-1]
-    io.write_tiff(out / "recon.tif", truth.to_units(results[best].recon),
-                  {**results[best].report, "units": truth.units,
-                   "spacing": truth.meta.get("spacing")})
     report = {
         "job": "20-view parallel-beam CT of lung2 slice 55 (shipped sample data, test split), "
                "noise 0.2",
@@ -49,9 +47,16 @@ def run_demo(out: Path, device="cpu", seed: int = 0, methods=DEMO_METHODS,
         "result_method": best,
         "methods": {m: res.report for m, res in results.items()},
     }
-    (out / "report.json").write_text(json.dumps(io.json_safe(report), indent=2, sort_keys=True) + "\n")
-    comparison_figure(out / "figure.png", truth.x, {m: r.recon for m, r in results.items()},
-                      {m: r.report for m, r in results.items()})
+
+    def write(d: Path) -> None:
+        io.write_tiff(d / "recon.tif", truth.to_units(results[best].recon),
+                      {**results[best].report, "units": truth.units,
+                       "spacing": truth.meta.get("spacing")})
+        write_report(d / "report.json", report)
+        comparison_figure(d / "figure.png", truth.x, {m: r.recon for m, r in results.items()},
+                          {m: r.report for m, r in results.items()})
+
+    folder.commit(write)
     print(f"[demo] wrote {out / 'recon.tif'}, {out / 'figure.png'}, {out / 'report.json'}")
     return report
 

@@ -109,7 +109,8 @@ def make_report(problem: Problem, method: str, params: dict, last: StepEvent, se
         report["prior"] = prior_info(prior)
     if problem.truth is not None:
         t = problem.truth
-        report.update(modality=t.modality, mri_scale=t.scale, metric_data_range=1.0)
+        report.update(modality=t.modality, modality_reason=t.meta.get("modality_reason"),
+                      mri_scale=t.scale, metric_data_range=1.0)
         try:  # the reconstruction is worth more than its scores: never lose it to them
             report.update(psnr=round(metrics.psnr(recon, t.x), 4),
                           ssim=round(metrics.ssim(recon, t.x), 5))
