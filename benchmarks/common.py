@@ -69,6 +69,10 @@ TASKS = (
 )
 
 
+#: tasks outside the quality table that defaults are tuned and checked on too
+EXTRA_TASKS = (Task("denoise", "denoise", {}, 0.1),)
+
+
 def test_slices(task: Task) -> np.ndarray:
     return mri_slices("brain2") if task.data == "mri" else ct_slices(CT_TEST)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from common import CT_VAL, MRI_VAL, RESULTS, TASKS, machine, val_slices
+from common import CT_VAL, EXTRA_TASKS, MRI_VAL, RESULTS, TASKS, machine, val_slices
 from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
 from napari_patchdiff.solvers.defaults import overridden
@@ -43,7 +43,7 @@ GRIDS = {
         "prior_std": (0.01, 0.02, 0.05, 0.1, 0.2),
         "cg_iterations": (2, 5, 10),
         "eta": (0.0, 0.15, 0.5, 0.8, 1.0),
-        "start": ("noise/10", "initial/1", "initial/0.5", "initial/0.3"),
+        "start": ("noise/10", "initial/1", "initial/0.5", "initial/0.3", "initial/0.15"),
     },
     "pnp-admm": {
         "sigma_start": (0.05, 0.1, 0.2, 0.4),
@@ -115,7 +115,7 @@ def main() -> None:
         if (old.get("prior_steps"), old.get("nfe")) == (out["prior_steps"], out["nfe"]):
             previous = old["tasks"]
             out["tasks"].update(previous)
-    for task in TASKS:
+    for task in TASKS + EXTRA_TASKS:
         if task.key not in args.tasks:
             continue
         x = val_slices(task)

@@ -28,14 +28,18 @@ __all__ = ["Truth", "Problem", "Result", "load_truth", "truth_from_array", "simu
 
 
 def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
-          on_event: Callable[[StepEvent], None] | None = None, prior=None, **params) -> Result:
+          on_event: Callable[[StepEvent], None] | None = None, prior=None, adapt=None,
+          **params) -> Result:
     """Run ``method`` to the end and return the reconstruction with its report.
 
-    If the run is cancelled (the token, or Ctrl-C), the exception carries the last completed
-    step as ``exc.partial`` (a :class:`Result` whose report says ``"cancelled": True``).
+    ``adapt`` (True, or a dict of ``adapt_steps``, ``adapt_rank``, ``adapt_lr``, ...) adapts the
+    prior to this measurement while it reconstructs (:mod:`napari_patchdiff.adapt`); the
+    adapted prior is ``result.prior`` (``result.prior.save(path)``). If the run is cancelled
+    (the token, or Ctrl-C), the exception carries the last completed step as ``exc.partial``
+    (a :class:`Result` whose report says ``"cancelled": True``).
     """
     used = method_params(problem, method, **params)
-    prior = resolve_prior(problem, method, prior)
+    prior = resolve_prior(problem, method, prior, adapt)
     t0, last = time.perf_counter(), None
     try:
         for last in iterate(problem, method, cancel=cancel, prior=prior, **used):

@@ -115,6 +115,41 @@ def _problem_options(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _add_params(p, OPERATORS, "operator")
     _add_params(p, SOLVERS, "method")
+    _adaptation_options(p)
+
+
+def _adaptation_options(p) -> None:
+    from .adapt import ADAPT_PARAMS
+
+    group = p.add_argument_group("test-time adaptation of the prior (diffusion methods)")
+    group.add_argument("--adapt", action="store_true", help="adapt the prior to this "
+                       "measurement while reconstructing (low-rank adapters, self-supervised "
+                       "data loss; the defaults are tuned per operator)")
+    for param in ADAPT_PARAMS:
+        group.add_argument(f"--adapt-{param.name}", dest=f"adapt_{param.name}", type=param.type,
+                           default=None, metavar=param.name.upper(), help=param.help)
+    group.add_argument("--save-prior", metavar="PATH", help="save the adapted prior as a "
+                       "checkpoint (its metadata names the base prior and this measurement)")
+
+
+def _adaptation(args):
+    """``adapt=`` for the API from the options: None, True or the parameters given."""
+    from .adapt import ADAPT_PARAMS
+
+    given = {p.name: getattr(args, f"adapt_{p.name}") for p in ADAPT_PARAMS
+             if getattr(args, f"adapt_{p.name}") is not None}
+    if given and not args.adapt:
+        raise InputError(f"{', '.join('--adapt-' + k for k in given)} set(s) the adaptation: "
+                         f"add --adapt")
+    if args.save_prior and not args.adapt:
+        raise InputError("--save-prior saves an adapted prior: add --adapt")
+    if args.save_prior:
+        from .priors.checkpoint import checkpoint_paths
+
+        target = checkpoint_paths(args.save_prior)["weights"]
+        if target.exists() and not args.overwrite:
+            raise InputError(f"--save-prior {target} exists; pass --overwrite to replace it")
+    return (given or True) if args.adapt else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes PRIOR.safetensors (EMA weights + metadata), PRIOR.json and PRIOR.state.safetensors.",
     )
     tr.add_argument("volumes", nargs="+", help="training images or volumes; 'ct' / 'mri' name "
-                    "the training split of the development data (shared/data)")
+                    "the training split of the development data (shared/data), 'phantoms' "
+                    "synthetic CT-like images (no data needed)")
     tr.add_argument("--out", required=True, help="checkpoint path (without or with .safetensors)")
     tr.add_argument("--modality", choices=MODALITIES,
                     help="intensity convention of VOLUMES (default: guessed)")
@@ -296,18 +332,29 @@ def _problem(args) -> api.Problem:
     if operator is None:
         raise InputError(f"{args.measurement}: no sidecar names the operator; pass --operator")
     op_params = _collect(args, OPERATORS, operator, "operator")
-    return api.load_measurement(args.measurement, operator=args.operator,
-                                image_shape=args.image_shape, noise_std=args.noise_std,
-                                slice=args.slice, device=device, dtype=dtype, **op_params)
+    problem = api.load_measurement(args.measurement, operator=args.operator,
+                                   image_shape=args.image_shape, noise_std=args.noise_std,
+                                   slice=args.slice, device=device, dtype=dtype, **op_params)
+    if problem.noise_origin == "estimated" and not args.quiet:
+        print(f"napari-patchdiff: noise std estimated from the measurement: "
+              f"{problem.noise_std:.3g} (give --noise-std to set it)", file=sys.stderr)
+    return problem
 
 
 def cmd_reconstruct(args) -> int:
     folder = OutputFolder(args.out, args.overwrite)  # before any computation
+    adapt = _adaptation(args)
     problem = _problem(args)
     method_params = _collect(args, SOLVERS, args.method, "method")
+    bar = _Progress(args.method, args.quiet)
+
+    def progress(ev) -> None:
+        extra = {"adapt loss": f"{ev.info['adapt_loss']:.3g}"} if "adapt_loss" in ev.info else {}
+        bar(ev, **extra)
+
     try:
         result = api.solve(problem, args.method, cancel=CancelToken(), prior=args.prior,
-                           on_event=_Progress(args.method, args.quiet), **method_params)
+                           adapt=adapt, on_event=progress, **method_params)
     except (Cancelled, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:  # keep what was computed, under names that say so
@@ -316,6 +363,9 @@ def cmd_reconstruct(args) -> int:
                   f"{where}/recon_partial.tif and report_partial.json", file=sys.stderr)
         raise
     folder.commit(lambda d: write_reconstruction(d, problem, result))
+    if args.save_prior:
+        saved = result.prior.save(args.save_prior, adapted_to=_measured(args))
+        print(f"wrote the adapted prior {saved}", file=sys.stderr)
     r = result.report
     summary = f"{args.method}: {r['seconds']:.2f} s, {r['iterations']} iterations"
     if "psnr" in r:
@@ -325,11 +375,23 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def _measured(args) -> str:
+    """What the adaptation was fitted to, in words, for the adapted prior's metadata."""
+    source = args.measurement or args.truth
+    what = f" slice {args.slice}" if args.slice is not None else ""
+    return f"{source}{what} ({args.operator or 'operator from the sidecar'})"
+
+
 def cmd_sample(args) -> int:
     from .uncertainty import check_level, default_batch, parse_region, region_note, run_ensemble
 
     folder = OutputFolder(args.out, args.overwrite)  # before any computation
     check_level(args.level)
+    adapt = _adaptation(args)
+    if args.save_prior:
+        raise InputError("sample adapts while it samples but does not save the prior: adapt "
+                         "once with reconstruct --adapt --save-prior PATH, then sample with "
+                         "--prior PATH")
     problem = _problem(args)
     method_params = _collect(args, SOLVERS, args.method, "method")
     seed = method_params.pop("seed", args.seed)
@@ -345,14 +407,16 @@ def cmd_sample(args) -> int:
         if hasattr(ev, "sample"):
             done[0] = ev.index + 1
         else:
+            extra = ({"adapt loss": f"{ev.info['adapt_loss']:.3g}"}
+                     if "adapt_loss" in ev.info else {})
             progress(ev, ev.info["batch"] * ev.total + ev.step, runs * ev.total,
-                     samples=f"{done[0]}/{args.samples}")
+                     samples=f"{done[0]}/{args.samples}", **extra)
 
     try:
         result = run_ensemble(problem, args.method, prior=args.prior, samples=args.samples,
                               design=args.noise_design, batch=args.batch, seed=seed, roi=roi,
                               level=args.level, cancel=CancelToken(), on_event=on_event,
-                              **method_params)
+                              adapt=adapt, **method_params)
     except (Cancelled, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:

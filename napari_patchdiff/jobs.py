@@ -57,6 +57,8 @@ class Update:
     maps : ensemble summaries in display units: mean, std, lower, upper and (antithetic, at
         least 3 pairs) the per-pixel within-pair correlation.
     report : provenance (the run's report / the ensemble summary; prior metadata).
+    prior : with test-time adaptation, the adapted prior (``prior.save(path)``), in the final
+        update.
     """
 
     kind: UpdateKind
@@ -68,6 +70,7 @@ class Update:
     maps: dict[str, np.ndarray] | None = None
     report: dict[str, Any] = field(default_factory=dict)
     text: str = ""
+    prior: Any = None
 
     def __post_init__(self):
         object.__setattr__(self, "kind", UpdateKind(self.kind))
@@ -87,6 +90,7 @@ class ReconJob:
     prior: str | None = None  # shipped prior name or checkpoint path
     level: float = 0.9  # credible level of the lower/upper bounds
     interval: float = 0.25  # seconds between streamed estimates
+    adapt: Any = None  # test-time adaptation: None, True or a dict of its parameters
 
 
 @dataclass(frozen=True)
@@ -157,10 +161,11 @@ def _view(ev: StepEvent) -> torch.Tensor:
     return ev.denoised if ev.denoised is not None and not ev.done else ev.estimate
 
 
-def _metrics(problem: Problem, x) -> dict[str, float]:
+def _metrics(problem: Problem, x, ev: StepEvent | None = None) -> dict[str, float]:
+    out = {} if ev is None or "adapt_loss" not in ev.info else {"adapt loss": ev.info["adapt_loss"]}
     if problem.truth is None:
-        return {}
-    out = {"psnr": metrics.psnr(x, problem.truth.x)}
+        return out
+    out["psnr"] = metrics.psnr(x, problem.truth.x)
     try:
         out["ssim"] = metrics.ssim(x, problem.truth.x)
     except InputError:  # smaller than the SSIM window
@@ -182,7 +187,7 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
     ``load_prior(source, device)`` returns the prior object (default: load it every time);
     ``pace`` spaces the streamed estimates (default: every ``job.interval`` seconds).
     """
-    from .runs import iterate
+    from .runs import iterate, resolve_prior
 
     pace = pace or Pace(job.interval)
     problem = problem.to(job.device)
@@ -191,6 +196,7 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
         if not job.prior:
             raise InputError(f"method {job.method!r} needs a prior: choose one in the Prior widget")
         prior = (load_prior or _load_prior)(job.prior, problem.op.device)
+    prior = resolve_prior(problem, job.method, prior, job.adapt)  # wrapped when adapting
     if job.samples > 1:
         yield from _ensemble_updates(job, problem, prior, cancel, pace)
         return
@@ -203,7 +209,7 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
             if not last.done and pace.due(cancel):
                 x = to_array(problem, _view(last))
                 yield Update(UpdateKind.STEP, last.step, last.total, to_units(problem, x),
-                             _metrics(problem, x))
+                             _metrics(problem, x, last))
     except Cancelled:
         if last is None:
             yield Update(UpdateKind.CANCELLED, text="cancelled before the first step")
@@ -220,7 +226,8 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
     x = to_array(problem, last.estimate)
     report = make_report(problem, job.method, params, last, time.perf_counter() - t0, x, prior)
     yield Update(UpdateKind.DONE, last.step, last.total, to_units(problem, x),
-                 _metrics(problem, x), report=report)
+                 _metrics(problem, x, last), report=report,
+                 prior=prior if hasattr(prior, "save") else None)
 
 
 def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> Iterator[Update]:
@@ -265,7 +272,7 @@ def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> I
                 x = to_array(problem, _view(ev))
                 first = ev.info["samples"][0]
                 yield Update(UpdateKind.STEP, pos, tot, to_units(problem, x),
-                             _metrics(problem, x),
+                             _metrics(problem, x, ev),
                              text=f"sample {first + 1} of {job.samples}, step {ev.step}/{ev.total}")
     except Cancelled:
         final = update(UpdateKind.CANCELLED)

@@ -22,7 +22,10 @@ from .operators import OPERATORS, Operator, add_noise, make_operator
 from .params import NOISE_STD, SEED
 
 __all__ = ["Truth", "Problem", "load_truth", "truth_from_array", "simulate", "from_measurement",
-           "load_measurement"]
+           "load_measurement", "NOISE_ORIGINS"]
+
+#: where a problem's noise std came from (``Problem.noise_origin``)
+NOISE_ORIGINS = ("given", "sidecar", "estimated", "simulated")
 
 
 @dataclass
@@ -55,7 +58,10 @@ class Problem:
     """A measurement ``y = A x + n`` ready to be reconstructed.
 
     ``noise_std`` is the measurement noise std in measurement units (it sets the methods'
-    defaults); ``squeeze``: the input was one 2D image, not a volume.
+    defaults); ``noise_origin`` says where it came from (:data:`NOISE_ORIGINS`): "given" (by the
+    caller), "sidecar" (the measurement file's sidecar), "estimated" (from the measurement,
+    :meth:`~napari_patchdiff.operators.Operator.estimate_noise`) or "simulated" (the noise
+    :func:`simulate` added); ``squeeze``: the input was one 2D image, not a volume.
     """
 
     op: Operator
@@ -64,6 +70,7 @@ class Problem:
     seed: int = 0
     truth: Truth | None = None
     squeeze: bool = False
+    noise_origin: str = "given"
 
     @property
     def truth_batch(self) -> torch.Tensor | None:
@@ -103,7 +110,8 @@ class Problem:
         """The sidecar of the measurement: enough to reconstruct it again without the truth."""
         return {"operator": self.op.name, "operator_params": dict(self.op.params),
                 "image_shape": list(self.op.image_shape), "noise_std": self.noise_std,
-                "seed": self.seed, "units": self.op.measurement_units}
+                "noise_origin": self.noise_origin, "seed": self.seed,
+                "units": self.op.measurement_units}
 
 
 #: image-sized arrays a reconstruction keeps at once (iterates, CG vectors, TV splits, duals):
@@ -192,16 +200,22 @@ def simulate(truth: Truth, operator: str, noise_std: float = 0.0, seed: int = 0,
     op = make_operator(operator, truth.x.shape[-2:], device=device, dtype=dtype, **op_params)
     check_problem_memory(op, 1 if truth.x.ndim == 2 else truth.x.shape[0])
     problem = Problem(op=op, y=None, noise_std=float(noise_std), seed=int(seed), truth=truth,
-                      squeeze=truth.x.ndim == 2)
+                      squeeze=truth.x.ndim == 2, noise_origin="simulated")
     with torch.no_grad():
         problem.y = add_noise(op(problem.truth_batch), noise_std, seed=seed)
     return problem
 
 
 def from_measurement(y, operator: str, image_shape, noise_std: float = 0.0, device="cpu",
-                     dtype=torch.float32, **op_params) -> Problem:
-    """Wrap a measured sinogram / k-space ``(M...)`` or stack ``(D, M...)`` as a problem."""
+                     dtype=torch.float32, noise_origin: str = "given", **op_params) -> Problem:
+    """Wrap a measured sinogram / k-space ``(M...)`` or stack ``(D, M...)`` as a problem.
+
+    ``noise_std`` is taken as it is (0 unless given); ``noise_origin`` records where it came
+    from (see :class:`Problem`). :func:`load_measurement` estimates it when nothing gives it."""
     noise_std = NOISE_STD.check(noise_std)
+    if noise_origin not in NOISE_ORIGINS:
+        raise InputError(f"noise_origin must be one of {', '.join(NOISE_ORIGINS)}, got "
+                         f"{noise_origin!r}")
     op = make_operator(operator, image_shape, device=device, dtype=dtype, **op_params)
     check_problem_memory(op, int(np.prod(np.shape(y)[:-len(op.measurement_shape)] or (1,))))
     y = torch.as_tensor(np.asarray(y))
@@ -215,7 +229,8 @@ def from_measurement(y, operator: str, image_shape, noise_std: float = 0.0, devi
             f"{operator}: expected a measurement of shape {op.measurement_shape} or "
             f"(D, {', '.join(map(str, op.measurement_shape))}), got {tuple(y.shape)}"
         )
-    return Problem(op=op, y=op.check_measurement(y), noise_std=float(noise_std), squeeze=squeeze)
+    return Problem(op=op, y=op.check_measurement(y), noise_std=float(noise_std), squeeze=squeeze,
+                   noise_origin=noise_origin)
 
 
 def _same(a, b) -> bool:
@@ -233,6 +248,11 @@ def load_measurement(path, operator: str | None = None, image_shape=None,
     parameters, the image shape and the noise std; values given here fill what the sidecar
     lacks, and one that contradicts it is an error naming both (a wrong geometry would
     reconstruct the wrong image without a word). ``slice`` picks one measurement of a stack.
+
+    The noise std is ``noise_std`` if given, else the sidecar's, else estimated from the
+    measurement (of the chosen slice, if any) by the operator's
+    :meth:`~napari_patchdiff.operators.Operator.estimate_noise`; ``problem.noise_origin`` says
+    which ("given", "sidecar" or "estimated").
     """
     y, meta = io.read_measurement(path)
     name = Path(path).name
@@ -272,11 +292,22 @@ def load_measurement(path, operator: str | None = None, image_shape=None,
         if noise_std is not None and not _same(float(noise_std), recorded_noise):
             raise InputError(f"{name} was measured with noise std {recorded_noise}, but "
                              f"{noise_std} was given; drop the option or use the right file")
-    noise = NOISE_STD.check(noise_std if noise_std is not None else recorded_noise or 0.0)
+    if noise_std is not None:
+        noise, origin = NOISE_STD.check(noise_std), "given"
+    elif recorded_noise is not None:
+        noise, origin = recorded_noise, "sidecar"
+    else:
+        noise, origin = 0.0, "estimated"  # estimated below, once the operator is built
     problem = from_measurement(y, operator, shape, noise_std=noise, device=device, dtype=dtype,
-                               **params)
+                               noise_origin=origin, **params)
     if slice is not None:
         problem = _one_slice(problem, slice)
+    if origin == "estimated":
+        with torch.no_grad():
+            estimate = float(problem.op.estimate_noise(problem.y))
+        if not math.isfinite(estimate) or estimate < 0:  # never expected; keep today's 0
+            estimate = 0.0
+        problem.noise_std = NOISE_STD.check(estimate)
     return problem
 
 

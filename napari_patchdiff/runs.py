@@ -30,6 +30,7 @@ class Result:
     recon: np.ndarray  # normalised scale, (H, W) or (D, H, W)
     report: dict[str, Any]
     last: StepEvent
+    prior: Any = None  # the prior the run used (an adapted prior can be saved: .save(path))
 
 
 def method_params(problem: Problem, method: str, **given) -> dict[str, Any]:
@@ -43,12 +44,16 @@ def needs_prior(method: str) -> bool:
     return get_solver(method).kind == "diffusion"
 
 
-def resolve_prior(problem: Problem, method: str, prior=None):
+def resolve_prior(problem: Problem, method: str, prior=None, adapt=None):
     """The prior object for a diffusion ``method`` (a shipped name, a path or a Prior), checked
-    against the problem's image size and modality; ``None`` for classical methods."""
+    against the problem's image size and modality, and wrapped for test-time adaptation to the
+    problem's measurement when ``adapt`` is True or a dict of adaptation parameters
+    (:mod:`napari_patchdiff.adapt`); ``None`` for classical methods."""
     if not needs_prior(method):
         if prior is not None:
             raise InputError(f"method {method!r} does not use a prior; drop --prior")
+        if adapt:
+            raise InputError(f"method {method!r} has no prior to adapt; drop --adapt")
         return None
     if prior is None:
         raise InputError(f"method {method!r} needs a prior: pass a shipped prior name "
@@ -62,6 +67,10 @@ def resolve_prior(problem: Problem, method: str, prior=None):
                          f"prior (load_prior), got {type(prior).__name__}")
     modality = problem.truth.modality if problem.truth is not None else None
     prior.check(problem.op.image_shape, None if modality == "unit" else modality)
+    if adapt and not hasattr(prior, "history"):  # not adapting yet
+        from .adapt import adapt_prior
+
+        prior = adapt_prior(prior, problem, adapt)
     return prior
 
 
@@ -72,13 +81,25 @@ def prior_info(prior) -> dict[str, Any]:
 
 
 def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, prior=None,
-            **params) -> Iterator[StepEvent]:
+            adapt=None, **params) -> Iterator[StepEvent]:
     """The step generator of ``method`` on ``problem`` (``prior``: a name, path or Prior, for
-    diffusion methods; ``params``: the method's parameters, the rest take their defaults)."""
+    diffusion methods; ``adapt``: test-time adaptation, see :func:`resolve_prior`; ``params``:
+    the method's parameters, the rest take their defaults). With adaptation each event's
+    ``info`` carries ``adapt_loss``, the latest self-supervised loss."""
     spec = get_solver(method)
-    objects = {"prior": resolve_prior(problem, method, prior)} if needs_prior(method) else {}
-    return spec(problem.op, problem.y, noise_std=problem.noise_std, cancel=cancel, **objects,
-                **params)
+    objects = ({"prior": resolve_prior(problem, method, prior, adapt)} if needs_prior(method)
+               else resolve_prior(problem, method, prior, adapt) or {})
+    steps = spec(problem.op, problem.y, noise_std=problem.noise_std, cancel=cancel, **objects,
+                 **params)
+    adapting = objects.get("prior") if hasattr(objects.get("prior"), "history") else None
+    return steps if adapting is None else _with_adapt_loss(steps, adapting)
+
+
+def _with_adapt_loss(steps, prior) -> Iterator[StepEvent]:
+    for ev in steps:
+        if prior.last_loss is not None:
+            ev.info["adapt_loss"] = prior.last_loss
+        yield ev
 
 
 def to_array(problem: Problem, estimate: torch.Tensor) -> np.ndarray:
@@ -98,6 +119,7 @@ def make_report(problem: Problem, method: str, params: dict, last: StepEvent, se
         "operator": problem.op.describe(),
         "measurement_units": problem.op.measurement_units,
         "noise_std": problem.noise_std,
+        "noise_origin": problem.noise_origin,
         "seed": problem.seed,
         "seconds": round(seconds, 4),
         "iterations": last.step,
@@ -107,6 +129,8 @@ def make_report(problem: Problem, method: str, params: dict, last: StepEvent, se
     }
     if prior is not None:
         report["prior"] = prior_info(prior)
+        if hasattr(prior, "summary"):
+            report["adaptation"] = prior.summary()
     if problem.truth is not None:
         t = problem.truth
         report.update(modality=t.modality, modality_reason=t.meta.get("modality_reason"),
@@ -126,4 +150,5 @@ def result_of(problem: Problem, method: str, params: dict, last: StepEvent, seco
               prior=None) -> Result:
     """The :class:`Result` of a run whose last step is ``last``."""
     recon = to_array(problem, last.estimate)
-    return Result(recon, make_report(problem, method, params, last, seconds, recon, prior), last)
+    return Result(recon, make_report(problem, method, params, last, seconds, recon, prior), last,
+                  prior)

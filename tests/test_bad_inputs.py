@@ -98,7 +98,6 @@ def _cases(d, out):
         "unknown prior": ct + ["--method", "dds", "--prior", "no-such-prior"],
         "corrupt checkpoint": ct + ["--method", "dds", "--prior", d / "broken.safetensors"],
         "MRI prior for CT": ct + ["--method", "dds", "--prior", "mri"],
-        "prior for another image size": ct + ["--method", "dds", "--prior", "ct"],
         "CUDA without a GPU": ct + ["--device", "cuda"] if not torch.cuda.is_available() else
         ct + ["--device", "cuda:99"],
         "sidecar contradicted: angular range": meas + ["--angular-range", 90],

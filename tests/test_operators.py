@@ -259,3 +259,30 @@ def test_undersampling_factor_lives_on_the_operator():
     assert make_operator("ct-fan", (32, 32), views=30).undersampling_factor == 2.0
     assert make_operator("mri-cartesian", (32, 32), acceleration=8).undersampling_factor == 2.0
     assert make_operator("blur-gaussian", (32, 32)).undersampling_factor == 1.0
+
+
+def _smooth_phantom(h, w, dtype=torch.float32):
+    r = torch.arange(h, dtype=torch.float64)[:, None] / h - 0.5
+    c = torch.arange(w, dtype=torch.float64)[None, :] / w - 0.5
+    disc = ((r / 0.4) ** 2 + (c / 0.45) ** 2 < 1).to(torch.float64)
+    return (disc * (0.5 + 0.3 * r + 0.2 * c))[None, None].to(dtype)
+
+
+@pytest.mark.parametrize("name", OPERATORS.names())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_estimate_noise_interface(name, dtype):
+    """Every operator estimates its measurement noise std (in measurement units) from the
+    measurement alone: a float, near the truth on a simple phantom, small (not an error) for
+    noiseless data. Accuracy on real slices: tests/test_noise_estimate.py."""
+    if name in ASTRA and dtype == torch.float64:
+        pytest.skip("ASTRA computes in float32; the float32 case covers CT")
+    op = make_operator(name, (96, 128), dtype=dtype, **_params(name))
+    with torch.no_grad():
+        y = op(_smooth_phantom(96, 128, dtype))
+    clean = op.estimate_noise(y)
+    assert isinstance(clean, float) and 0 <= clean < 0.02
+    sigma = 0.5 if name in ASTRA else 0.05
+    noisy = op.estimate_noise(add_noise(y, sigma, seed=4))
+    assert isinstance(noisy, float) and noisy == pytest.approx(sigma, rel=0.25)
+    with pytest.raises(InputError):
+        op.estimate_noise(y[..., :-1])

@@ -510,8 +510,17 @@ def test_check_compatible():
         check_compatible(meta, (32, 32), "mri")
     with pytest.raises(InputError, match="pad 8"):
         check_compatible(meta, (32, 32), "ct", pad=24)
-    with pytest.raises(InputError, match="resample"):
-        check_compatible(meta, (64, 64), "ct")
+    # any image size: the coordinate channels are mapped (patches.COORDINATE_MAPPING)
+    info = check_compatible(meta, (64, 48), "ct", pad=8, patch_size=16)
+    assert info == {"image_size": [64, 48], "trained_image_size": [32, 32],
+                    "coordinates": "fov-relative-v1",
+                    "pixel_scale": [round(31 / 63, 6), round(31 / 47, 6)]}
+    assert check_compatible(meta, (32, 32), "ct")["coordinates"] == "canvas-linear-v1"
+    check_compatible(meta, (1, 1), "ct", patch_size=16)  # canvas 17 >= patch 16
+    with pytest.raises(InputError, match="at least"):
+        check_compatible(_meta(pad=4, canvas_size=[40, 40]), (7, 40), "ct", patch_size=16)
+    with pytest.raises(InputError, match="coordinate convention 'polar-v9'"):
+        check_compatible(_meta(coordinates={"name": "polar-v9"}), (32, 32), "ct")
     with pytest.raises(InputError, match="patch sizes"):
         check_compatible(meta, (32, 32), "ct", patch_size=40)
     with pytest.raises(InputError, match="multiple"):

@@ -224,3 +224,22 @@ def test_gui_runs_a_method_with_the_same_defaults_as_python(session, tiny_prior)
     direct = run_to_end(dds(problem.op, problem.y, noise_std=0.05, prior=load_prior(tiny_prior),
                             nfe=3)).estimate[0, 0].numpy()
     np.testing.assert_allclose(problem.truth.to_units(direct), done.image, rtol=0, atol=1e-3)
+
+
+def test_adapt_in_the_reconstruct_widget(session, tiny_prior, tmp_path):
+    """The adaptation checkbox runs a diffusion method with test-time adaptation: its loss is
+    shown live, and the adapted prior can be saved and reused."""
+    from napari_patchdiff.priors import read_metadata
+
+    session.use_prior(tiny_prior)
+    rec = session.reconstructor
+    rec.configure(adapt={"steps": 1})
+    assert rec.adapt_box.isChecked() and not rec.save_prior_button.isEnabled()
+    updates = _run(session, "dds", nfe=3)
+    assert updates[-1].kind == "done" and updates[-1].report["adaptation"]["calls"] == 3
+    assert "adaptation loss" in rec.metrics.text() and rec.save_prior_button.isEnabled()
+    saved = rec.save_prior(tmp_path / "adapted")
+    assert read_metadata(saved)["adapted_from"]["name"] == "tiny"
+    session.use_prior(saved)
+    rec.configure(adapt=False)
+    assert _run(session, "dds", nfe=2)[-1].kind == "done"

@@ -4,15 +4,17 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QLabel, QPushButton,
+                            QVBoxLayout, QWidget)
 
 from .. import api
+from ..adapt import ADAPT_PARAMS, ADAPTATION
 from ..errors import InputError
 from ..jobs import ReconJob, Update, UpdateKind, devices, recon_updates
 from ..solvers import SOLVERS
 from ..state import Display, state_for
 from ..uncertainty import DESIGNS
-from .forms import MAX_SEED, FormSlot, combo, row, spin
+from .forms import MAX_SEED, FormSlot, ParamForm, combo, row, spin
 from .job_panel import JobPanel
 from .layers import show_layer
 
@@ -53,6 +55,14 @@ class ReconstructWidget(QWidget):
         self.design_box.setToolTip("iid noise, or antithetic pairs (negated noise)")
         self.batch_box = spin(0, 1024, 0, "auto")
         self.batch_box.setToolTip("samples per sampler run (auto: about 8 slices at once)")
+        self.adapt_box = QCheckBox("adapt the prior to this measurement")
+        self.adapt_box.setToolTip("test-time adaptation: low-rank adapters trained on the "
+                                  "measurement while reconstructing (empty fields: the tuned "
+                                  "defaults)")
+        self.adapt_form = ParamForm(ADAPT_PARAMS, skip=("seed", "holdout"), prefill=False)
+        self.save_prior_button = QPushButton("Save adapted prior…")
+        self.save_prior_button.setEnabled(False)
+        self._adapted = None
         self.panel = JobPanel("Run")
         self.metrics = QLabel("")
         self.metrics.setWordWrap(True)
@@ -66,6 +76,9 @@ class ReconstructWidget(QWidget):
         form.addRow("samples", self.samples_box)
         form.addRow("noise design", self.design_box)
         form.addRow("batch", self.batch_box)
+        form.addRow(self.adapt_box)
+        form.addRow(self.adapt_form)
+        form.addRow(self.save_prior_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.panel)
@@ -75,6 +88,8 @@ class ReconstructWidget(QWidget):
         self.method_box.currentTextChanged.connect(self._set_method)
         randomise.clicked.connect(lambda: self.seed_box.setValue(random.randint(0, MAX_SEED)))
         self.panel.run_button.clicked.connect(self.run)
+        self.adapt_box.toggled.connect(self._refresh)
+        self.save_prior_button.clicked.connect(self._save_prior_dialog)
         self.state.problem_changed.connect(self._refresh)
         self.state.prior_changed.connect(self._refresh)
         self._set_method(self.method_box.currentText())
@@ -97,6 +112,8 @@ class ReconstructWidget(QWidget):
         sampler = SOLVERS.get(method).sampler
         for w in (self.samples_box, self.design_box, self.batch_box):
             w.setEnabled(sampler)
+        self.adapt_box.setEnabled(diffusion)
+        self.adapt_form.setEnabled(diffusion and self.adapt_box.isChecked())
         problem = self.state.problem
         if problem is None:
             self.problem_label.setText("No problem yet: simulate or load one in the "
@@ -107,13 +124,16 @@ class ReconstructWidget(QWidget):
                                    f"{self.state.prior or 'none'}")
         try:
             self.params.form.show_defaults(api.method_params(problem, method))
+            self.adapt_form.show_defaults(ADAPTATION.resolve(problem.op, problem.noise_std))
         except InputError:
             pass
 
     def configure(self, method: str | None = None, seed: int | None = None,
                   device: str | None = None, samples: int | None = None,
-                  design: str | None = None, batch: int | None = None, **params) -> None:
-        """Set the inputs as a user would (``params``: the method's parameters)."""
+                  design: str | None = None, batch: int | None = None, adapt=None,
+                  **params) -> None:
+        """Set the inputs as a user would (``params``: the method's parameters; ``adapt``: True
+        or a dict of adaptation parameters switches test-time adaptation on, False off)."""
         if method is not None:
             SOLVERS.get(method)
             if api.needs_prior(method) and not self.state.prior:
@@ -129,6 +149,9 @@ class ReconstructWidget(QWidget):
                 box.setValue(int(value))
         if design is not None:
             self.design_box.setCurrentText(design)
+        if adapt is not None:
+            self.adapt_box.setChecked(bool(adapt))
+            self.adapt_form.set_values(adapt if isinstance(adapt, dict) else {})
         self.params.form.set_values(params)
 
     def snapshot(self) -> ReconJob:
@@ -144,7 +167,9 @@ class ReconstructWidget(QWidget):
                         samples=self.samples_box.value() if SOLVERS.get(method).sampler else 1,
                         design=self.design_box.currentText(),
                         batch=self.batch_box.value() or None,
-                        prior=self.state.prior if diffusion else None, interval=self.interval)
+                        prior=self.state.prior if diffusion else None, interval=self.interval,
+                        adapt=((self.adapt_form.values() or True)
+                               if diffusion and self.adapt_box.isChecked() else None))
 
     def run(self):
         """Start a run (no-op while one runs); the worker, or None after showing the error."""
@@ -162,6 +187,21 @@ class ReconstructWidget(QWidget):
                                                            self.state.load_prior, pace),
                          self._on_update, what, job.interval)
         return self.panel.worker
+
+    def save_prior(self, path) -> str:
+        """Save the prior adapted by the last run (see :meth:`AdaptingPrior.save`)."""
+        if self._adapted is None:
+            raise InputError("no adapted prior yet: run a diffusion method with adaptation")
+        return self._adapted.save(path, adapted_to=self._display.source)
+
+    def _save_prior_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the adapted prior", "",
+                                              "Checkpoints (*.safetensors)")
+        if path:
+            try:
+                self.panel.status.setText(f"saved {self.save_prior(path)}")
+            except InputError as exc:
+                self.panel.fail(exc)
 
     # -- results ------------------------------------------------------------------------------
     def _show(self, name, data, report=None, stack=False, units=None, **kw):
@@ -191,6 +231,9 @@ class ReconstructWidget(QWidget):
             elif key == "pair correlation":
                 kw = {"colormap": "bwr", "contrast_limits": (-1.0, 1.0), "units": "correlation"}
             self._show(key, data, report, **kw)
+        if u.kind is UpdateKind.DONE and u.prior is not None:
+            self._adapted = u.prior
+            self.save_prior_button.setEnabled(True)
         if u.kind is UpdateKind.DONE:
             if u.samples is None:
                 self._show(name, u.image, report, contrast_limits=limits)
@@ -218,6 +261,8 @@ class ReconstructWidget(QWidget):
             parts.append(f"SSIM {m['ssim']:.4f}")
         if "coverage" in m:
             parts.append(f"coverage of the {self._job.level:.0%} bounds {m['coverage']:.1%}")
+        if "adapt loss" in m:
+            parts.append(f"adaptation loss {m['adapt loss']:.3g}")
         return ", ".join(parts)
 
     def _status_text(self, u: Update) -> str:

@@ -52,12 +52,14 @@ class Session:
             raise InputError(self.prior.info.toPlainText())
 
     def reconstruct(self, method: str = "admm-tv", *, samples: int = 1, design: str = "iid",
-                    seed: int = 0, device: str = "cpu", batch: int | None = None, wait=False,
-                    **params):
-        """Start ``method`` in the background (``params``: its parameters); the worker."""
+                    seed: int = 0, device: str = "cpu", batch: int | None = None, adapt=None,
+                    wait=False, **params):
+        """Start ``method`` in the background (``params``: its parameters; ``adapt``: True or a
+        dict of adaptation parameters for test-time adaptation, False off, None as set); the
+        worker."""
         r = self.reconstructor
         r.configure(method=method, seed=seed, device=device, samples=samples, design=design,
-                    batch=batch or 0, **params)
+                    batch=batch or 0, adapt=adapt, **params)
         worker = r.run()
         if worker is None:
             raise InputError(r.panel.status.text())

@@ -8,8 +8,24 @@ Besides ``forward`` and ``adjoint`` every operator offers what the solvers need 
 DeepInverse's ``LinearPhysics``): ``normal`` (``A^T A``), ``norm()`` (``||A^T A||``, cached),
 ``solve`` (the data-consistency solve of ``(I + gamma A^T A) x = z + gamma A^T y``, by conjugate
 gradients or in closed form where the operator allows it), ``initial`` (its cheap direct
-reconstruction), ``undersampling_factor`` (how much sparser than the tuning reference it samples)
-and ``to(device, dtype)``.
+reconstruction), ``undersampling_factor`` (how much sparser than the tuning reference it samples),
+``estimate_noise`` (the measurement noise std, estimated from the measurement alone) and
+``to(device, dtype)``.
+
+Noise estimation
+----------------
+``estimate_noise(y)`` returns the std of additive white Gaussian noise in measurement units
+(each of the real and imaginary parts for complex data, as :func:`~.noise.add_noise` draws it)
+from the median absolute deviation (MAD / 0.6745, :func:`robust_std`) of a residual from which
+the signal has been removed: robust, because the few places where signal leaks into the
+residual (edges, texture) lie in the tails the median ignores. The default, used by the
+image-domain operators (denoising, blur, super-resolution), is an Immerkaer/Donoho-type
+estimator: the tensor product of 4th finite differences over the last two axes
+(:func:`highpass`, unit norm, so white noise keeps its std while polynomials up to cubic
+along each axis vanish). CT, MRI and inpainting specialise it (see their classes). Every
+residual is an upper bound in expectation (signal can only add to it), so where an operator has
+two, the smaller is returned. Noiseless data give a small value (the signal's leak), never an
+error; an all-zero measurement gives 0.
 """
 from __future__ import annotations
 
@@ -21,6 +37,53 @@ import torch
 from ..errors import InputError
 from ..linalg import cg_steps, conjugate_gradient, power_iteration
 from ..params import Param
+
+#: the median of |N(0, 1)|: ``std = MAD / MAD_NORMAL`` for Gaussian samples
+MAD_NORMAL = 0.6744897501960817
+#: fewest residual samples an estimator trusts before it falls back to a coarser one
+MIN_NOISE_SAMPLES = 256
+
+
+def robust_std(values: torch.Tensor, centre: bool = False) -> float:
+    """The std of Gaussian noise from samples of it, by the median absolute deviation:
+    ``median(|v|) / 0.6745`` (``centre=True``: ``|v - median(v)|``, for samples whose mean
+    need not be zero). Complex samples count their real and imaginary parts separately.
+    0.0 when there are no samples."""
+    v = values.detach()
+    if v.is_complex():
+        v = torch.view_as_real(v.to(torch.complex128))
+    v = v.reshape(-1).to(torch.float64)
+    if v.numel() == 0:
+        return 0.0
+    if centre:
+        v = v - v.median()
+    return float(v.abs().median()) / MAD_NORMAL
+
+
+def highpass(y: torch.Tensor, order: int = 4, dims=(-2, -1)) -> torch.Tensor:
+    """The ``order``-th finite difference of ``y`` along each of ``dims`` (a tensor product for
+    several), scaled to unit norm (``1 / sqrt(binomial(2 order, order))`` per axis): white noise
+    of std ``s`` gives samples of std ``s``; polynomials of degree < ``order`` along any one of
+    the axes give 0. Only 'valid' positions (no boundary handling); complex data are filtered
+    as they are (the filter is real)."""
+    out = y
+    for d in dims:
+        out = torch.diff(out, n=int(order), dim=d) / math.sqrt(math.comb(2 * order, order))
+    return out
+
+
+def image_noise_std(y: torch.Tensor, order: int = 4) -> float:
+    """:func:`robust_std` of the :func:`highpass` over the last two axes of ``y`` (the order
+    lowered where an axis is too short; one axis when there is only one), pooled over
+    everything else (batch, slices; real and imaginary parts)."""
+    y = y.detach()
+    y = y.to(torch.complex128 if y.is_complex() else torch.float64)
+    dims = [d for d in (-2, -1) if y.ndim >= -d and y.shape[d] >= 2]
+    if not dims:
+        return 0.0
+    k = max(1, min([order] + [y.shape[d] - 1 for d in dims]))
+    return robust_std(highpass(y, k, dims))
+
 
 #: conjugate-gradient budget of an exact solve without a closed form: stop when the residual
 #: falls below ``EXACT_TOLERANCE`` times the right-hand side, or after ``EXACT_MAX_STEPS`` steps
@@ -99,6 +162,13 @@ class Operator:
         """How much sparser this operator samples than the reference its method defaults were
         tuned at (1: the reference; CT and MRI override it). Scales ADMM-TV's default weight."""
         return 1.0
+
+    def estimate_noise(self, y: torch.Tensor) -> float:
+        """The std of the measurement noise in ``y`` (a ``(B, 1, *measurement_shape)`` batch, as
+        :meth:`adjoint` takes it) in measurement units, estimated from ``y`` alone (module
+        docstring, "Noise estimation"). This default: :func:`image_noise_std` (4th-difference
+        high-pass over the last two axes, MAD) of the whole measurement."""
+        return image_noise_std(self.check_measurement(y))
 
     def norm(self, iterations: int = 20) -> float:
         """``L = ||A^T A||`` (the largest eigenvalue) by power iteration from a fixed seeded

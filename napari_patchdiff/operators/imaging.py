@@ -8,14 +8,15 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..params import Param
-from .base import Operator
+from .base import MIN_NOISE_SAMPLES, Operator, robust_std
 
 
 class GaussianBlur(Operator):
     """Gaussian blur with a normalised kernel, zero boundary ("same" size output).
 
     The kernel is separable and symmetric, so the blur runs as two 1D convolutions and is its
-    own adjoint (zero padding included).
+    own adjoint (zero padding included). :meth:`estimate_noise` is the default 2D high-pass MAD
+    estimator, nearly exact here: the blur leaves almost nothing of the image in the high-pass.
     """
 
     name = "blur-gaussian"
@@ -121,6 +122,33 @@ class Inpainting(Operator):
 
     def adjoint(self, y):
         return self.check_measurement(y) * self.mask
+
+    def estimate_noise(self, y) -> float:
+        """The noise std from the observed pixels only (missing ones are not measured: zero in
+        a real measurement, whatever a simulation put there): the MAD of the ``k``-th finite
+        differences (unit norm) of runs of ``k + 1`` consecutive observed pixels along rows and
+        columns, with the highest ``k <= 4`` that gives at least
+        :data:`~.base.MIN_NOISE_SAMPLES` runs (with 30 % observed, ``k = 3`` on a 256 x 256
+        image); a fully observed image uses the default 2D estimator."""
+        y = self.check_measurement(y).detach().to(torch.float64)
+        observed = self.mask > 0
+        if bool(observed.all()):
+            return super().estimate_noise(y)
+        best = None
+        for k in (4, 3, 2, 1):
+            parts = []
+            for dim, m in ((-1, observed), (-2, observed.T)):
+                runs = m.unfold(-1, k + 1, 1).all(-1) if m.shape[-1] > k else None
+                if runs is None or not bool(runs.any()):
+                    continue
+                r = torch.diff(y, n=k, dim=dim) / math.sqrt(math.comb(2 * k, k))
+                parts.append(r[..., runs] if dim == -1 else r[..., runs.T])
+            if parts:
+                res = torch.cat(parts, dim=-1)
+                best = res
+                if res.shape[-1] * y.shape[0] >= MIN_NOISE_SAMPLES:
+                    break
+        return 0.0 if best is None else robust_std(best)
 
     def _closed_form_solve(self, z, aty, gamma):
         """``A^T A`` is the diagonal mask: observed pixels move towards the data."""

@@ -291,14 +291,28 @@ def load_checkpoint(path, device="cpu") -> tuple[EDMDenoiser, dict]:
     return model.eval().to(device), meta
 
 
-def check_compatible(metadata: dict, image_shape, modality: str | None, pad: int | None = None,
-                     patch_size: int | None = None) -> None:
-    """Refuse to use a prior outside the conventions it was trained with (InputError).
+#: coordinate conventions of checkpoints this version reproduces (and maps to other sizes)
+KNOWN_COORDINATES = ("canvas-linear-v1",)
 
-    Checks the modality (intensity scale), that the image size plus pad gives the training canvas
-    (coordinates are normalised over the canvas), the pad, and for patch priors that the patch
-    size lies within the trained range and is a multiple of the network's downsampling factor.
+
+def check_compatible(metadata: dict, image_shape, modality: str | None, pad: int | None = None,
+                     patch_size: int | None = None) -> dict[str, Any]:
+    """Refuse to use a prior outside the conventions it was trained with (InputError); any
+    image size is accepted.
+
+    Checks the modality (intensity scale), the pad, the coordinate convention (one this version
+    computes, :data:`KNOWN_COORDINATES`), and for patch priors that the patch size lies within
+    the trained range, is a multiple of the network's downsampling factor and fits the canvas
+    of the image (so images down to ``patch size - 2 pad`` pixels a side). An image of another
+    size than the training images gets the coordinate channels of
+    :data:`~napari_patchdiff.priors.patches.COORDINATE_MAPPING`.
+
+    Returns how the prior sees such images: ``{"image_size", "trained_image_size",
+    "coordinates" (the map's name), "pixel_scale" ((H0 - 1) / (H - 1), (W0 - 1) / (W - 1):
+    training pixels per image pixel)}``.
     """
+    from .patches import COORDINATE_MAPPING
+
     where = f"prior {metadata.get('name') or metadata.get('config_name') or ''}".rstrip()
     m_mod = metadata.get("modality")
     if modality is not None and m_mod not in (None, "unit") and modality != m_mod:
@@ -309,13 +323,16 @@ def check_compatible(metadata: dict, image_shape, modality: str | None, pad: int
     if pad is not None and int(pad) != m_pad:
         raise InputError(f"{where} was trained with pad {m_pad}; pad {pad} would change the "
                          f"coordinate channels (canvas {metadata['canvas_size']}); use pad={m_pad}")
+    coords = metadata.get("coordinates")
+    convention = coords.get("name") if isinstance(coords, dict) else coords
+    if convention is not None and convention not in KNOWN_COORDINATES:
+        raise InputError(f"{where} uses the coordinate convention {convention!r}, which this "
+                         f"version does not compute (it knows {', '.join(KNOWN_COORDINATES)}); "
+                         f"use the napari-patchdiff version that trained it")
     shape = tuple(int(n) for n in tuple(image_shape)[-2:])
+    if len(shape) != 2 or min(shape) < 1:
+        raise InputError(f"{where}: invalid image shape {tuple(image_shape)}")
     canvas = tuple(n + 2 * m_pad for n in shape)
-    if list(canvas) != list(metadata["canvas_size"]):
-        raise InputError(f"{where} was trained on {tuple(metadata['image_size'])} images "
-                         f"(canvas {tuple(metadata['canvas_size'])} with pad {m_pad}); an image "
-                         f"of {shape} gives canvas {canvas}: resample the image to "
-                         f"{tuple(metadata['image_size'])}")
     if patch_size is not None and metadata["kind"] == "patch":
         p = int(patch_size)
         sizes = [int(s) for s in metadata.get("patch_sizes") or [p]]
@@ -326,7 +343,15 @@ def check_compatible(metadata: dict, image_shape, modality: str | None, pad: int
             raise InputError(f"{where} was trained on patch sizes {sizes}; patch size {p} is "
                              f"outside [{min(sizes)}, {max(sizes)}]")
         if p > min(canvas):
-            raise InputError(f"patch size {p} exceeds the canvas {canvas}")
+            raise InputError(f"patch size {p} exceeds the canvas {canvas} of a {shape} image "
+                             f"with pad {m_pad}: the image must be at least "
+                             f"{max(1, p - 2 * m_pad)} pixels a side for this prior")
+    trained = tuple(int(n) for n in metadata["image_size"])
+    same = shape == trained
+    return {"image_size": list(shape), "trained_image_size": list(trained),
+            "coordinates": (convention or KNOWN_COORDINATES[0]) if same
+            else COORDINATE_MAPPING["name"],
+            "pixel_scale": [round((t - 1) / max(n - 1, 1), 6) for t, n in zip(trained, shape)]}
 
 
 # ----------------------------------------------------------------------------------------------

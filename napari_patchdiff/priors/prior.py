@@ -1,9 +1,11 @@
 """The prior interface the samplers use: ``prior.denoise(x, sigma) ~ E[x0 | x]``.
 
-Every prior works on whole images ``(B, 1, H, W)`` on the normalised [0, 1] scale and counts its
-network evaluations in ``prior.nfe`` (one per :meth:`Prior.denoise` call, whatever the batch or
-the number of patches). ``denoise`` does not switch off autograd: samplers that need
-``grad_x |y - A D(x)|`` call it with ``x.requires_grad_()``; others wrap it in
+Every prior works on whole images ``(B, 1, H, W)`` on the normalised [0, 1] scale, of any size
+(a prior trained on 256 x 256 images also denoises 512 x 512, 217 x 181 or 64 x 64 ones; the
+coordinate channels follow :data:`~napari_patchdiff.priors.patches.COORDINATE_MAPPING`), and
+counts its network evaluations in ``prior.nfe`` (one per :meth:`Prior.denoise` call, whatever
+the batch or the number of patches). ``denoise`` does not switch off autograd: samplers that
+need ``grad_x |y - A D(x)|`` call it with ``x.requires_grad_()``; others wrap it in
 ``torch.no_grad()``.
 """
 from __future__ import annotations
@@ -15,8 +17,7 @@ import torch
 
 from ..errors import InputError
 from .checkpoint import check_compatible, checkpoint_paths, load_checkpoint
-from .patches import assembled_denoise, averaged_denoise, coordinate_grid, pad_image, \
-    stitched_denoise
+from .patches import assembled_denoise, averaged_denoise, canvas_coordinates, stitched_denoise
 
 __all__ = ["Prior", "PatchPrior", "WholeImagePrior", "load_prior", "shipped_priors",
            "SHIPPED_DIR", "MODES"]
@@ -41,6 +42,7 @@ class Prior:
         self.nfe = 0
         self.metadata = dict(metadata or {})
         self.device = torch.device(device)
+        self.last_check: dict[str, Any] = {}
 
     def denoise(self, x: torch.Tensor, sigma, generator: torch.Generator | None = None):
         """Denoised estimate of ``x`` (B, 1, H, W) at noise level ``sigma`` (float or (B,))."""
@@ -61,12 +63,29 @@ class Prior:
         self.device = torch.device(device)
         return self
 
-    def check(self, image_shape, modality: str | None = None) -> None:
+    @property
+    def trained_size(self) -> tuple[int, int] | None:
+        """``(H0, W0)`` of the training images (the metadata's ``image_size``), or None when
+        unknown: then every image gets the coordinates of its own canvas."""
+        size = self.metadata.get("image_size")
+        return None if not size else (int(size[0]), int(size[1]))
+
+    def check(self, image_shape, modality: str | None = None) -> dict:
         """Raise InputError if images of ``image_shape``/``modality`` break this prior's
-        conventions (no-op without metadata)."""
+        conventions (modality, pad, patch size, coordinate convention; see
+        :func:`~napari_patchdiff.priors.checkpoint.check_compatible`); any image size is fine.
+
+        Returns how the prior will see such images (``{}`` without metadata): the training and
+        the given image size, the coordinate map (``"canvas-linear-v1"`` at the training size,
+        else ``"fov-relative-v1"``) and the per-axis pixel scale ``(H0 - 1) / (H - 1)``; the
+        same dict is kept as ``self.last_check``."""
+        info = {}
         if self.metadata:
-            check_compatible(self.metadata, image_shape, modality, pad=getattr(self, "pad", None),
-                             patch_size=getattr(self, "patch_size", None))
+            info = check_compatible(self.metadata, image_shape, modality,
+                                    pad=getattr(self, "pad", None),
+                                    patch_size=getattr(self, "patch_size", None))
+        self.last_check = info
+        return info
 
 
 class _NetworkPrior(Prior):
@@ -114,10 +133,11 @@ class PatchPrior(_NetworkPrior):
         x, sigma = self._prepare(x, sigma)
         if self.mode == "assembled":
             return assembled_denoise(self.denoiser, x, sigma, self.patch_size, self.pad,
-                                     generator=generator, max_batch=self.max_batch)
+                                     generator=generator, max_batch=self.max_batch,
+                                     trained_size=self.trained_size)
         fn = averaged_denoise if self.mode == "average" else stitched_denoise
         return fn(self.denoiser, x, sigma, self.patch_size, self.pad, overlap=self.overlap,
-                  max_batch=self.max_batch)
+                  max_batch=self.max_batch, trained_size=self.trained_size)
 
     def __repr__(self):
         return (f"PatchPrior(patch_size={self.patch_size}, pad={self.pad}, mode={self.mode!r}, "
@@ -128,7 +148,13 @@ class WholeImagePrior(_NetworkPrior):
     """The network applied to the whole zero-padded image at once, with the coordinate channels
     over the whole canvas (``pad`` from the metadata, default 0). Works with a whole-image
     checkpoint and, as an ablation, with a patch network (a patch as large as the canvas).
-    ``max_batch`` images per network call (None: all)."""
+    ``max_batch`` images per network call (None: all).
+
+    Images of another size than the training images get the coordinates of
+    :data:`~napari_patchdiff.priors.patches.COORDINATE_MAPPING`; a canvas whose sides are not
+    multiples of the network's downsampling factor is extended at the bottom/right with zeros
+    (coordinates continued) and cropped back, rather than letting the network zero-fill the
+    coordinate channels there."""
 
     name = "whole"
 
@@ -141,15 +167,19 @@ class WholeImagePrior(_NetworkPrior):
     def _denoise(self, x, sigma, generator):
         x, sigma = self._prepare(x, sigma)
         b, _, h, w = x.shape
-        canvas = pad_image(x, self.pad)
-        coords = coordinate_grid(*canvas.shape[-2:], device=x.device, dtype=x.dtype)
+        p = self.pad
+        m = int(getattr(getattr(self.denoiser, "net", None), "multiple", 1) or 1)
+        hc, wc = h + 2 * p, w + 2 * p
+        er, ec = (-hc) % m, (-wc) % m
+        canvas = torch.nn.functional.pad(x, (p, p + ec, p, p + er))
+        coords = canvas_coordinates(h, w, p, self.trained_size, device=x.device, dtype=x.dtype,
+                                    rows=hc + er, cols=wc + ec)
         s = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1)
         s = s.expand(b) if s.numel() == 1 else s
         step = self.max_batch or b
         outs = [self.denoiser(canvas[i:i + step], s[i:i + step], coords)
                 for i in range(0, b, step)]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
-        p = self.pad
         return out[:, :, p:p + h, p:p + w]
 
     def __repr__(self):

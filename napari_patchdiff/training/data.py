@@ -28,8 +28,10 @@ __all__ = ["TrainingVolume", "training_volumes", "load_training_slices", "split_
 #: the development data (``shared/data`` beside the repository), overridable by the environment
 DATA_DIR = Path(os.environ.get("NAPARI_PATCHDIFF_DATA",
                               Path(__file__).resolve().parents[3] / "shared" / "data"))
-#: the names of the development training splits (:func:`load_training_slices`)
-SPLITS = ("ct", "mri")
+#: the named training sets (:func:`load_training_slices`) and the modality of each
+SPLITS = {"ct": "ct", "mri": "mri", "phantoms": "ct"}
+#: how many synthetic images the "phantoms" set holds (seed 0; see napari_patchdiff.phantoms)
+PHANTOM_COUNT = 400
 
 
 @dataclass
@@ -78,7 +80,13 @@ def load_training_slices(spec: str = "ct", data_dir=None) -> list[TrainingVolume
     ``"mri"``: brain1.tif (all 25 slices) normalised by its 99.5th percentile
     (:func:`~napari_patchdiff.conventions.normalise`). ``data_dir`` defaults to
     ``$NAPARI_PATCHDIFF_DATA`` or ``shared/data`` beside the repository.
+    ``"phantoms"``: :data:`PHANTOM_COUNT` synthetic 256 x 256 images on the CT normalised scale
+    (:func:`napari_patchdiff.phantoms.phantom_slices`, seed 0): no data needed.
     """
+    if spec == "phantoms":
+        from ..phantoms import phantom_slices
+
+        return [TrainingVolume(phantom_slices(PHANTOM_COUNT, seed=0), "phantoms (seed 0)")]
     root = Path(data_dir) if data_dir is not None else DATA_DIR
     if spec == "ct":
         out = []
@@ -94,14 +102,15 @@ def load_training_slices(spec: str = "ct", data_dir=None) -> list[TrainingVolume
         vol = _read_tif(root / "brain1.tif")
         x, scale = normalise(vol, "mri")
         return [TrainingVolume(x, "brain1.tif", list(range(x.shape[0])), scale)]
-    raise InputError(f"unknown training data spec {spec!r}; choose 'ct' or 'mri'")
+    raise InputError(f"unknown training data spec {spec!r}; choose one of {', '.join(SPLITS)}")
 
 
 def training_volumes(items, modality: str | None = None,
                      bin: int = 1) -> tuple[list[TrainingVolume], str]:
     """Normalised training volumes and their modality from ``items`` (one item or a list):
 
-    - ``"ct"`` / ``"mri"``: the development training split (:func:`load_training_slices`);
+    - ``"ct"`` / ``"mri"``: the development training split, ``"phantoms"``: synthetic CT-like
+      images (:func:`load_training_slices`);
     - a file path (TIFF, NumPy, NIfTI, DICOM; :func:`napari_patchdiff.io.read_image`);
     - an array (D, H, W) or (H, W) in its own units (HU for CT, magnitude for MRI);
     - a tuple ``(name, array)``, ``(name, array, metadata dict)`` (an image layer: the metadata
@@ -126,9 +135,9 @@ def training_volumes(items, modality: str | None = None,
         if isinstance(item, TrainingVolume):
             out.append(_binned(item, bin))
         elif isinstance(item, str) and item in SPLITS:
-            if modality not in (None, item):
-                raise InputError(f"the {item!r} training split is {item}, not {modality}")
-            modality = item
+            if modality not in (None, SPLITS[item]):
+                raise InputError(f"the {item!r} training set is {SPLITS[item]}, not {modality}")
+            modality = SPLITS[item]
             out.extend(_binned(v, bin) for v in load_training_slices(item))
         else:
             name, raw, meta, slices = _raw_item(item, i)

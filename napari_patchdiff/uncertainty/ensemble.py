@@ -93,12 +93,14 @@ def default_batch(samples: int, slices: int, design: str) -> int:
 
 def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: str = "iid",
              batch: int | None = None, seed: int = 0, cancel: CancelToken | None = None,
-             **params) -> Iterator[StepEvent | SampleEvent]:
+             adapt=None, **params) -> Iterator[StepEvent | SampleEvent]:
     """Draw ``samples`` posterior samples of ``problem`` with the diffusion sampler ``method``.
 
     Yields the sampler's :class:`StepEvent` for every step of every batch (``info`` gains
     ``batch`` and ``samples``: which samples the batch draws) and one :class:`SampleEvent` per
     finished sample. ``params`` override the method's defaults (``seed`` is the ensemble's).
+    ``adapt`` adapts the prior to the measurement (one adapter for the whole ensemble, trained
+    during its first batches and then kept; see :mod:`napari_patchdiff.adapt`).
     The cancel token is checked at every step (a cancel raises
     :class:`~napari_patchdiff.events.Cancelled`).
     """
@@ -108,7 +110,7 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
         samplers = [n for n in SOLVERS.names() if SOLVERS.get(n).sampler]
         raise InputError(f"method {method!r} is not a posterior sampler; an ensemble needs one of "
                          f"{', '.join(samplers)}")
-    prior = resolve_prior(problem, method, prior)
+    prior = resolve_prior(problem, method, prior, adapt)
     used = method_params(problem, method, **params)
     used.pop("seed", None)
     d = problem.slices  # slices of one sample
@@ -129,10 +131,11 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
         last = None
         for last in spec.run(op, yb, prior=prior, noise_source=noise, cancel=cancel, seed=seed,
                              **used):
+            info = {**last.info, "batch": bi, "samples": list(range(start, start + len(chunk)))}
+            if getattr(prior, "last_loss", None) is not None:
+                info["adapt_loss"] = prior.last_loss
             yield StepEvent(last.step, last.total, last.estimate, last.denoised,
-                            nfe=int(getattr(prior, "nfe", 0)) - nfe0,
-                            info={**last.info, "batch": bi,
-                                  "samples": list(range(start, start + len(chunk)))})
+                            nfe=int(getattr(prior, "nfe", 0)) - nfe0, info=info)
         if last is None:
             raise RuntimeError(f"method {method!r} yielded no step")
         est = last.estimate.detach().to("cpu").float().numpy()[:, 0]
@@ -182,7 +185,8 @@ class Accumulator:
 def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: str = "iid",
                  batch: int | None = None, seed: int = 0, roi=None, level: float = 0.9,
                  cancel: CancelToken | None = None,
-                 on_event: Callable[[Any], None] | None = None, **params) -> EnsembleResult:
+                 on_event: Callable[[Any], None] | None = None, adapt=None,
+                 **params) -> EnsembleResult:
     """Run :func:`ensemble` to the end and summarise it (with the truth if known).
 
     On a cancel the exception carries ``exc.partial``: the summary of the samples finished so far
@@ -196,6 +200,7 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     acc = Accumulator(design)
     t0 = time.perf_counter()
     truth = problem.truth.x if problem.truth is not None else None
+    prior = resolve_prior(problem, method, prior, adapt)
     try:
         for ev in ensemble(problem, method, prior=prior, samples=samples, design=design,
                            batch=batch, seed=seed, cancel=cancel, **params):
@@ -213,4 +218,6 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     result.report.update(method=method, seed=seed, batch=batch, nfe=acc.nfe,
                          seconds=round(time.perf_counter() - t0, 3),
                          nfe_per_sample=acc.nfe / math.ceil(samples / batch))
+    if hasattr(prior, "summary"):
+        result.report["adaptation"] = prior.summary()
     return result

@@ -2,6 +2,8 @@
 step: a point estimate in 50 network evaluations, no backpropagation."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...events import StepEvent
@@ -43,6 +45,15 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
         yield StepEvent(k + 1, nfe, z, z, nfe=used(), info={"sigma": s})
 
 
+def _rule(op, noise_std, values, tuned):
+    """``data_std = data_scale * max(noise_std, noise_floor * sqrt(||A^T A||))``: the
+    measurement noise, or for (nearly) noiseless data a floor at ``noise_floor`` on the image
+    scale (measurement noise scales like ``sqrt(L)``), so the data term never dwarfs the prior
+    (a floor in measurement units, 1e-3, lost 11 dB on noiseless 20-view CT)."""
+    floor = tuned["noise_floor"] * math.sqrt(op.norm())
+    return {"data_std": tuned["data_scale"] * max(noise_std, floor)}
+
+
 pnp_admm = register(Method(
     "pnp-admm", _pnp_admm, (
         Param("nfe", int, 50, "ADMM iterations, one network evaluation each", low=1),
@@ -53,9 +64,8 @@ pnp_admm = register(Method(
         Param("cg_iterations", int, None, "CG steps on the data term per iteration (0: exact)",
               low=0),
         Param("data_std", float, None, "noise std of the data term (default: data_scale times "
-              "the noise, at least 1e-3)", low=0, open_low=True),
+              "the noise, at least a floor for noiseless data)", low=0, open_low=True),
         SEED,
-    ), rule=lambda op, noise_std, values, tuned: {
-        "data_std": tuned["data_scale"] * max(noise_std, 1e-3)},
+    ), rule=_rule,
     objects=OBJECTS, kind="diffusion",
     doc="plug-and-play ADMM with the prior's denoiser as the proximal step (50 evaluations)"))

@@ -1,0 +1,216 @@
+"""Test-time adaptation of a prior to the measurement at hand (DDIP / D3IP, patch TTA).
+
+A prior trained on other data (another anatomy, scanner or contrast, or synthetic phantoms)
+is adapted while it reconstructs: low-rank adapters (:mod:`napari_patchdiff.priors.lora`) on its
+network are trained, before each denoiser call of the sampler, by a few Adam steps on the
+self-supervised loss
+
+    ``|| y - A D_theta(x_t, sigma_t) ||^2``  (or ``|| y - A CG_k(D_theta(x_t)) ||^2``, the DDIP
+    form with ``k = cg`` data-consistency steps)
+
+at the sampler's current iterate ``x_t`` (Chung & Ye, ECCV 2024; Hu, Song, Fessler, Shen,
+IEEE T-CI 2025). :class:`AdaptingPrior` wraps any prior, so every sampler and PnP-ADMM adapts
+the same way. For a batch (the slices of a volume, the samples of an ensemble) one adapter is
+shared and trained on a random mini-batch of ``batch`` items per step (D3IP), so the cost
+does not grow with depth.
+
+Two guards keep the adapter from fitting the measurement noise (deep-image-prior methods
+over-fit): a random ``holdout`` fraction of the measurement entries is never trained on, and
+when their loss stays clearly above the training entries' loss in the same forward pass (the
+adapter has learnt something the held-out entries do not share: noise) the adaptation ends;
+and it ends when the training residual reaches the noise level (``noise_std``, known or
+estimated: the discrepancy principle). Afterwards the adapter is frozen and keeps being used.
+
+The adapted prior saves as an ordinary checkpoint (adapters merged into the weights) whose
+metadata names its base prior and what it was adapted to (:meth:`AdaptingPrior.save`), so it
+can be reused, e.g. for an ensemble.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+from typing import Any
+
+import torch
+
+from .errors import InputError
+from .params import Param
+from .priors.lora import add_lora, lora_parameters, merge_lora
+from .priors.prior import Prior
+from .solvers.method import Method
+
+__all__ = ["ADAPT_PARAMS", "ADAPTATION", "AdaptingPrior", "adapt_prior"]
+
+#: the held-out loss may exceed the training loss by this fraction before it counts as a sign
+#: of over-fitting ...
+GAP_TOLERANCE = 0.2
+#: ... in this many adaptation rounds in a row
+PATIENCE = 3
+
+ADAPT_PARAMS = (
+    Param("steps", int, None, "Adam steps on the adapter before each denoiser call",
+          low=1),
+    Param("rank", int, None, "rank of the low-rank adapters", low=1),
+    Param("lr", float, None, "Adam learning rate of the adapters", low=0, open_low=True),
+    Param("cg", int, 0, "data-consistency CG steps inside the loss (0: y - A D(x))",
+          low=0),
+    Param("batch", int, 2, "slices (or samples) per adaptation step", low=1),
+    Param("holdout", float, 0.1, "fraction of the measurement held out to stop "
+          "over-fitting", low=0, high=0.5),
+    Param("seed", int, 0, "seed of the held-out split, the mini-batches and the adapter "
+          "initialisation", low=0),
+)
+
+
+def _no_run(*args, **kwargs):  # pragma: no cover - an adaptation is not a method of its own
+    raise TypeError("adaptation is an option of the diffusion methods, not a method")
+
+
+#: the adaptation's parameters, resolved like a method's (per-operator tuned values in
+#: napari_patchdiff/solvers/defaults.py under "adapt.*"); not registered as a method
+ADAPTATION = Method("adapt", _no_run, ADAPT_PARAMS,
+                    doc="test-time adaptation of the prior by a self-supervised data loss")
+
+
+class AdaptingPrior(Prior):
+    """``prior`` with low-rank adapters trained on ``y = A x + n`` during sampling.
+
+    Parameters
+    ----------
+    prior : a loaded :class:`~napari_patchdiff.priors.Prior` with a network (patch or whole).
+    op, y : the operator and the measurement batch ``(B, 1, ...)`` being reconstructed.
+    noise_std : the measurement noise std (for the discrepancy stop; 0: never stops on it).
+    params : resolved :data:`ADAPT_PARAMS` values (``ADAPTATION.resolve(op, noise_std)``).
+
+    Attributes
+    ----------
+    history : per adapted denoiser call ``(sigma, train loss, held-out loss)`` (per entry).
+    stopped : why the adaptation ended (None while it runs).
+    evaluations : network forward+backward passes spent on adaptation.
+    """
+
+    def __init__(self, prior, op, y: torch.Tensor, noise_std: float = 0.0,
+                 **params):
+        if not hasattr(prior, "denoiser"):
+            raise InputError("test-time adaptation needs a prior with a network (load_prior)")
+        super().__init__(dict(prior.metadata), prior.device)
+        self.base, self.op, self.params = prior, op, dict(params)
+        self.y = y.to(op.device)
+        self.noise_std = float(noise_std)
+        gen = torch.Generator().manual_seed(int(params["seed"]))
+        torch_state = torch.get_rng_state()
+        torch.manual_seed(int(params["seed"]))
+        net = add_lora(prior.denoiser, int(params["rank"]))
+        torch.set_rng_state(torch_state)
+        self.inner = copy.copy(prior)
+        self.inner.denoiser = net
+        self.adapters = lora_parameters(net)
+        for p in self.adapters:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.Adam(self.adapters, lr=float(params["lr"]))
+        self.generator = gen
+        held = torch.rand(self.y.shape[1:], generator=gen) < float(params["holdout"])
+        self.held_out = held.to(op.device)
+        self.aty = op.adjoint(self.y) if int(params["cg"]) else None
+        self.history: list[tuple[float, float, float]] = []
+        self.stopped: str | None = None
+        self._gaps = 0
+        self.evaluations = 0
+        self.pad = getattr(prior, "pad", None)
+        self.patch_size = getattr(prior, "patch_size", None)
+
+    # -- the prior interface --------------------------------------------------------------------
+    def _denoise(self, x, sigma, generator):
+        if self.stopped is None:
+            self._adapt(x.detach(), sigma)
+        return self.inner._denoise(x, sigma, generator)
+
+    def to(self, device) -> "AdaptingPrior":
+        raise InputError("move the base prior before adapting it")
+
+    def check(self, image_shape, modality=None):
+        return self.base.check(image_shape, modality)
+
+    # -- adaptation -----------------------------------------------------------------------------
+    def _losses(self, d: torch.Tensor, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = idx % self.y.shape[0]  # an ensemble's batch repeats the measurement's slices
+        if self.aty is not None:
+            d = self.op.solve(d, self.aty[rows], math.inf,
+                              iterations=int(self.params["cg"]))
+        r = (self.y[rows] - self.op.forward(d)).abs() ** 2
+        train = r[:, ~self.held_out] if self.held_out.any() else r.reshape(r.shape[0], -1)
+        held = r[:, self.held_out] if self.held_out.any() else None
+        return train.mean(), (held.mean() if held is not None else train.mean())
+
+    def _adapt(self, x: torch.Tensor, sigma) -> None:
+        b = x.shape[0]
+        k = min(b, int(self.params["batch"]))
+        idx = torch.randperm(b, generator=self.generator)[:k].to(x.device)
+        s = sigma[idx] if isinstance(sigma, torch.Tensor) and sigma.numel() > 1 else sigma
+        floor = self.noise_std ** 2 * (2.0 if self.op.is_complex else 1.0)
+        # one patch grid per round: its Adam steps descend one loss
+        grid = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        for _ in range(int(self.params["steps"])):
+            with torch.enable_grad():
+                d = self.inner._denoise(x[idx], s, torch.Generator().manual_seed(grid))
+                train, held = self._losses(d, idx)
+                self.evaluations += 1
+                loss = (float(train.detach()), float(held.detach()))
+                if self._overfitting(*loss) or (floor > 0 and loss[0] <= floor):
+                    self.stopped = self.stopped or "the training residual reached the noise level"
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+                train.backward()
+                self.optimizer.step()
+        sig = float(s if not isinstance(s, torch.Tensor) else s.float().mean())
+        self.history.append((sig, *loss))
+
+    def _overfitting(self, train: float, held: float) -> bool:
+        """Whether the held-out entries have been fitted clearly worse than the trained ones
+        for :data:`PATIENCE` rounds in a row (both losses of one forward pass: same iterate,
+        same patch grid), i.e. the adapter learns the training entries' noise."""
+        gap = held > train * (1.0 + GAP_TOLERANCE)
+        self._gaps = self._gaps + 1 if gap else 0
+        if self._gaps >= PATIENCE:
+            self.stopped = (f"the held-out loss stayed over {1 + GAP_TOLERANCE:g} times the "
+                            f"training loss for {PATIENCE} rounds")
+            return True
+        return False
+
+    @property
+    def last_loss(self) -> float | None:
+        """The latest training loss per measurement entry (None before the first)."""
+        return self.history[-1][1] if self.history else None
+
+    def summary(self) -> dict[str, Any]:
+        """What a report records of the adaptation."""
+        h = self.history
+        return {"params": dict(self.params), "calls": len(h), "evaluations": self.evaluations,
+                "loss_first": h[0][1] if h else None, "loss_last": h[-1][1] if h else None,
+                "held_out_last": h[-1][2] if h else None, "stopped": self.stopped,
+                "base_prior": self.base.metadata.get("name")}
+
+    def save(self, path, adapted_to: str = "") -> str:
+        """Save the adapted network (adapters merged) as a checkpoint; its metadata names the
+        base prior and what it was adapted to. Returns the weights path."""
+        from .priors.checkpoint import save_checkpoint
+
+        meta = {k: v for k, v in self.base.metadata.items() if k != "source"}
+        meta.update(name=str(path).rsplit("/", 1)[-1].removesuffix(".safetensors"),
+                    adapted_from={k: self.base.metadata.get(k) for k in
+                                  ("name", "source", "steps", "created")},
+                    adaptation={**self.summary(), "operator": self.op.describe(),
+                                "adapted_to": adapted_to},
+                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                        timespec="seconds"))
+        return str(save_checkpoint(path, merge_lora(self.inner.denoiser), meta))
+
+
+def adapt_prior(prior, problem, adapt) -> AdaptingPrior:
+    """``prior`` wrapped for adaptation to ``problem``: ``adapt`` is True (tuned defaults for
+    the operator) or a dict of :data:`ADAPT_PARAMS` values, e.g. ``{"steps": 3, "rank": 8}``
+    (the rest take the defaults; on the command line ``--adapt-steps`` etc.)."""
+    given = {} if adapt is True else dict(adapt)
+    params = ADAPTATION.resolve(problem.op, problem.noise_std, **given)
+    return AdaptingPrior(prior, problem.op, problem.y, problem.noise_std, **params)
