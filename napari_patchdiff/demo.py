@@ -7,7 +7,6 @@ reconstructions with PSNR/SSIM, the last one's error) and ``report.json`` into t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -12,7 +12,6 @@ from napari_patchdiff import api
 from napari_patchdiff.adapt import ADAPTATION, AdaptingPrior, adapt_prior
 from napari_patchdiff.cli import main
 from napari_patchdiff.errors import InputError
-from napari_patchdiff.events import run_to_end
 from napari_patchdiff.priors import load_prior, read_metadata
 from napari_patchdiff.priors.lora import LoRAConv2d, add_lora, lora_parameters, merge_lora
 from napari_patchdiff.samples import load_sample

@@ -15,12 +15,10 @@ import torch
 from napari_patchdiff.events import Cancelled, CancelToken
 from napari_patchdiff.noise_source import NoiseSource
 from napari_patchdiff.operators import make_operator
-from napari_patchdiff.priors.prior import Prior
 from napari_patchdiff.solvers import get_solver
 from napari_patchdiff.solvers.diffusion import dds, dps, langevin, padis, pnp_admm
 
-from gaussian_model import (DT, N, GaussianPrior, ZeroNoise, dense_matrix,  # noqa: E402
-                            exact_posterior, last, problem, smooth_prior)
+from gaussian_model import (DT, N, ZeroNoise, exact_posterior, last, problem, smooth_prior)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -274,7 +274,7 @@ def test_tv3d_reduces_slice_variation(phantom):
 def test_admm_rho_follows_a_user_lam():
     """Dependent defaults are computed from the caller's overrides, not the default lam."""
     from napari_patchdiff.operators import make_operator
-    from napari_patchdiff.solvers import get_solver, knobs
+    from napari_patchdiff.solvers import get_solver
 
     op = make_operator("denoise", (16, 16))
     spec = get_solver("admm-tv")
