@@ -40,7 +40,7 @@ ROWS = {
     "dds 50, whole-image prior": ("dds", "whole", None, {"nfe": 50}),
     "padis 1000, patch prior": ("padis", "patch", "assembled", {}),
     "dps 1000, patch prior": ("dps", "patch", "assembled", {}),
-    "pnp-admm 50, patch prior": ("pnp-admm", "patch", "assembled", {"iterations": 50}),
+    "pnp-admm 50, patch prior": ("pnp-admm", "patch", "assembled", {"nfe": 50}),
 }
 #: the shipped prior for each modality and kind
 PRIORS = {("ct", "patch"): "ct", ("ct", "whole"): "ct-whole", ("mri", "patch"): "mri",

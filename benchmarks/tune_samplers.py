@@ -8,9 +8,10 @@ Coordinate search, one parameter at a time over the grid below, at 50 network ev
 the validation slice of each task (CT: lung2 47, MRI: brain1 15; never trained on):
 
 * ``dds``: the data weight as the prior's assumed error std ``prior_std`` (``gamma =
-  (prior_std / noise)^2``), the CG steps per sampling step, the stochasticity ``eta`` and the
+  (prior_std / noise)^2``), the CG steps per sampling step, the stochasticity ``eta``, the
   start ``start`` ("noise/10": pure noise at sigma_max 10; "initial/S": the direct reconstruction
-  plus noise at sigma_max S, the warm start);
+  plus noise at sigma_max S, the warm start) and ``anneal_sigma`` (the level below which the
+  data weight shrinks like sigma^2; 0: constant);
 * ``pnp-admm``: the first and last denoiser levels, the CG steps and the data-term noise std as a
   multiple ``data_scale`` of the measurement noise;
 * ``padis``: the step ``zeta`` on the gradient of ``||y - A D(x)||`` (absolute; ``--nfe / 10``
@@ -44,6 +45,7 @@ GRIDS = {
         "cg_iterations": (2, 5, 10),
         "eta": (0.0, 0.15, 0.5, 0.8, 1.0),
         "start": ("noise/10", "initial/1", "initial/0.5", "initial/0.3", "initial/0.15"),
+        "anneal_sigma": (0.0, 0.05, 0.1),
     },
     "pnp-admm": {
         "sigma_start": (0.05, 0.1, 0.2, 0.4),
@@ -55,7 +57,8 @@ GRIDS = {
     "dps": {"zeta_rel": (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)},
 }
 STARTS = {
-    "dds": {"prior_std": 0.05, "cg_iterations": 5, "eta": 0.15, "start": "noise/10"},
+    "dds": {"prior_std": 0.05, "cg_iterations": 5, "eta": 0.15, "start": "noise/10",
+            "anneal_sigma": 0.0},
     "pnp-admm": {"sigma_start": 0.1, "sigma_end": 0.02, "cg_iterations": 5, "data_scale": 1.0},
     "padis": {"zeta": 0.3},
     "dps": {"zeta_rel": 0.5},

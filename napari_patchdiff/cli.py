@@ -546,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         print("napari-patchdiff: error: out of memory: crop or bin the image, or reconstruct "
               "fewer slices of a volume (--slice)", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of our output went away (`| head`): nothing is wrong
+        sys.stderr.close()
+        return 0
     except OSError as exc:  # a full disk, a file removed under us: the earlier results are kept
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         print(f"napari-patchdiff: error: {exc.strerror or exc}{where}; the output folder was "

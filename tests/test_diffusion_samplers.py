@@ -315,3 +315,17 @@ def test_register_is_idempotent_and_specs_run():
         params = spec.resolve(op, 0.01, **small)
         ev = last(spec.run(op, y, prior=prior, **params))
         assert ev.step == 3 and ev.nfe == 3
+
+
+def test_dds_anneal_sigma_shrinks_the_data_weight():
+    """Below anneal_sigma the data weight shrinks like sigma^2: with a huge anneal_sigma the
+    data no longer enter (two measurements give the same result), with 0 they do."""
+    prior, op, _, y = problem(sy=SY)
+    other = y + 0.3
+    kw = dict(prior=prior, nfe=8, eta=0.0, cg_iterations=1, gamma=1 / SY**2, seed=2)
+    a = last(dds(op, y, anneal_sigma=1e9, **kw)).estimate
+    b = last(dds(op, other, anneal_sigma=1e9, **kw)).estimate
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    c = last(dds(op, y, anneal_sigma=0.0, **kw)).estimate
+    d = last(dds(op, other, anneal_sigma=0.0, **kw)).estimate
+    assert float((c - d).abs().max()) > 0.1

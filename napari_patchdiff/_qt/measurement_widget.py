@@ -152,7 +152,8 @@ class MeasurementWidget(QWidget):
                 problem = api.load_measurement(path)
             else:
                 problem = api.load_measurement(path, operator=self.operator_box.currentText(),
-                                               noise_std=self.noise_box.value(),
+                                               # 0 in the box: unknown, so estimated
+                                               noise_std=self.noise_box.value() or None,
                                                **self.params.form.values())
         except InputError as exc:
             return self._fail(exc)
@@ -182,5 +183,6 @@ class MeasurementWidget(QWidget):
         self.state.set_problem(problem, display)
         self.info.setText(f"{op.name} of {display.source}: {problem.y.shape[0]} slice(s) of "
                           f"{op.image_shape[0]} x {op.image_shape[1]}, measurement "
-                          f"{tuple(op.measurement_shape)}, noise {problem.noise_std:g}"
+                          f"{tuple(op.measurement_shape)}, noise {problem.noise_std:g} "
+                          f"({problem.noise_origin})"
                           + (f", modality {problem.truth.modality}" if problem.truth else ""))

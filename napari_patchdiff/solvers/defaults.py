@@ -134,6 +134,7 @@ FALLBACK: dict[str, Tuned] = {
     "dds.cg_iterations": Tuned(5, _UNTUNED),
     "dds.prior_std": Tuned(0.05, _UNTUNED),
     "dds.eta": Tuned(0.15, "the DDS paper's value, untuned here"),
+    "dds.anneal_sigma": Tuned(0.0, "DDS's constant data weight"),
     "dds.start": Tuned("noise", "EDM's pure-noise start"),
     "dds.sigma_max": Tuned(10.0, "EDM's sigma_max"),
     "dps.zeta_rel": Tuned(0.5, _UNTUNED),

@@ -13,8 +13,8 @@ from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, STARTS, check_cancel, 
                      edm_sigmas, first_iterate, setup)
 
 
-def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, start, sigma_max, sigma_min, seed,
-         noise_source=None, cancel=None):
+def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, start, sigma_max,
+         sigma_min, seed, noise_source=None, cancel=None):
     """With ``sigma_0 > ... > sigma_{nfe-1}`` the EDM (rho = 7) schedule from ``sigma_max`` to
     ``sigma_min`` and ``sigma_nfe = 0``, start at ``x = sigma_max z`` (``start = 'initial'``:
     ``op.initial(y) + sigma_max z``, the "come closer, diffuse faster" warm start that lets a
@@ -23,7 +23,9 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, start, sigma_max, sigm
     1. Tweedie ``x0_hat = D(x, sigma_i)``;
     2. ``x0' = op.solve(x0_hat, A^T y, gamma)``: ``cg_iterations`` CG steps from ``x0_hat`` on
        ``(I + gamma A^T A) x = x0_hat + gamma A^T y`` (``gamma = inf``: ``A^T A x = A^T y``);
-       early stopping keeps ``x0'`` near the prior's estimate; 0: the exact solve;
+       early stopping keeps ``x0'`` near the prior's estimate; 0: the exact solve; with
+       ``anneal_sigma > 0`` the weight shrinks to ``gamma (sigma_i / anneal_sigma)^2`` below
+       that level (the denoiser's error falls below the data's noise: the posterior weight);
     3. ``x = x0' + sigma_{i+1} (eta z + sqrt(1 - eta^2) eps_hat)``, ``eps_hat = (x - x0_hat) /
        sigma_i`` (DDIM style); at the last step ``x = x0'``.
 
@@ -38,7 +40,8 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, start, sigma_max, sigm
         s, s_next = sigmas[i], sigmas[i + 1]
         with torch.no_grad():
             x0_hat = denoise(prior, x, s, noise)
-            x0 = op.solve(x0_hat, aty, gamma, iterations=cg_iterations)
+            g = gamma if anneal_sigma == 0 else gamma * min(1.0, (s / anneal_sigma) ** 2)
+            x0 = op.solve(x0_hat, aty, g, iterations=cg_iterations) if g > 0 else x0_hat
             if s_next > 0:
                 eps_hat = (x - x0_hat) / s
                 z = noise.randn(shape, op.dtype, op.device) if eta > 0 else 0.0
@@ -65,6 +68,8 @@ dds = register(Method(
         Param("gamma", float, None, "data weight of (I + gamma A^T A) x = x0_hat + gamma A^T y "
               "(default: (prior_std / noise)^2; inf, the noiseless A^T A x = A^T y, for "
               "noiseless data)", low=0, open_low=True, allow_inf=True),
+        Param("anneal_sigma", float, None, "below this noise level the data weight shrinks like "
+              "sigma^2 (0: a constant weight)", low=0),
         Param("start", str, None, "start from pure noise or from the direct reconstruction "
               "plus noise", STARTS),
         SIGMA_MAX, SIGMA_MIN, SEED,
