@@ -159,7 +159,7 @@ def write_table(out: dict, stem: str, args, keys: list[str]) -> None:
             f"`{json.dumps(p['best'])}`" for p in t.get("passes", [])), "",
                   "| " + " | ".join(keys) + " | PSNR | SSIM | s |",
                   "|---" * (len(keys) + 3) + "|"]
-        lines += ["| " + " | ".join(str(r[k]) for k in keys) +
+        lines += ["| " + " | ".join(str(r.get(k, STARTS[args.method][k])) for k in keys) +
                   f" | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['seconds']} |" for r in t["runs"]]
         lines.append("")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))

@@ -178,6 +178,14 @@ class AdaptingPrior(Prior):
             return True
         return False
 
+    def focus(self, y: torch.Tensor) -> None:
+        """Adapt to ``y`` from now on: the measurement of the slices being reconstructed (a
+        window of a volume, see :mod:`napari_patchdiff.volumes`); the adapter, its optimiser,
+        its history and the held-out split carry on."""
+        self.y = y.to(self.op.device)
+        if self.aty is not None:
+            self.aty = self.op.adjoint(self.y)
+
     @property
     def last_loss(self) -> float | None:
         """The latest training loss per measurement entry (None before the first)."""

@@ -29,20 +29,23 @@ __all__ = ["Truth", "Problem", "Result", "load_truth", "truth_from_array", "simu
 
 def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
           on_event: Callable[[StepEvent], None] | None = None, prior=None, adapt=None,
-          **params) -> Result:
+          batch: int | None = None, overlap: int | None = None, **params) -> Result:
     """Run ``method`` to the end and return the reconstruction with its report.
 
     ``adapt`` (True, or a dict of ``adapt_steps``, ``adapt_rank``, ``adapt_lr``, ...) adapts the
     prior to this measurement while it reconstructs (:mod:`napari_patchdiff.adapt`); the
     adapted prior is ``result.prior`` (``result.prior.save(path)``). If the run is cancelled
     (the token, or Ctrl-C), the exception carries the last completed step as ``exc.partial``
-    (a :class:`Result` whose report says ``"cancelled": True``).
+    (a :class:`Result` whose report says ``"cancelled": True``; for a volume run window by
+    window, ``report["finished_slices"]`` lists the slices done). ``batch``/``overlap``: a
+    volume's window (see :func:`napari_patchdiff.runs.iterate`).
     """
     used = method_params(problem, method, **params)
     prior = resolve_prior(problem, method, prior, adapt)
     t0, last = time.perf_counter(), None
     try:
-        for last in iterate(problem, method, cancel=cancel, prior=prior, **used):
+        for last in iterate(problem, method, cancel=cancel, prior=prior, batch=batch,
+                            overlap=overlap, **used):
             if on_event is not None:
                 on_event(last)
     except (Cancelled, KeyboardInterrupt) as exc:

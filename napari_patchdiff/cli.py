@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--method", default="fbp", choices=SOLVERS.names(),
                      help="reconstruction method (default: fbp; use zero-filled for MRI)")
+    rec.add_argument("--batch", type=int, help="slices per window of a volume (default 8: "
+                     "memory stays that of a window whatever the depth)")
+    rec.add_argument("--overlap", type=int, help="context slices on each side of a window "
+                     "(default 2 when the method couples slices along z, else 0)")
     _problem_options(rec)
     rec.set_defaults(func=cmd_reconstruct)
 
@@ -352,7 +356,8 @@ def cmd_reconstruct(args) -> int:
 
     try:
         result = api.solve(problem, args.method, cancel=CancelToken(), prior=args.prior,
-                           adapt=adapt, on_event=progress, **method_params)
+                           adapt=adapt, on_event=progress, batch=args.batch,
+                           overlap=args.overlap, **method_params)
     except (Cancelled, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:  # keep what was computed, under names that say so
@@ -367,7 +372,8 @@ def cmd_reconstruct(args) -> int:
     r = result.report
     summary = f"{args.method}: {r['seconds']:.2f} s, {r['iterations']} iterations"
     if "psnr" in r:
-        summary += f", PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}"
+        summary += f", PSNR {r['psnr']:.2f} dB"
+        summary += f", SSIM {r['ssim']:.4f}" if r.get("ssim") is not None else ""
     print(summary)
     print(f"wrote {folder.path}/recon.tif, measurement.tif, report.json")
     return 0

@@ -93,6 +93,17 @@ class Problem:
         return hw if self.squeeze else (self.slices, *hw)
 
     @property
+    def volume(self):
+        """The :class:`~napari_patchdiff.solvers.Volume` a method's defaults see (depth and
+        slice spacing in mm, from the truth's metadata when known), or None for one image."""
+        if self.squeeze or self.slices < 2:
+            return None
+        from .solvers import Volume
+
+        spacing = (self.truth.meta.get("spacing") if self.truth is not None else None) or ()
+        return Volume(self.slices, float(spacing[0]) if len(spacing) == 3 else None)
+
+    @property
     def units(self) -> str:
         """Display units of results: the truth's, else the normalised scale."""
         return self.truth.units if self.truth is not None else conventions.UNITS["unit"]

@@ -36,7 +36,7 @@ class Result:
 def method_params(problem: Problem, method: str, **given) -> dict[str, Any]:
     """The parameters ``method`` runs with on ``problem``: the given ones, checked, and the
     defaults for its operator and noise level."""
-    return get_solver(method).resolve(problem.op, problem.noise_std, **given)
+    return get_solver(method).resolve(problem.op, problem.noise_std, problem.volume, **given)
 
 
 def needs_prior(method: str) -> bool:
@@ -81,17 +81,41 @@ def prior_info(prior) -> dict[str, Any]:
 
 
 def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, prior=None,
-            adapt=None, **params) -> Iterator[StepEvent]:
+            adapt=None, batch: int | None = None, overlap: int | None = None,
+            **params) -> Iterator[StepEvent]:
     """The step generator of ``method`` on ``problem`` (``prior``: a name, path or Prior, for
     diffusion methods; ``adapt``: test-time adaptation, see :func:`resolve_prior`; ``params``:
     the method's parameters, the rest take their defaults). With adaptation each event's
-    ``info`` carries ``adapt_loss``, the latest self-supervised loss."""
+    ``info`` carries ``adapt_loss``, the latest self-supervised loss.
+
+    A volume deeper than ``batch`` slices (default :data:`~napari_patchdiff.volumes.VOLUME_BATCH`)
+    runs window by window in bounded memory, with ``overlap`` slices of context (default 2 when
+    the method couples slices along z, else 0); see :mod:`napari_patchdiff.volumes`.
+    """
+    from .volumes import VOLUME_BATCH, iterate_volume
+
     spec = get_solver(method)
     objects = ({"prior": resolve_prior(problem, method, prior, adapt)} if needs_prior(method)
                else resolve_prior(problem, method, prior, adapt) or {})
-    steps = spec(problem.op, problem.y, noise_std=problem.noise_std, cancel=cancel, **objects,
-                 **params)
     adapting = objects.get("prior") if hasattr(objects.get("prior"), "history") else None
+    batch = VOLUME_BATCH if batch is None else int(batch)
+    if problem.volume is None or problem.slices <= batch:
+        steps = spec(problem.op, problem.y, noise_std=problem.noise_std, cancel=cancel,
+                     volume=problem.volume, **objects, **params)
+    else:
+        used = method_params(problem, method, **params)
+        if overlap is None:
+            overlap = 2 if used.get("z_weight") or used.get("tv3d") else 0
+
+        def run(part: Problem, noise):
+            if adapting is not None:
+                adapting.focus(part.y)
+            extra = {"noise_source": noise} if "noise_source" in spec.objects else {}
+            return spec(part.op, part.y, noise_std=part.noise_std, cancel=cancel,
+                        volume=part.volume, **objects, **extra, **params)
+
+        steps = iterate_volume(problem, run, batch=batch, overlap=int(overlap),
+                               seed=int(used.get("seed", 0)), cancel=cancel)
     return steps if adapting is None else _with_adapt_loss(steps, adapting)
 
 
@@ -131,13 +155,18 @@ def make_report(problem: Problem, method: str, params: dict, last: StepEvent, se
         report["prior"] = prior_info(prior)
         if hasattr(prior, "summary"):
             report["adaptation"] = prior.summary()
+    if "window" in last.info:  # a volume run window by window
+        report["finished_slices"] = list(last.info["finished"])
     if problem.truth is not None:
         t = problem.truth
         report.update(modality=t.modality, modality_reason=t.meta.get("modality_reason"),
                       mri_scale=t.scale, metric_data_range=1.0)
         try:  # the reconstruction is worth more than its scores: never lose it to them
-            report.update(psnr=round(metrics.psnr(recon, t.x), 4),
-                          ssim=round(metrics.ssim(recon, t.x), 5))
+            report["psnr"] = round(metrics.psnr(recon, t.x), 4)
+            try:
+                report["ssim"] = round(metrics.ssim(recon, t.x), 5)
+            except InputError:  # images smaller than the SSIM window
+                report["ssim"] = None
             if np.asarray(recon).ndim == 3:
                 report["psnr_per_slice"] = [round(v, 4)
                                             for v in metrics.per_slice_psnr(recon, t.x)]

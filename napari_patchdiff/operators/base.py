@@ -186,21 +186,25 @@ class Operator:
     def solve(self, z: torch.Tensor, aty: torch.Tensor, gamma: float = math.inf, *,
               iterations: int = 0, start: torch.Tensor | None = None,
               penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              coupling: Callable[[torch.Tensor], torch.Tensor] | None = None,
               per_item: bool = True) -> torch.Tensor:
         """The data-consistency solve, the step every data-consistent solver shares:
 
-        ``(P + gamma A^T A) x = z + gamma A^T y``, i.e. ``argmin_x <x, P x>/2 - <x, z> +
-        gamma ||A x - y||^2 / 2``, with ``P = I`` (the point nearest ``z`` that fits the data
-        with weight ``gamma``) unless a symmetric positive definite ``penalty`` ``P`` is given
-        (ADMM-TV's ``D^T D + I``, a coupling along z). ``gamma = inf`` solves the noiseless
-        ``A^T A x = A^T y`` instead (``z`` is then only the default start).
+        ``(P + gamma (A^T A + Q)) x = z + gamma A^T y``, i.e. ``argmin_x <x, P x>/2 - <x, z> +
+        gamma (||A x - y||^2 + <x, Q x>) / 2``, with ``P = I`` (the point nearest ``z`` that
+        fits the data with weight ``gamma``) unless a symmetric positive definite ``penalty``
+        ``P`` is given (ADMM-TV's ``D^T D + I``), and ``Q = 0`` unless a symmetric positive
+        semi-definite ``coupling`` is given, a term weighed like the data (a smoothness penalty
+        along z that couples the slices of a volume). ``gamma = inf`` solves the noiseless
+        ``(A^T A + Q) x = A^T y`` instead (``z`` is then only the default start).
 
         ``aty`` is ``A^T y``, computed once by the caller. ``iterations > 0``: that many
         conjugate-gradient steps from ``start`` (default ``z``): early stopping keeps ``x`` near
         the start (the Krylov regularisation of DDS). ``iterations = 0``: the exact solve, in
         closed form where the operator has one (MRI with a line mask, inpainting, denoising;
-        ``P = I`` only), else by CG to a relative residual of :data:`EXACT_TOLERANCE`.
-        ``per_item = False`` when ``penalty`` couples the batch items (slices of a volume).
+        ``P = I``, ``Q = 0`` only), else by CG to a relative residual of
+        :data:`EXACT_TOLERANCE`. ``per_item = False`` when ``penalty`` or ``coupling`` couples
+        the batch items (slices of a volume).
         """
         if gamma <= 0:
             raise InputError(f"the data weight gamma must be positive, got {gamma}")
@@ -208,15 +212,16 @@ class Operator:
         if noiseless and penalty is not None:
             raise InputError("a penalty needs a finite data weight gamma")
         x0 = z if start is None else start
-        if iterations == 0 and penalty is None:
+        if iterations == 0 and penalty is None and coupling is None:
             exact = self._closed_form_solve(z, aty, gamma)
             if exact is not None:
                 return exact
+        data = self.normal if coupling is None else (lambda v: self.normal(v) + coupling(v))
         if noiseless:
-            apply, b = self.normal, aty
+            apply, b = data, aty
         else:
             reg = (lambda v: v) if penalty is None else penalty
-            apply, b = (lambda v: reg(v) + gamma * self.normal(v)), z + gamma * aty
+            apply, b = (lambda v: reg(v) + gamma * data(v)), z + gamma * aty
         if iterations > 0:
             return conjugate_gradient(apply, b, x0, iterations, per_item)
         bound = EXACT_TOLERANCE * float(b.norm())

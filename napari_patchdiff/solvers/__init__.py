@@ -13,6 +13,7 @@ Classical methods (:mod:`.classical`): ``fbp``, ``zero-filled``, ``adjoint``, ``
 """
 from . import classical, diffusion, tv
 from .defaults import knobs
-from .method import SOLVERS, Method, get_solver, register
+from .method import SOLVERS, Context, Method, Volume, get_solver, register
 
-__all__ = ["SOLVERS", "Method", "get_solver", "register", "knobs", "classical", "diffusion", "tv"]
+__all__ = ["SOLVERS", "Method", "Context", "Volume", "get_solver", "register", "knobs",
+           "classical", "diffusion", "tv"]

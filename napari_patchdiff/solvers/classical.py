@@ -88,13 +88,13 @@ def _cg_run(op, y, *, iterations, damping, start, cancel=None):
             "residual": res, "relative_residual": res / b_norm if b_norm > 0 else 0.0})
 
 
-def _cg_rule(op, noise_std, values, t):
+def _cg_rule(ctx, values, t):
     """``iterations = max(2, round(n / (1 + sigma_x / noise_ref)))`` from the operator's
     noiseless count ``n`` (counts of 1 or 2, for projection-like operators, are kept): CG on the
     normal equations semi-converges on noisy data, so the more noise the earlier it stops."""
     n = t["noiseless_iterations"]
-    if noise_std > 0 and n > 2:
-        n = max(2, int(round(n / (1 + noise_std / math.sqrt(op.norm()) / t["noise_ref"]))))
+    if ctx.noise_std > 0 and n > 2:
+        n = max(2, int(round(n / (1 + ctx.noise_std / math.sqrt(ctx.op.norm()) / t["noise_ref"]))))
     return {"iterations": n}
 
 
@@ -174,7 +174,7 @@ def _admm_run(op, y, *, lam, rho, iterations, cg_iterations, nonneg, tv3d, lam_z
             "tv": float(tv.tv_norm(estimate))})
 
 
-def _admm_rule(op, noise_std, values, t):
+def _admm_rule(ctx, values, t):
     """With ``L = ||A^T A||`` (CT line integrals are in pixel units, so ``L ~ views * H``; MRI,
     blur, inpainting and denoising have ``L ~ 1``, super-resolution by ``f`` has ``1 / f^2``):
 
@@ -189,6 +189,7 @@ def _admm_rule(op, noise_std, values, t):
 
     A ``lam`` given by the caller replaces the default before ``rho`` and ``lam_z`` follow it.
     """
+    op, noise_std = ctx.op, ctx.noise_std
     L = op.norm()
     lam = values.get("lam")
     if lam is None:

@@ -32,8 +32,27 @@ from ..params import NOISE_STD, Param
 from ..registry import Registry
 from .defaults import knobs
 
-__all__ = ["Method", "SOLVERS", "register", "get_solver", "NOISE_STD"]
+__all__ = ["Method", "Context", "Volume", "SOLVERS", "register", "get_solver", "NOISE_STD"]
 
+
+
+@dataclass(frozen=True)
+class Volume:
+    """What a method's defaults may know of a volume: its depth (slices) and the spacing of
+    its slices in mm (None: unknown)."""
+
+    depth: int
+    spacing: float | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method's ``rule`` sees: the operator, the measurement noise std and, for a volume,
+    its :class:`Volume` (None for single images)."""
+
+    op: object
+    noise_std: float
+    volume: Volume | None = None
 
 
 @dataclass(frozen=True)
@@ -46,8 +65,9 @@ class Method:
     run : the algorithm, a generator ``run(op, y, *, cancel, **params, **objects)`` yielding
         :class:`~napari_patchdiff.events.StepEvent` s; ``y`` is already checked.
     params : the user-settable parameters, in the order of ``--help`` and the GUI form.
-    rule : ``rule(op, noise_std, values, tuned) -> dict`` of defaults that depend on the
-        operator, the noise level or other values (``tuned``: the operator's row of knobs).
+    rule : ``rule(context, values, tuned) -> dict`` of defaults that depend on the operator,
+        the noise level, the volume (a :class:`Context`) or other values (``tuned``: the
+        operator's row of knobs).
     objects : keyword arguments that are objects, not parameters (``prior``, ``noise_source``).
     kind : "classical" (no network) or "diffusion" (needs a prior).
     doc : one-line description for menus and ``--help``.
@@ -70,10 +90,12 @@ class Method:
     def names(self) -> list[str]:
         return [p.name for p in self.params]
 
-    def resolve(self, op, noise_std: float = 0.0, **given) -> dict[str, Any]:
-        """The method's parameter values for ``op`` at measurement noise ``noise_std``: the
-        given ones (checked), the rest filled by the tuned table, the rule and the declared
-        defaults (module docstring). InputError for an unknown name or a bad value."""
+    def resolve(self, op, noise_std: float = 0.0, volume: Volume | None = None,
+                **given) -> dict[str, Any]:
+        """The method's parameter values for ``op`` at measurement noise ``noise_std`` (and for
+        a ``volume``, see :class:`Volume`): the given ones (checked), the rest filled by the
+        tuned table, the rule and the declared defaults (module docstring). InputError for an
+        unknown name or a bad value."""
         declared = {p.name: p for p in self.params}
         unknown = sorted(set(given) - set(declared))
         if unknown:
@@ -89,7 +111,8 @@ class Method:
             if p.name not in values and p.default is not None:
                 values[p.name] = p.default
         if self.rule is not None:
-            for name, value in self.rule(op, noise_std, dict(values), tuned).items():
+            context = Context(op, noise_std, volume)
+            for name, value in self.rule(context, dict(values), tuned).items():
                 values.setdefault(name, value)
         missing = [name for name in declared if values.get(name) is None]
         if missing:  # a declaration without a default, tuned value or rule: a bug, not input
@@ -100,11 +123,14 @@ class Method:
         return values
 
     def __call__(self, op, y, *, noise_std: float = 0.0, cancel: CancelToken | None = None,
-                 **kwargs) -> Iterator[StepEvent]:
+                 volume: Volume | None = None, **kwargs) -> Iterator[StepEvent]:
         """Run the method on ``y`` (a measurement batch for ``op``) with its resolved
-        parameters; ``kwargs`` are parameters and the method's ``objects``."""
+        parameters; ``kwargs`` are parameters and the method's ``objects``; ``volume``: the
+        batch is one volume of that depth and spacing (its slices may be coupled)."""
         objects = {k: kwargs.pop(k) for k in self.objects if k in kwargs}
-        params = self.resolve(op, noise_std, **kwargs)
+        if volume is not None and "volume" in self.objects:
+            objects["volume"] = volume
+        params = self.resolve(op, noise_std, volume, **kwargs)
         return self.run(op, op.check_measurement(y), cancel=cancel, **objects, **params)
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gradient", "divergence", "gradient_z", "gradient_z_adjoint", "laplacian_like",
+__all__ = ["gradient", "divergence", "gradient_z", "gradient_z_adjoint", "laplacian_z",
+           "laplacian_like",
            "tv_norm", "shrink_isotropic", "shrink"]
 
 
@@ -39,19 +40,27 @@ def divergence(p: torch.Tensor) -> torch.Tensor:
     return d[:, None]
 
 
-def gradient_z(x: torch.Tensor) -> torch.Tensor:
-    """Forward difference along the batch (slice) axis, zero after the last slice."""
-    g = torch.zeros_like(x)
-    g[:-1] = x[1:] - x[:-1]
-    return g
+def gradient_z(x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+    """Forward difference along the batch (slice) axis, zero after the last slice; with
+    ``depth`` the batch holds volumes of that many slices and no difference crosses them."""
+    v = x.reshape(-1, depth or x.shape[0], *x.shape[1:])
+    g = torch.zeros_like(v)
+    g[:, :-1] = v[:, 1:] - v[:, :-1]
+    return g.reshape(x.shape)
 
 
-def gradient_z_adjoint(q: torch.Tensor) -> torch.Tensor:
+def gradient_z_adjoint(q: torch.Tensor, depth: int | None = None) -> torch.Tensor:
     """Adjoint of :func:`gradient_z` (``q`` of the same shape as the volume)."""
-    a = torch.zeros_like(q)
-    a[:-1] -= q[:-1]
-    a[1:] += q[:-1]
-    return a
+    v = q.reshape(-1, depth or q.shape[0], *q.shape[1:])
+    a = torch.zeros_like(v)
+    a[:, :-1] -= v[:, :-1]
+    a[:, 1:] += v[:, :-1]
+    return a.reshape(q.shape)
+
+
+def laplacian_z(x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+    """``D_z^T D_z x``: the smoothness penalty along z that couples the slices of volumes."""
+    return gradient_z_adjoint(gradient_z(x, depth), depth)
 
 
 def laplacian_like(x: torch.Tensor) -> torch.Tensor:

@@ -130,7 +130,7 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
         yb = y.repeat(len(chunk), *([1] * (y.ndim - 1)))
         last = None
         for last in spec.run(op, yb, prior=prior, noise_source=noise, cancel=cancel, seed=seed,
-                             **used):
+                             volume=problem.volume, **used):
             info = {**last.info, "batch": bi, "samples": list(range(start, start + len(chunk)))}
             if getattr(prior, "last_loss", None) is not None:
                 info["adapt_loss"] = prior.last_loss

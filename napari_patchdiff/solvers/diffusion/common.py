@@ -11,15 +11,24 @@ from ...events import CancelToken
 from ...noise_source import NoiseSource, as_noise_source
 from ...params import SEED, Param
 from ...priors.sampling import edm_sigmas
+from ..tv import laplacian_z
 
-__all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "check_budget", "check_cancel",
-           "denoise", "edm_sigmas", "first_iterate", "grad_residual", "setup"]
+__all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "Z_WEIGHT", "Z_REFERENCE_MM",
+           "check_budget", "check_cancel", "denoise", "edm_sigmas", "first_iterate",
+           "grad_residual", "setup", "z_coupling", "z_weight"]
 
-#: keyword arguments of every sampler that are objects, not parameters
-OBJECTS = ("prior", "noise_source")
+#: keyword arguments of every sampler that are objects, not parameters (``volume``: the batch's
+#: slices form volumes of ``volume.depth`` slices, see :class:`~napari_patchdiff.solvers.Volume`)
+OBJECTS = ("prior", "noise_source", "volume")
 SIGMA_MAX = Param("sigma_max", float, 10.0, "largest noise level of the EDM schedule (images in "
                   "[0, 1])", low=0, open_low=True)
 SIGMA_MIN = Param("sigma_min", float, 0.002, "smallest nonzero noise level", low=0, open_low=True)
+Z_WEIGHT = Param("z_weight", float, None, "smoothness along z coupling the slices of a volume, "
+                 "relative to the data term (0: slice by slice; default: tuned, scaled by the "
+                 "slice spacing)", low=0)
+#: the slice spacing (mm) the tuned z weights refer to; other spacings scale them by
+#: ``(Z_REFERENCE_MM / spacing)^2`` (a finite difference along z shrinks with the spacing)
+Z_REFERENCE_MM = 5.0
 STARTS = ("noise", "initial")
 
 
@@ -69,3 +78,27 @@ def grad_residual(op, y, prior, x, sigma, noise):
         res = torch.linalg.vector_norm(r.reshape(r.shape[0], -1), dim=1)
         (g,) = torch.autograd.grad(res.sum(), xg)
     return d.detach(), res.detach(), g
+
+
+def z_weight(ctx, tuned) -> float:
+    """The default ``z_weight``: 0 for a single image, else the tuned weight at
+    :data:`Z_REFERENCE_MM` scaled by ``(Z_REFERENCE_MM / spacing)^2`` (an unknown spacing is
+    taken as the reference)."""
+    volume = ctx.volume
+    if volume is None or volume.depth < 2:
+        return 0.0
+    spacing = volume.spacing or Z_REFERENCE_MM
+    return float(tuned["z_weight_ref"]) * (Z_REFERENCE_MM / spacing) ** 2
+
+
+def z_coupling(op, weight: float, volume, batch: int) -> dict:
+    """The ``op.solve`` arguments that couple the slices of the batch's volumes by
+    ``weight ||A^T A|| ||D_z x||^2`` (none when ``weight`` is 0 or the batch is one image)."""
+    if weight <= 0 or batch < 2:
+        return {}
+    depth = volume.depth if volume is not None else batch
+    if batch % depth:
+        raise InputError(f"a batch of {batch} images is not a whole number of volumes of "
+                         f"{depth} slices")
+    scale = weight * op.norm()
+    return {"coupling": lambda v: scale * laplacian_z(v, depth), "per_item": False}

@@ -9,12 +9,12 @@ import torch
 from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
-from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, STARTS, check_cancel, denoise,
-                     edm_sigmas, first_iterate, setup)
+from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, STARTS, Z_WEIGHT, check_cancel,
+                     denoise, edm_sigmas, first_iterate, setup, z_coupling, z_weight)
 
 
-def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, start, sigma_max,
-         sigma_min, seed, noise_source=None, cancel=None):
+def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight, start,
+         sigma_max, sigma_min, seed, noise_source=None, volume=None, cancel=None):
     """With ``sigma_0 > ... > sigma_{nfe-1}`` the EDM (rho = 7) schedule from ``sigma_max`` to
     ``sigma_min`` and ``sigma_nfe = 0``, start at ``x = sigma_max z`` (``start = 'initial'``:
     ``op.initial(y) + sigma_max z``, the "come closer, diffuse faster" warm start that lets a
@@ -26,6 +26,8 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, start, s
        early stopping keeps ``x0'`` near the prior's estimate; 0: the exact solve; with
        ``anneal_sigma > 0`` the weight shrinks to ``gamma (sigma_i / anneal_sigma)^2`` below
        that level (the denoiser's error falls below the data's noise: the posterior weight);
+       for a volume, ``z_weight > 0`` adds ``z_weight ||A^T A|| ||D_z x||^2`` to the data term,
+       coupling neighbouring slices (DDS-3D / DiffusionMBIR, quadratic);
     3. ``x = x0' + sigma_{i+1} (eta z + sqrt(1 - eta^2) eps_hat)``, ``eps_hat = (x - x0_hat) /
        sigma_i`` (DDIM style); at the last step ``x = x0'``.
 
@@ -34,6 +36,7 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, start, s
     noise, shape, used = setup(op, y, prior, noise_source, seed)
     sigmas = edm_sigmas(nfe, sigma_min, sigma_max).tolist()
     aty = op.adjoint(y)
+    couple = z_coupling(op, z_weight, volume, shape[0])
     x = first_iterate(op, y, start, sigma_max, noise, shape)
     for i in range(nfe):
         check_cancel(cancel, x)
@@ -41,7 +44,7 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, start, s
         with torch.no_grad():
             x0_hat = denoise(prior, x, s, noise)
             g = gamma if anneal_sigma == 0 else gamma * min(1.0, (s / anneal_sigma) ** 2)
-            x0 = op.solve(x0_hat, aty, g, iterations=cg_iterations) if g > 0 else x0_hat
+            x0 = op.solve(x0_hat, aty, g, iterations=cg_iterations, **couple) if g > 0 else x0_hat
             if s_next > 0:
                 eps_hat = (x - x0_hat) / s
                 z = noise.randn(shape, op.dtype, op.device) if eta > 0 else 0.0
@@ -51,11 +54,13 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, start, s
         yield StepEvent(i + 1, nfe, x, x0_hat, nfe=used(), info={"sigma": s})
 
 
-def _rule(op, noise_std, values, tuned):
+def _rule(ctx, values, tuned):
     """``gamma = (prior_std / noise_std)^2``: the Gaussian posterior mean when the prior's
     estimate has error std ``prior_std`` per pixel (a tuned assumption); ``inf`` (the noiseless
     formulation) for noiseless data."""
-    return {"gamma": math.inf if noise_std == 0 else (tuned["prior_std"] / noise_std) ** 2}
+    out = {"gamma": math.inf if ctx.noise_std == 0 else (tuned["prior_std"] / ctx.noise_std) ** 2}
+    out["z_weight"] = z_weight(ctx, tuned)
+    return out
 
 
 dds = register(Method(
@@ -70,6 +75,7 @@ dds = register(Method(
               "noiseless data)", low=0, open_low=True, allow_inf=True),
         Param("anneal_sigma", float, None, "below this noise level the data weight shrinks like "
               "sigma^2 (0: a constant weight)", low=0),
+        Z_WEIGHT,
         Param("start", str, None, "start from pure noise or from the direct reconstruction "
               "plus noise", STARTS),
         SIGMA_MAX, SIGMA_MIN, SEED,

@@ -13,7 +13,8 @@ from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, check_cancel, edm_sigm
                      first_iterate, grad_residual, setup)
 
 
-def _dps(op, y, *, prior, nfe, zeta, sigma_max, sigma_min, seed, noise_source=None, cancel=None):
+def _dps(op, y, *, prior, nfe, zeta, sigma_max, sigma_min, seed, noise_source=None, volume=None,
+         cancel=None):
     """Per step at ``sigma = sigma_i``: ``x0_hat = D(x, sigma)``, ``g = grad_x ||y - A x0_hat||``
     (autograd through the denoiser, per item); the ancestral step of the variance-exploding
     process ``x' = x0_hat + (s'^2 / s^2)(x - x0_hat) + s' sqrt(1 - s'^2 / s^2) z``
@@ -39,11 +40,11 @@ def _dps(op, y, *, prior, nfe, zeta, sigma_max, sigma_min, seed, noise_source=No
                         info={"sigma": s, "residual": float(torch.linalg.vector_norm(res))})
 
 
-def _rule(op, noise_std, values, tuned):
+def _rule(ctx, values, tuned):
     """``zeta = zeta_rel / sqrt(||A^T A||)``: the step on the gradient of the *norm*
     ``||y - A D(x)||`` is scale-free in ``y`` but scales like ``1 / sqrt(L)`` with the operator
     (DPS's normalised step does not depend on the noise)."""
-    return {"zeta": tuned["zeta_rel"] / math.sqrt(op.norm())}
+    return {"zeta": tuned["zeta_rel"] / math.sqrt(ctx.op.norm())}
 
 
 dps = register(Method(

@@ -14,7 +14,7 @@ from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, check_budget, check_ca
 
 
 def _langevin(op, y, *, prior, nfe, inner, epsilon, data_std, sigma_max, sigma_min, seed,
-              noise_source=None, cancel=None):
+              noise_source=None, volume=None, cancel=None):
     """At each of the ``nfe / inner`` levels ``s`` of the EDM schedule, ``inner`` steps of
 
     ``x <- x + alpha score + sqrt(2 alpha) z``, ``score = (D(x, s) - x) / s^2 + A^T (y - A x) /
@@ -55,7 +55,7 @@ langevin = register(Method(
         Param("data_std", float, None, "noise std the likelihood assumes (default: the noise, at "
               "least 1e-3)", low=0, open_low=True),
         SIGMA_MAX, SIGMA_MIN, SEED,
-    ), rule=lambda op, noise_std, values, tuned: {"data_std": max(noise_std, 1e-3)},
+    ), rule=lambda ctx, values, tuned: {"data_std": max(ctx.noise_std, 1e-3)},
     objects=OBJECTS, kind="diffusion", sampler=True, check=check_budget,
     doc="annealed Langevin with the Gaussian likelihood (calibrated in the limit; 1000 "
         "evaluations)"))

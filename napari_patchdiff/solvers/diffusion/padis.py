@@ -15,7 +15,7 @@ from .common import (OBJECTS, SEED, SIGMA_MAX, check_budget, check_cancel, edm_s
 
 
 def _padis(op, y, *, prior, nfe, inner, zeta, sigma_max, sigma_min, seed, noise_source=None,
-           cancel=None):
+           volume=None, cancel=None):
     """EDM (rho = 7) schedule of ``nfe / inner`` noise levels from ``sigma_max`` to
     ``sigma_min``; start at ``x = sigma_max z``; at each level ``sigma``, ``inner`` iterations of
 

@@ -9,17 +9,18 @@ import torch
 from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
-from .common import OBJECTS, SEED, check_cancel, denoise, setup
+from .common import OBJECTS, SEED, Z_WEIGHT, check_cancel, denoise, setup, z_coupling, z_weight
 
 
-def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_std, seed,
-              noise_source=None, cancel=None):
+def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_std, z_weight,
+              seed, noise_source=None, volume=None, cancel=None):
     """For ``min_x ||y - A x||^2 / (2 data_std^2) + R(x)`` with the split ``x = z`` and penalty
     ``1 / sigma^2``, start at ``x = z = op.initial(y)``, ``u = 0`` and per iteration at the level
     ``sigma_k`` (geometric from ``sigma_start`` to ``sigma_end`` over ``nfe`` iterations):
 
     1. ``x = op.solve(z - u, A^T y, gamma)``, ``gamma = (sigma_k / data_std)^2``:
-       ``cg_iterations`` CG steps warm-started at the previous ``x`` (0: exact);
+       ``cg_iterations`` CG steps warm-started at the previous ``x`` (0: exact); for a volume
+       with ``z_weight > 0`` a smoothness term along z joins the data term (see DDS);
     2. ``z = D(x + u, sigma_k)``;
     3. ``u <- u + x - z``.
 
@@ -32,6 +33,7 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
     noise, shape, used = setup(op, y, prior, noise_source, seed)
     ratio = (sigma_end / sigma_start) ** (1.0 / max(nfe - 1, 1))
     aty = op.adjoint(y)
+    couple = z_coupling(op, z_weight, volume, shape[0])
     with torch.no_grad():
         x = op.initial(y).to(op.dtype).expand(shape).clone()
     z, u = x.clone(), torch.zeros_like(x)
@@ -39,19 +41,21 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
         check_cancel(cancel, z)
         s = sigma_start * ratio**k
         with torch.no_grad():
-            x = op.solve(z - u, aty, (s / data_std) ** 2, iterations=cg_iterations, start=x)
+            x = op.solve(z - u, aty, (s / data_std) ** 2, iterations=cg_iterations, start=x,
+                         **couple)
             z = denoise(prior, x + u, s, noise)
             u = u + x - z
         yield StepEvent(k + 1, nfe, z, z, nfe=used(), info={"sigma": s})
 
 
-def _rule(op, noise_std, values, tuned):
+def _rule(ctx, values, tuned):
     """``data_std = data_scale * max(noise_std, noise_floor * sqrt(||A^T A||))``: the
     measurement noise, or for (nearly) noiseless data a floor at ``noise_floor`` on the image
     scale (measurement noise scales like ``sqrt(L)``), so the data term never dwarfs the prior
     (a floor in measurement units, 1e-3, lost 11 dB on noiseless 20-view CT)."""
-    floor = tuned["noise_floor"] * math.sqrt(op.norm())
-    return {"data_std": tuned["data_scale"] * max(noise_std, floor)}
+    floor = tuned["noise_floor"] * math.sqrt(ctx.op.norm())
+    return {"data_std": tuned["data_scale"] * max(ctx.noise_std, floor),
+            "z_weight": z_weight(ctx, tuned)}
 
 
 pnp_admm = register(Method(
@@ -65,7 +69,7 @@ pnp_admm = register(Method(
               low=0),
         Param("data_std", float, None, "noise std of the data term (default: data_scale times "
               "the noise, at least a floor for noiseless data)", low=0, open_low=True),
-        SEED,
+        Z_WEIGHT, SEED,
     ), rule=_rule,
     objects=OBJECTS, kind="diffusion",
     doc="plug-and-play ADMM with the prior's denoiser as the proximal step (50 evaluations)"))

@@ -1,0 +1,216 @@
+"""Volumes: slices coupled along z, per-orientation quality, time and memory with depth
+-> benchmarks/results/volumes.md / .json
+
+    python benchmarks/volumes.py [--tasks KEY ...] [--rows ROW ...] [--memory] [--redo] [--table]
+    python benchmarks/volumes.py --tune-z   (the z weight on the validation volume)
+
+Quality: the lung test volume (lung2 slices 50-60, 256 x 256, 5 mm apart) under limited-angle
+CT (90 and 120 degrees, 60 views) and sparse-view CT (8 and 20 views), noise 0.2, and the brain2
+volume (23 slices, 6.5 mm) under 4x MRI (noise 0.005); PSNR / SSIM per axial slice, per sagittal
+and per coronal plane (DiffusionBlend's tables). Rows: ADMM-TV slice by slice (2D) and with TV
+along z (3D), DDS slice by slice and z-coupled (the shipped CT / MRI priors, 50 evaluations).
+The slab prior row is absent: no slab prior is shipped (see the README). Memory: seconds and
+peak resident memory of DDS (z-coupled, a few evaluations, 64 x 64 slices of a synthetic stack)
+at depths 16, 64 and 256, each in its own process. ``--tune-z`` chooses the z weight on the
+validation volume lung2 40-49 (limited angle 90) and prints the runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common import RESULTS, ct_slices, machine, mri_slices
+
+JSON = RESULTS / "volumes.json"
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Task:
+    key: str
+    data: str
+    operator: str
+    params: dict = field(default_factory=dict)
+    noise: float = 0.0
+    spacing: float = 5.0
+
+
+TASKS = (
+    Task("CT limited 90", "lung", "ct-parallel", {"views": 60, "angular_range": 90.0}, 0.2),
+    Task("CT limited 120", "lung", "ct-parallel", {"views": 60, "angular_range": 120.0}, 0.2),
+    Task("CT 8 views", "lung", "ct-parallel", {"views": 8}, 0.2),
+    Task("CT 20 views", "lung", "ct-parallel", {"views": 20}, 0.2),
+    Task("MRI 4x", "brain2", "mri-cartesian", {"acceleration": 4}, 0.005, 6.5),
+)
+ROWS = {
+    "ADMM-TV 2D": ("admm-tv", {}),
+    "ADMM-TV 3D": ("admm-tv", {"tv3d": True}),
+    "DDS slice by slice": ("dds", {"z_weight": 0.0}),
+    "DDS z-coupled": ("dds", {}),
+}
+
+
+def volume(task: Task) -> np.ndarray:
+    return mri_slices("brain2") if task.data == "brain2" else ct_slices(list(range(50, 61)))
+
+
+def orientations(recon: np.ndarray, truth: np.ndarray) -> dict:
+    """Mean PSNR / SSIM over axial slices, sagittal and coronal planes."""
+    from napari_patchdiff.errors import InputError
+    from napari_patchdiff.metrics import per_slice_psnr, per_slice_ssim
+
+    out = {}
+    for name, axes in (("axial", (0, 1, 2)), ("coronal", (1, 0, 2)), ("sagittal", (2, 0, 1))):
+        a, b = np.transpose(recon, axes), np.transpose(truth, axes)
+        keep = b.reshape(b.shape[0], -1).max(axis=1) > 0  # planes that hold the object
+        out[f"psnr_{name}"] = float(np.mean(per_slice_psnr(a[keep], b[keep])))
+        try:
+            out[f"ssim_{name}"] = float(np.mean(per_slice_ssim(a[keep], b[keep])))
+        except InputError:  # planes thinner than the SSIM window
+            out[f"ssim_{name}"] = None
+    return out
+
+
+def run_cell(task: Task, row: str) -> dict:
+    from napari_patchdiff import api
+
+    x = volume(task)
+    truth = api.truth_from_array(x, {"spacing": (task.spacing, 1.0, 1.0)}, modality="unit")
+    problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0, **task.params)
+    method, params = ROWS[row]
+    kw = {"prior": "mri" if task.data == "brain2" else "ct"} if method == "dds" else {}
+    t0 = time.perf_counter()
+    result = api.solve(problem, method, **kw, **params)
+    out = orientations(result.recon, x)
+    out.update(seconds=time.perf_counter() - t0, slices=int(x.shape[0]),
+               z_weight=result.report["method_params"].get("z_weight"))
+    return out
+
+
+def memory_child(depth: int) -> dict:
+    """DDS (z-coupled, 4 evaluations) on a synthetic stack of ``depth`` 64 x 64 slices."""
+    import resource
+
+    import torch
+
+    from napari_patchdiff import api
+    from napari_patchdiff.phantoms import phantom_slices
+
+    torch.set_num_threads(1)
+    x = phantom_slices(depth, (64, 64), seed=3)
+    truth = api.truth_from_array(x, {"spacing": (5.0, 1.0, 1.0)}, modality="unit")
+    problem = api.simulate(truth, "ct-parallel", noise_std=0.2, seed=0, views=20)
+    t0 = time.perf_counter()
+    api.solve(problem, "dds", prior="ct", nfe=4, z_weight=0.1)
+    return {"seconds": time.perf_counter() - t0,
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "volume_mib": x.nbytes / 2**20}
+
+
+def tune_z() -> None:
+    from napari_patchdiff import api
+
+    x = ct_slices(list(range(40, 50)))
+    truth = api.truth_from_array(x, {"spacing": (5.0, 1.0, 1.0)}, modality="unit")
+    problem = api.simulate(truth, "ct-parallel", noise_std=0.2, seed=0, views=60,
+                           angular_range=90.0)
+    runs = {}
+    for w in (0.0, 0.01, 0.03, 0.1, 0.3):
+        r = api.solve(problem, "dds", prior="ct", z_weight=w)
+        runs[w] = orientations(r.recon, x)
+        print(w, {k: round(v, 3) for k, v in runs[w].items() if v is not None}, flush=True)
+    (RESULTS / "volumes_z_tuning.json").write_text(json.dumps(
+        {str(k): v for k, v in runs.items()}, indent=1) + "\n")
+
+
+def table(data: dict) -> None:
+    cells = data.get("cells", {})
+    lines = ["# Volumes: coupled along z, quality per orientation, memory with depth", "",
+             "Generated by `python benchmarks/volumes.py` (do not edit by hand); raw numbers in "
+             "volumes.json.", f"Machine: {data.get('machine', '?')}.", "",
+             "Lung test volume (lung2 50-60, 11 slices of 256 x 256, 5 mm apart; noise 0.2) and "
+             "brain2 (23 slices, 6.5 mm; noise 0.005). Cells: PSNR (dB) / SSIM averaged over "
+             "the axial slices, the coronal and the sagittal planes that hold the object "
+             "(SSIM needs 11 rows: the lung volume's planes have exactly that many); seconds per "
+             "volume on one CPU thread. The z-coupled DDS weight comes from `--tune-z` on lung2 "
+             "40-49 (5 mm), scaled by (5 mm / spacing)^2 for other spacings.", "",
+             "| task | row | axial | coronal | sagittal | s / volume |",
+             "|---|---|---|---|---|---|"]
+
+    def fmt(c, o):
+        s = c.get(f"ssim_{o}")
+        return f"{c[f'psnr_{o}']:.2f}" + (f" / {s:.3f}" if s is not None else "")
+
+    for task in TASKS:
+        for row in ROWS:
+            c = cells.get(f"{task.key} | {row}")
+            if c is not None:
+                lines.append(f"| {task.key} | {row} | {fmt(c, 'axial')} | {fmt(c, 'coronal')} | "
+                             f"{fmt(c, 'sagittal')} | {c['seconds']:.0f} |")
+    mem = data.get("memory", {})
+    if mem:
+        lines += ["", "Time and peak memory with depth (DDS z-coupled, 4 evaluations, 64 x 64 "
+                  "slices of a synthetic stack, windows of 8 slices with 2 of overlap, each "
+                  "depth in its own process):", "",
+                  "| depth | seconds | peak resident MiB | volume MiB |", "|---|---|---|---|"]
+        for depth, m in sorted(mem.items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {depth} | {m['seconds']:.1f} | {m['peak_mib']:.0f} | "
+                         f"{m['volume_mib']:.1f} |")
+    (RESULTS / "volumes.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'volumes.md'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="*", default=[t.key for t in TASKS])
+    ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--memory", action="store_true", help="the memory columns only")
+    ap.add_argument("--tune-z", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--redo", action="store_true")
+    ap.add_argument("--table", action="store_true")
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(memory_child(args.child)))
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.tune_z:
+        tune_z()
+        return
+    data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
+    if not args.table:
+        data["machine"] = machine()
+        if args.memory:
+            data["memory"] = {}
+            for depth in (16, 64, 256):
+                proc = subprocess.run([sys.executable, str(HERE / "volumes.py"), "--child",
+                                       str(depth)], stdout=subprocess.PIPE, text=True, check=True)
+                data["memory"][str(depth)] = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(depth, data["memory"][str(depth)], flush=True)
+                JSON.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        else:
+            for task in [t for t in TASKS if t.key in args.tasks]:
+                for row in args.rows:
+                    key = f"{task.key} | {row}"
+                    if key in data["cells"] and not args.redo:
+                        continue
+                    data["cells"][key] = run_cell(task, row)
+                    print(key, {k: round(v, 3) for k, v in data["cells"][key].items()
+                                if isinstance(v, float)}, flush=True)
+                    JSON.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    table(data)
+
+
+if __name__ == "__main__":
+    main()
