@@ -161,15 +161,17 @@ def make_report(problem: Problem, method: str, params: dict, last: StepEvent, se
         t = problem.truth
         report.update(modality=t.modality, modality_reason=t.meta.get("modality_reason"),
                       mri_scale=t.scale, metric_data_range=1.0)
+        scores: dict[str, Any] = {}
         try:  # the reconstruction is worth more than its scores: never lose it to them
-            report["psnr"] = round(metrics.psnr(recon, t.x), 4)
+            scores["psnr"] = round(metrics.psnr(recon, t.x), 4)
             try:
-                report["ssim"] = round(metrics.ssim(recon, t.x), 5)
+                scores["ssim"] = round(metrics.ssim(recon, t.x), 5)
             except InputError:  # images smaller than the SSIM window
-                report["ssim"] = None
+                scores["ssim"] = None
             if np.asarray(recon).ndim == 3:
-                report["psnr_per_slice"] = [round(v, 4)
+                scores["psnr_per_slice"] = [round(v, 4)
                                             for v in metrics.per_slice_psnr(recon, t.x)]
+            report.update(scores)  # all scores or none: never a PSNR without its SSIM
         except MemoryError:
             report["metrics_skipped"] = "out of memory while computing PSNR/SSIM"
     return report
