@@ -26,7 +26,8 @@ CASES = {
     "phantom": ("CT 20 views, lung2 slice 47, phantom prior", "ct-parallel", {"views": 20}, 0.2,
                 "phantom"),
 }
-SETTINGS = [None, {"steps": 1}, {"steps": 1, "lr": 1e-4}, {"steps": 2, "lr": 3e-3}]
+SETTINGS = [None, {"steps": 1}, {"steps": 1, "lr": 1e-4}, {"steps": 2, "lr": 3e-3},
+            {"steps": 4, "lr": 3e-3}]
 
 
 def image(case: str):
@@ -37,7 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--methods", nargs="*", default=["dds", "pnp-admm"],
+                    choices=["dds", "pnp-admm"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--redo", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = RESULTS / "adapt_tuning.json"
@@ -49,11 +53,14 @@ def main() -> None:
         problem = api.simulate(api.truth_from_array(x, modality="unit"), operator,
                                noise_std=noise, seed=0, **params)
         prior = load_prior(prior_name)
-        data["runs"][f"{label} | ADMM-TV"] = {"psnr": api.solve(problem, "admm-tv")
-                                              .report["psnr"]}
-        for method in ("dds", "pnp-admm"):
+        if f"{label} | ADMM-TV" not in data["runs"]:
+            data["runs"][f"{label} | ADMM-TV"] = {"psnr": api.solve(problem, "admm-tv")
+                                                  .report["psnr"]}
+        for method in args.methods:
             for setting in SETTINGS:
                 key = f"{label} | {method} | {json.dumps(setting)}"
+                if key in data["runs"] and not args.redo:
+                    continue
                 t0 = time.perf_counter()
                 r = api.solve(problem, method, prior=prior, adapt=setting)
                 a = r.report.get("adaptation") or {}

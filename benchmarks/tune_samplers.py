@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from common import CT_VAL, EXTRA_TASKS, MRI_VAL, RESULTS, TASKS, machine, val_slices
+from common import CT_VAL, EXTRA_TASKS, MRI_VAL, RESULTS, TASKS, machine, mri_slices, val_slices
 from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
 from napari_patchdiff.solvers.defaults import overridden
@@ -98,6 +98,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--start", type=json.loads, default=None,
                         help="starting point as JSON (a second pass starts from the first's best)")
+    parser.add_argument("--mri-val", default=None, metavar="VOLUME:SLICE",
+                        help="the MRI validation slice instead of brain1 15, e.g. brain2:2 (the "
+                        "other scan; results go to a file with the volume in its name)")
     parser.add_argument("--params", nargs="*", default=None,
                         help="parameters to search, in this order (default: all of the grid)")
     args = parser.parse_args()
@@ -110,6 +113,11 @@ def main() -> None:
     prior = load_prior(args.prior, device=args.device)
     prefix = PREFIX[args.method]
     stem = f"{prefix}_tuning" + ("" if args.prior == "ct" else f"_{Path(args.prior).stem}")
+    mri_val = None
+    if args.mri_val:
+        volume, index = args.mri_val.split(":")
+        mri_val = (volume, int(index))
+        stem += f"_{volume}"
     out = {"machine": machine(args.device), "method": args.method, "prior": str(args.prior),
            "prior_steps": prior.metadata.get("steps"), "nfe": args.nfe, "tasks": {}}
     previous = {}
@@ -121,7 +129,8 @@ def main() -> None:
     for task in TASKS + EXTRA_TASKS:
         if task.key not in args.tasks:
             continue
-        x = val_slices(task)
+        x = (mri_slices(mri_val[0], [mri_val[1]]) if mri_val and task.data == "mri"
+             else val_slices(task))
         best, runs, cache = dict(start), [], {}
         for r in previous.get(task.key, {}).get("runs", []):
             cfg = {k: r.get(k, STARTS[args.method][k]) for k in grid}
@@ -148,11 +157,12 @@ def main() -> None:
 
 def write_table(out: dict, stem: str, args, keys: list[str]) -> None:
     lines = [f"# {args.method} tuning on validation slices", "",
-             f"`python benchmarks/tune_samplers.py --method {args.method} --prior {args.prior}` "
+             f"`python benchmarks/tune_samplers.py --method {args.method} --prior {args.prior}"
+             f"{' --mri-val ' + args.mri_val if args.mri_val else ''}` "
              f"({out['machine']}); prior trained {out['prior_steps']} steps; {args.nfe} "
-             f"evaluations; validation slices only (CT: lung2 {CT_VAL[0]}, MRI: brain1 {MRI_VAL[0]}); "
-             "coordinate "
-             "search, one parameter at a time.", ""]
+             f"evaluations; validation slices only (CT: lung2 {CT_VAL[0]}, MRI: "
+             f"{args.mri_val.replace(':', ' ') if args.mri_val else f'brain1 {MRI_VAL[0]}'}); "
+             "coordinate search, one parameter at a time.", ""]
     for key, t in out["tasks"].items():
         lines += [f"## {key}", "", f"best: `{json.dumps(t['best'])}`", "", "Passes: " + "; ".join(
             f"from `{json.dumps(p['start'])}` over {', '.join(p['params'])} -> "
