@@ -14,8 +14,12 @@ The CLI and the napari widgets are thin layers over the same functions::
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from .errors import InputError
 from .events import Cancelled, CancelToken, StepEvent
 from .problem import (Problem, Truth, from_measurement, load_measurement, load_truth, simulate,
                       truth_from_array)
@@ -23,8 +27,9 @@ from .runs import (Result, iterate, make_report, method_params, needs_prior, res
                    result_of)
 
 __all__ = ["Truth", "Problem", "Result", "load_truth", "truth_from_array", "simulate",
-           "from_measurement", "load_measurement", "method_params", "needs_prior", "resolve_prior", "iterate",
-           "solve", "sample", "train", "make_report"]
+           "from_measurement", "load_measurement", "method_params", "needs_prior", "resolve_prior",
+           "iterate",
+           "solve", "sample", "calibrate", "train", "make_report"]
 
 
 def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
@@ -66,6 +71,52 @@ def sample(problem: Problem, method: str = "dds", prior=None, samples: int = 8,
     from .uncertainty import run_ensemble
 
     return run_ensemble(problem, method, prior=prior, samples=samples, design=design, **kwargs)
+
+
+def calibrate(truth: Truth, operator: str, *, prior, method: str = "dds", samples: int = 8,
+              design: str = "iid", noise_std: float = 0.0, slices=None, seed: int = 0,
+              device="cpu", on_event: Callable | None = None, source: str = "",
+              operator_params: dict | None = None, **params):
+    """Calibrate the per-pixel intervals of ``method``'s ensembles on held-out images.
+
+    ``truth`` is a volume (or one image) the prior never saw; each of ``slices`` (default: all)
+    gets a simulated measurement (``operator`` with ``operator_params``, ``noise_std``, seed
+    ``seed + slice``) and an ensemble of ``samples`` draws (``params``: the method's parameters,
+    as for :func:`sample`); the split-conformal factors come from all their pixels together
+    (see :mod:`napari_patchdiff.uncertainty.calibration`). Returns the
+    :class:`~napari_patchdiff.uncertainty.calibration.Calibration`; save it with
+    ``json.dumps(cal.to_dict())`` and pass the file as ``calibration=`` to :func:`sample` (or
+    ``--calibration`` on the command line).
+    """
+    from .priors import load_prior
+    from .uncertainty import run_ensemble
+    from .uncertainty.calibration import fit_calibration, shaping_params
+
+    x = np.asarray(truth.x)
+    stack = x[None] if x.ndim == 2 else x
+    chosen = list(range(stack.shape[0])) if slices is None else [int(i) for i in slices]
+    bad = [i for i in chosen if not 0 <= i < stack.shape[0]]
+    if bad or not chosen:
+        raise InputError(f"slices {bad or chosen} are not in the volume's {stack.shape[0]} slices")
+    prior = load_prior(prior, device=device) if isinstance(prior, (str, Path)) else prior
+    ensembles, truths, first = [], [], None
+    for i in chosen:
+        one = Truth(x=stack[i], modality=truth.modality, scale=truth.scale, meta=truth.meta)
+        problem = simulate(one, operator, noise_std=noise_std, seed=seed + i, device=device,
+                           **(operator_params or {}))
+        res = run_ensemble(problem, method, prior=prior, samples=samples, design=design,
+                           seed=seed + i, calibration=None, on_event=on_event, **params)
+        ensembles.append(res.samples)
+        truths.append(stack[i])
+        first = first or (problem, res)
+    problem, res = first
+    meta = getattr(prior, "metadata", {}) or {}
+    return fit_calibration(
+        ensembles, truths, prior=str(meta.get("name", prior)), operator=problem.op.describe(),
+        noise_std=noise_std, method=method,
+        method_params=shaping_params(method_params(problem, method, **params)), design=design,
+        images=[f"{truth.meta.get('source', 'truth')} slice {i}" for i in chosen],
+        source=source, prior_created=str(meta.get("created") or ""))
 
 
 def train(volumes, out, config=None, *, bin: int = 1, cancel: CancelToken | None = None,

@@ -27,6 +27,7 @@ from .events import Cancelled, CancelToken, StepEvent
 from .problem import Problem
 from .runs import make_report, method_params, needs_prior, to_array
 from .uncertainty import Accumulator, SampleEvent, default_batch, ensemble
+from .uncertainty.calibration import resolve_calibration
 
 __all__ = ["UpdateKind", "Update", "Pace", "ReconJob", "TrainJob", "recon_updates",
            "train_updates", "to_units", "devices", "error_message"]
@@ -54,8 +55,9 @@ class Update:
     image : the current estimate in display units (the truth's units when known).
     metrics : live values (psnr, ssim against the truth; loss when training).
     samples : the finished samples so far (N, ...), display units.
-    maps : ensemble summaries in display units: mean, std, lower, upper and (antithetic, at
-        least 3 pairs) the per-pixel within-pair correlation.
+    maps : ensemble summaries in display units: mean, std, "lower/upper (sample quantile)",
+        "lower/upper (calibrated)" where a calibration applies, and (antithetic, at least 3
+        pairs) the per-pixel within-pair correlation.
     report : provenance (the run's report / the ensemble summary; prior metadata).
     prior : with test-time adaptation, the adapted prior (``prior.save(path)``), in the final
         update.
@@ -91,6 +93,7 @@ class ReconJob:
     level: float = 0.9  # credible level of the lower/upper bounds
     interval: float = 0.25  # seconds between streamed estimates
     adapt: Any = None  # test-time adaptation: None, True or a dict of its parameters
+    calibration: Any = "auto"  # per-pixel bounds: "auto", None or a calibration file
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,10 @@ def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> I
     batch = job.batch or default_batch(job.samples, problem.slices, job.design)
     runs = math.ceil(job.samples / batch)
     truth = problem.truth.x if problem.truth is not None else None
-    acc, t0 = Accumulator(job.design), time.perf_counter()
+    calibration = resolve_calibration(job.calibration, problem=problem, method=job.method,
+                                      prior=prior, params=used, samples=job.samples,
+                                      level=job.level)
+    acc, t0 = Accumulator(job.design, *calibration), time.perf_counter()
     last, pos, tot = None, 0, 0
 
     def update(kind: UpdateKind) -> Update:
@@ -244,8 +250,12 @@ def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> I
         s = acc.summary(truth, level=job.level) if last is not None else None
         if s is None:
             return Update(kind, pos, tot, samples=samples, text=f"{len(acc)} samples")
-        maps = {"mean": to_units(problem, s.mean), "std": to_units(problem, s.std, shift=False),
-                "lower": to_units(problem, s.lower), "upper": to_units(problem, s.upper)}
+        maps = {"mean": to_units(problem, s.mean), "std": to_units(problem, s.std, shift=False)}
+        if s.calibrated:
+            maps.update({"lower (calibrated)": to_units(problem, s.lower),
+                         "upper (calibrated)": to_units(problem, s.upper)})
+        maps.update({"lower (sample quantile)": to_units(problem, s.lower_quantile),
+                     "upper (sample quantile)": to_units(problem, s.upper_quantile)})
         if s.pair_correlation is not None and acc.usable >= 6:  # 2 pairs: +-1 everywhere
             maps["pair correlation"] = s.pair_correlation
         report = make_report(problem, job.method, used, last, time.perf_counter() - t0, s.mean,

@@ -10,17 +10,36 @@ Randomness that must *not* be negated (the random grid shift of the PaDIS patch 
 from :attr:`NoiseSource.prior_generator`, a separate generator seeded from the same seed and
 identical in both members of a pair.
 
+``NoiseSource(seed, group=m, member=j)`` (``m`` even) is member ``j`` of a randomised
+quasi-Monte Carlo group: an antithetic Latin hypercube. At every scalar of every draw the ``m``
+members share one sign ``s`` and ``m / 2`` magnitudes Latin-hypercube stratified in the
+half-normal distribution (``|z_i| = Phi^{-1}((1 + u_i) / 2)``, ``u_i = (pi_i + v_i) / (m / 2)``
+with ``pi`` a random permutation of the strata and ``v_i`` uniform jitter); members ``2i`` and
+``2i + 1`` take ``+s |z_i|`` and ``-s |z_i|``. Each member is marginally exactly N(0, 1), so every
+sample is a valid posterior sample; the group's noise sums to zero at every scalar (like an
+antithetic pair) and its magnitudes are stratified (which antithetic pairs leave to chance).
+Groups with different seeds are independent replicates, so a statistic's confidence interval is
+computed over group means (``group=2`` has one stratum: an antithetic pair). Every member regenerates its group's numbers from the shared seed, so
+members may run in any batch and order.
+
 Draws are made on the CPU in float64 and then moved to ``device``/``dtype``, so a seed gives
 the same numbers on every device (up to the final rounding to ``dtype``).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 from .errors import InputError
 
-__all__ = ["NoiseSource", "StackedNoise", "sample_seed", "as_noise_source"]
+__all__ = ["DESIGNS", "GROUP", "NoiseSource", "StackedNoise", "sample_seed", "as_noise_source"]
+
+#: ensemble noise designs (see :mod:`napari_patchdiff.uncertainty.ensemble`)
+DESIGNS = ("iid", "antithetic", "rqmc")
+#: samples that belong together in each design: one, a pair, a quasi-Monte Carlo group
+GROUP = {"iid": 1, "antithetic": 2, "rqmc": 4}
 
 #: offset between the seed of the Gaussian stream and that of the prior's generator
 _PRIOR_SEED_OFFSET = 0x5DEECE66D
@@ -44,9 +63,14 @@ class NoiseSource:
     """
 
     def __init__(self, seed: int = 0, antithetic: bool = False, device="cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, *, group: int = 1, member: int = 0):
         self.seed = int(seed)
         self.antithetic = bool(antithetic)
+        self.group, self.member = int(group), int(member)
+        if self.group != 1 and (self.group < 2 or self.group % 2):
+            raise ValueError(f"a quasi-Monte Carlo group has an even size >= 2, got {group}")
+        if not 0 <= self.member < self.group:
+            raise ValueError(f"member {member} is not in a group of {group}")
         self.device = torch.device(device)
         self.dtype = dtype
         self._gen = torch.Generator().manual_seed(self.seed)
@@ -58,7 +82,8 @@ class NoiseSource:
     def randn(self, shape, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
         """Standard normal tensor of ``shape`` (negated if ``antithetic``)."""
         shape = tuple(int(s) for s in shape)
-        z = torch.randn(shape, generator=self._gen, dtype=torch.float64)
+        z = (torch.randn(shape, generator=self._gen, dtype=torch.float64) if self.group == 1
+             else self._group_draw(shape))
         if self.antithetic:
             z = -z
         self.draws += 1
@@ -66,12 +91,27 @@ class NoiseSource:
         return z.to(device=self.device if device is None else device,
                     dtype=self.dtype if dtype is None else dtype)
 
+    def _group_draw(self, shape) -> torch.Tensor:
+        """This member's share of one antithetic Latin-hypercube draw of the group."""
+        k = self.group // 2
+        keys = torch.rand((k, *shape), generator=self._gen, dtype=torch.float64)
+        jitter = torch.rand((k, *shape), generator=self._gen, dtype=torch.float64)
+        sign = torch.rand(shape, generator=self._gen, dtype=torch.float64) < 0.5
+        i = self.member // 2
+        stratum = (keys < keys[i]).sum(0).to(torch.float64)  # rank of i: a random permutation
+        u = (stratum + jitter[i]) / k
+        mag = math.sqrt(2.0) * torch.erfinv(u.clamp(max=1 - 1e-16))  # Phi^{-1}((1 + u) / 2)
+        positive = sign if self.member % 2 == 0 else ~sign
+        return torch.where(positive, mag, -mag)
+
     def twin(self) -> "NoiseSource":
         """A fresh source with the same seed and the opposite ``antithetic`` flag."""
-        return NoiseSource(self.seed, not self.antithetic, self.device, self.dtype)
+        return NoiseSource(self.seed, not self.antithetic, self.device, self.dtype,
+                           group=self.group, member=self.member)
 
     def __repr__(self) -> str:
-        return (f"NoiseSource(seed={self.seed}, antithetic={self.antithetic}, "
+        group = f", group={self.group}, member={self.member}" if self.group > 1 else ""
+        return (f"NoiseSource(seed={self.seed}, antithetic={self.antithetic}{group}, "
                 f"device={self.device}, dtype={self.dtype})")
 
 

@@ -109,7 +109,9 @@ def write_reconstruction(folder: Path, problem: Problem, result, partial: bool =
 
 def write_ensemble(folder: Path, problem: Problem, result, method: str, prior,
                    partial: bool = False) -> list:
-    """``samples``/``mean``/``std``/``lower``/``upper`` (+ ``pair_correlation``) TIFFs in the
+    """``samples``/``mean``/``std``/``lower``/``upper`` (the calibrated bounds where a
+    calibration applied, with the sample quantiles as ``lower_quantile``/``upper_quantile``;
+    else the sample quantiles; each file's metadata says which) (+ ``pair_correlation``) TIFFs in the
     truth's units, ``measurement.tif``, ``report.json`` and (with a truth) ``calibration.png``;
     ``_partial`` names after a cancel. Returns the names written."""
     sfx = _suffix(partial)
@@ -123,12 +125,21 @@ def write_ensemble(folder: Path, problem: Problem, result, method: str, prior,
     arrays = {"samples": to_units(result.samples), "mean": to_units(result.mean),
               "std": result.std * scale, "lower": to_units(result.lower),
               "upper": to_units(result.upper)}
+    interval = result.report.get("interval", {"kind": "sample quantiles"})
+    if interval["kind"] == "calibrated":  # the raw quantiles under their own names
+        arrays.update(lower_quantile=to_units(result.lower_quantile),
+                      upper_quantile=to_units(result.upper_quantile))
     if result.pair_correlation is not None:
         arrays["pair_correlation"] = result.pair_correlation
     names = []
     for name, arr in arrays.items():
+        extra = {}
+        if name in ("lower", "upper"):
+            extra = {"interval": interval["kind"], "level": result.report["level"]}
+        elif name.endswith("_quantile"):
+            extra = {"interval": "sample quantiles", "level": result.report["level"]}
         io.write_tiff(folder / f"{name}{sfx}.tif", np.asarray(arr, dtype=np.float32),
-                      {**meta, "quantity": name,
+                      {**meta, "quantity": name, **extra,
                        "units": "correlation" if name == "pair_correlation" else units})
         names.append(f"{name}{sfx}.tif")
     y = problem.y.detach().cpu().numpy()[:, 0]
@@ -139,7 +150,8 @@ def write_ensemble(folder: Path, problem: Problem, result, method: str, prior,
         from .uncertainty import calibration_figure
 
         calibration_figure(report["calibration"], folder / f"calibration{sfx}.png",
-                           title=f"{method}, {report['samples']} samples ({report['design']})")
+                           title=f"{method}, {report['samples']} samples ({report['design']})",
+                           after=report.get("calibration_calibrated"))
         names.append(f"calibration{sfx}.png")
     write_report(folder / f"report{sfx}.json", report)
     names.append(f"report{sfx}.json")

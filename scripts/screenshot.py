@@ -28,7 +28,7 @@ from napari_patchdiff._qt.scripting import open_viewer
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "napari_window.png"
 OUT_3D = OUT.with_name("napari_volume_3d.png")
-SHOWN = ("CT lung (HU)", "initial (fbp)", "samples", "mean", "std", "upper")
+SHOWN = ("CT lung (HU)", "initial (fbp)", "samples", "mean", "std", "upper (sample quantile)")
 
 
 def main() -> None:

@@ -293,7 +293,7 @@ def test_sample_writes_the_ensemble_and_its_report(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--samples", 3, "--noise-design", "antithetic"], "even"),
+    (["--samples", 3, "--noise-design", "antithetic"], "multiple of 2"),
     (["--roi", "300:310,0:5"], "empty"),
     (["--samples", 1], "at least two"),
 ])

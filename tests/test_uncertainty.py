@@ -186,7 +186,9 @@ def test_samples_stream_one_by_one_and_cancel_keeps_finished_pairs():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(samples=3, design="antithetic"), "even"),
+    (dict(samples=3, design="antithetic"), "multiple of 2"),
+    (dict(samples=6, design="rqmc"), "multiple of 4"),
+    (dict(samples=8, design="rqmc", batch=6), "batch"),
     (dict(samples=4, design="sobol"), "noise design"),
     (dict(samples=0), "positive"),
     (dict(samples=4, design="antithetic", batch=3), "batch"),

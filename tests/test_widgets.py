@@ -124,8 +124,10 @@ def test_antithetic_sampling_streams_samples_and_summaries(session, tiny_prior):
     assert [u.kind for u in updates].count("sample") == 2  # after each pair but the last
     layers = session.viewer.layers
     assert layers["samples"].data.shape == (6, 1, 64, 64)  # sample axis first, at slice 1
-    for name in ("mean", "std", "lower", "upper", "pair correlation"):
+    for name in ("mean", "std", "lower (sample quantile)", "upper (sample quantile)",
+                 "pair correlation"):
         assert layers[name].data.shape == (64, 64), name
+    assert "lower (calibrated)" not in layers  # no calibration fits the tiny prior
     assert "dds" not in layers  # the stream layer is replaced by the ensemble
     r = layers["std"].metadata
     assert r["design"] == "antithetic" and r["samples"] == 6 and "coverage" in r

@@ -4,8 +4,8 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QLabel, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel,
+                            QPushButton, QVBoxLayout, QWidget)
 
 from .. import api
 from ..adapt import ADAPT_PARAMS, ADAPTATION
@@ -25,8 +25,10 @@ class ReconstructWidget(QWidget):
     """Run a method on the current problem in a thread worker and stream the results.
 
     One run: the estimate streams into the layer named after the method. Several samples of a
-    diffusion method: layers "samples" (sample axis first), "mean", "std", "lower", "upper" and,
-    antithetic, "pair correlation" update as samples finish. PSNR/SSIM against the truth update
+    diffusion method: layers "samples" (sample axis first), "mean", "std", "lower (sample
+    quantile)", "upper (sample quantile)", "lower (calibrated)" and "upper (calibrated)" where a
+    calibration applies (the "bounds" field), and, antithetic, "pair correlation" update as
+    samples finish. PSNR/SSIM against the truth update
     live; result layers carry the run's report in ``layer.metadata``. A cancelled run keeps its
     last estimate as "<method> (cancelled)".
     """
@@ -52,7 +54,16 @@ class ReconstructWidget(QWidget):
         self.samples_box = spin(1, 1024, 1)
         self.samples_box.setToolTip("posterior samples (diffusion methods): mean, std, bounds")
         self.design_box = combo(DESIGNS)
-        self.design_box.setToolTip("iid noise, or antithetic pairs (negated noise)")
+        self.design_box.setToolTip("iid noise, antithetic pairs (negated noise), or rqmc groups of "
+                                   "4 (an antithetic Latin hypercube)")
+        self.calibration_box = QComboBox()
+        self.calibration_box.setEditable(True)
+        self.calibration_box.addItems(["auto", "none"])
+        self.calibration_box.setToolTip(
+            "per-pixel bounds of an ensemble: auto = calibrated where a shipped calibration fits "
+            "this prior, operator, noise, method and ensemble size (else the sample quantiles); "
+            "none = the sample quantiles; or the path of a calibration.json written by "
+            "`napari-patchdiff calibrate`")
         self.batch_box = spin(0, 1024, 0, "auto")
         self.batch_box.setToolTip("samples per sampler run (auto: about 8 slices at once)")
         self.adapt_box = QCheckBox("adapt the prior to this measurement")
@@ -75,6 +86,7 @@ class ReconstructWidget(QWidget):
         form.addRow("device", self.device_box)
         form.addRow("samples", self.samples_box)
         form.addRow("noise design", self.design_box)
+        form.addRow("bounds", self.calibration_box)
         form.addRow("batch", self.batch_box)
         form.addRow(self.adapt_box)
         form.addRow(self.adapt_form)
@@ -110,7 +122,7 @@ class ReconstructWidget(QWidget):
             self.method_box.setCurrentText("admm-tv")  # comes back through _set_method
             return
         sampler = SOLVERS.get(method).sampler
-        for w in (self.samples_box, self.design_box, self.batch_box):
+        for w in (self.samples_box, self.design_box, self.batch_box, self.calibration_box):
             w.setEnabled(sampler)
         self.adapt_box.setEnabled(diffusion)
         self.adapt_form.setEnabled(diffusion and self.adapt_box.isChecked())
@@ -131,9 +143,10 @@ class ReconstructWidget(QWidget):
     def configure(self, method: str | None = None, seed: int | None = None,
                   device: str | None = None, samples: int | None = None,
                   design: str | None = None, batch: int | None = None, adapt=None,
-                  **params) -> None:
+                  calibration: str | None = None, **params) -> None:
         """Set the inputs as a user would (``params``: the method's parameters; ``adapt``: True
-        or a dict of adaptation parameters switches test-time adaptation on, False off)."""
+        or a dict of adaptation parameters switches test-time adaptation on, False off;
+        ``calibration``: "auto", "none" or a calibration file)."""
         if method is not None:
             SOLVERS.get(method)
             if api.needs_prior(method) and not self.state.prior:
@@ -149,6 +162,8 @@ class ReconstructWidget(QWidget):
                 box.setValue(int(value))
         if design is not None:
             self.design_box.setCurrentText(design)
+        if calibration is not None:
+            self.calibration_box.setCurrentText(str(calibration))
         if adapt is not None:
             self.adapt_box.setChecked(bool(adapt))
             self.adapt_form.set_values(adapt if isinstance(adapt, dict) else {})
@@ -169,7 +184,12 @@ class ReconstructWidget(QWidget):
                         batch=self.batch_box.value() or None,
                         prior=self.state.prior if diffusion else None, interval=self.interval,
                         adapt=((self.adapt_form.values() or True)
-                               if diffusion and self.adapt_box.isChecked() else None))
+                               if diffusion and self.adapt_box.isChecked() else None),
+                        calibration=self._calibration())
+
+    def _calibration(self):
+        text = self.calibration_box.currentText().strip() or "auto"
+        return None if text == "none" else text
 
     def run(self):
         """Start a run (no-op while one runs); the worker, or None after showing the error."""
@@ -225,7 +245,8 @@ class ReconstructWidget(QWidget):
         if u.samples is not None:
             self._show("samples", u.samples, report, stack=True, contrast_limits=limits)
         for key, data in (u.maps or {}).items():
-            kw = {"contrast_limits": limits} if key in ("mean", "lower", "upper") else {}
+            kw = ({"contrast_limits": limits} if key == "mean" or key.startswith(("lower", "upper"))
+                  else {})
             if key == "std":
                 kw = {"colormap": "magma"}
             elif key == "pair correlation":

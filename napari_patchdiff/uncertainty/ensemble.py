@@ -1,4 +1,4 @@
-"""Posterior ensembles from any sampler under an iid or antithetic noise design.
+"""Posterior ensembles from any sampler under an iid, antithetic or rqmc noise design.
 
 :func:`ensemble` draws ``N`` posterior samples from a registered diffusion sampler and streams
 each as it finishes; :class:`Accumulator` collects them (keeping antithetic pairs whole when a
@@ -11,6 +11,10 @@ Noise designs (antithetic sampling for diffusion models: Jia et al., arXiv 2506.
   its negation ``NoiseSource(s_j, antithetic=True)``: initial noise and every injected noise are
   negated, by the noise source, so no sampler has special code. Both members of a pair run in
   the same batch and see the same patch shifts.
+* ``rqmc``: group ``j`` = samples ``4j .. 4j + 3`` draw from ``NoiseSource(s_j, group=4,
+  member=i)``: an antithetic Latin hypercube (randomised quasi-Monte Carlo; see
+  :mod:`napari_patchdiff.noise_source`). The group's noise sums to zero like a pair's and its
+  magnitudes are stratified; groups are independent replicates.
 
 Samples are batched: one sampler run draws ``batch`` samples (times the slices of a volume) at
 once through a :class:`~napari_patchdiff.noise_source.StackedNoise`. The same seed, design and
@@ -27,17 +31,17 @@ import numpy as np
 
 from ..errors import InputError
 from ..events import Cancelled, CancelToken, StepEvent
-from ..noise_source import NoiseSource, StackedNoise, sample_seed
+from ..noise_source import DESIGNS, GROUP, NoiseSource, StackedNoise, sample_seed
 from ..problem import Problem
 from ..runs import method_params, resolve_prior
 from ..solvers import SOLVERS, get_solver
+from .calibration import resolve_calibration
 from .regions import roi_mask
 from .summaries import EnsembleResult, check_level, summarise
 
-__all__ = ["DESIGNS", "BATCH_SLICES", "SampleEvent", "Accumulator", "default_batch", "ensemble",
+__all__ = ["DESIGNS", "GROUP", "BATCH_SLICES", "SampleEvent", "Accumulator", "default_batch", "ensemble",
            "run_ensemble"]
 
-DESIGNS = ("iid", "antithetic")
 #: default number of image slices per sampler run (samples x slices)
 BATCH_SLICES = 8
 
@@ -47,7 +51,8 @@ class SampleEvent:
     """One finished posterior sample.
 
     ``index`` is 0-based out of ``total``; ``sample`` is (H, W) or (D, H, W) on the normalised
-    scale; ``pair``/``member`` say which antithetic pair and which member (None for iid);
+    scale; ``pair``/``member`` say which antithetic pair or rqmc group and which member (None
+    for iid);
     ``nfe`` counts the network evaluations of the ensemble so far (one per batched call).
     """
 
@@ -70,7 +75,17 @@ def _streams(samples: int, design: str, seed: int) -> list[tuple[int, bool, int 
     """(seed, antithetic, pair, member) of each sample."""
     if design == "iid":
         return [(sample_seed(seed, k), False, None, None) for k in range(samples)]
-    return [(sample_seed(seed, k // 2), bool(k % 2), k // 2, k % 2) for k in range(samples)]
+    if design == "antithetic":
+        return [(sample_seed(seed, k // 2), bool(k % 2), k // 2, k % 2) for k in range(samples)]
+    m = GROUP[design]
+    return [(sample_seed(seed, k // m), False, k // m, k % m) for k in range(samples)]
+
+
+def _source(design: str, seed: int, antithetic: bool, member: int | None, device,
+            dtype) -> NoiseSource:
+    if design == "rqmc":
+        return NoiseSource(seed, False, device, dtype, group=GROUP[design], member=member)
+    return NoiseSource(seed, antithetic, device, dtype)
 
 
 def _check_design(samples: int, design: str) -> None:
@@ -78,17 +93,18 @@ def _check_design(samples: int, design: str) -> None:
         raise InputError(f"unknown noise design {design!r}; choose one of: {', '.join(DESIGNS)}")
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise InputError(f"the number of samples must be a positive integer, got {samples!r}")
-    if design == "antithetic" and samples % 2:
-        raise InputError(f"the antithetic design draws pairs: the number of samples must be even, "
-                         f"got {samples}")
+    m = GROUP[design]
+    if samples % m:
+        what = "pairs" if design == "antithetic" else f"groups of {m}"
+        raise InputError(f"the {design} design draws {what}: the number of samples must be a "
+                         f"multiple of {m}, got {samples}")
 
 
 def default_batch(samples: int, slices: int, design: str) -> int:
-    """Samples per sampler run: about :data:`BATCH_SLICES` slices, whole pairs when antithetic."""
+    """Samples per sampler run: about :data:`BATCH_SLICES` slices, whole pairs or groups."""
     b = max(1, min(samples, BATCH_SLICES // max(1, slices)))
-    if design == "antithetic":
-        b = max(2, b - b % 2)
-    return b
+    m = GROUP.get(design, 1)
+    return max(m, b - b % m)
 
 
 def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: str = "iid",
@@ -115,16 +131,17 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
     used.pop("seed", None)
     d = problem.slices  # slices of one sample
     batch = default_batch(samples, d, design) if batch is None else int(batch)
-    if batch < 1 or (design == "antithetic" and batch % 2):
-        raise InputError(f"batch must be a positive (even, for antithetic pairs) number of "
-                         f"samples, got {batch}")
+    if batch < 1 or batch % GROUP[design]:
+        raise InputError(f"batch must be a positive number of samples (a multiple of "
+                         f"{GROUP[design]} for the {design} design), got {batch}")
     streams = _streams(samples, design, seed)
     op, y = problem.op, problem.y
     nfe0 = int(getattr(prior, "nfe", 0))
     t0 = time.perf_counter()
     for bi, start in enumerate(range(0, samples, batch)):
         chunk = streams[start:start + batch]
-        noise = StackedNoise([NoiseSource(s, a, op.device, op.dtype) for s, a, _, _ in chunk],
+        noise = StackedNoise([_source(design, s, a, m, op.device, op.dtype)
+                              for s, a, _, m in chunk],
                              [d] * len(chunk), prior_seed=sample_seed(seed, 10**6 + bi),
                              device=op.device, dtype=op.dtype)
         yb = y.repeat(len(chunk), *([1] * (y.ndim - 1)))
@@ -149,13 +166,14 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
 class Accumulator:
     """The finished samples of an ensemble, as they arrive.
 
-    :attr:`usable` is how many can be summarised: all of them for iid, whole pairs only for the
-    antithetic design (a lone member would bias the pair-mean estimators), so a run stopped
-    early keeps every complete pair and nothing else.
+    :attr:`usable` is how many can be summarised: all of them for iid, whole pairs or groups
+    only for the antithetic and rqmc designs (a lone member would bias the group-mean
+    estimators), so a run stopped early keeps every complete pair or group and nothing else.
     """
 
-    def __init__(self, design: str) -> None:
+    def __init__(self, design: str, calibration=None, interval_note: str = "sample quantiles"):
         self.design = design
+        self.calibration, self.interval_note = calibration, interval_note
         self.samples: list[np.ndarray] = []
         self.nfe = 0
 
@@ -169,7 +187,7 @@ class Accumulator:
     @property
     def usable(self) -> int:
         n = len(self.samples)
-        return n - n % 2 if self.design == "antithetic" else n
+        return n - n % GROUP[self.design]
 
     def stack(self, usable_only: bool = True) -> np.ndarray:
         """The samples ``(N, ...)`` (the usable ones, or all that arrived)."""
@@ -179,28 +197,35 @@ class Accumulator:
         """:func:`summarise` of the usable samples, or None if fewer than two."""
         if self.usable < 2:
             return None
-        return summarise(self.stack(), self.design, truth, roi, level)
+        return summarise(self.stack(), self.design, truth, roi, level, self.calibration,
+                         self.interval_note)
 
 
 def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: str = "iid",
                  batch: int | None = None, seed: int = 0, roi=None, level: float = 0.9,
                  cancel: CancelToken | None = None,
                  on_event: Callable[[Any], None] | None = None, adapt=None,
-                 **params) -> EnsembleResult:
+                 calibration="auto", **params) -> EnsembleResult:
     """Run :func:`ensemble` to the end and summarise it (with the truth if known).
 
+    ``calibration`` chooses the per-pixel bounds (see
+    :func:`~napari_patchdiff.uncertainty.calibration.resolve_calibration`): ``"auto"`` uses a
+    shipped calibration where one applies, else the sample quantiles.
+
     On a cancel the exception carries ``exc.partial``: the summary of the samples finished so far
-    (whole pairs for antithetic), or None if fewer than two.
+    (whole pairs or groups), or None if fewer than two.
     """
     if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples < 2:
         raise InputError(f"an ensemble summary needs at least two samples, got {samples}")
     level = check_level(level)  # everything the summary needs is checked before sampling
     if roi is not None:
         roi_mask(roi, problem.image_shape)
-    acc = Accumulator(design)
     t0 = time.perf_counter()
     truth = problem.truth.x if problem.truth is not None else None
     prior = resolve_prior(problem, method, prior, adapt)
+    acc = Accumulator(design, *resolve_calibration(
+        calibration, problem=problem, method=method, prior=prior,
+        params=method_params(problem, method, **params), samples=samples, level=level))
     try:
         for ev in ensemble(problem, method, prior=prior, samples=samples, design=design,
                            batch=batch, seed=seed, cancel=cancel, **params):

@@ -10,13 +10,12 @@ import numpy as np
 
 from .. import metrics
 from ..errors import InputError
+from ..noise_source import GROUP
+from .calibration import LEVELS, calibrated_bounds, calibration_curve, std_coverage
 from .regions import region_note, roi_mask
 
-__all__ = ["LEVELS", "EnsembleResult", "summarise", "check_level", "pair_correlation", "region_interval",
-           "calibration_curve", "calibration_figure"]
-
-#: nominal levels of the calibration curve
-LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+__all__ = ["LEVELS", "EnsembleResult", "summarise", "check_level", "pair_correlation",
+           "region_interval", "calibration_curve", "calibration_figure"]
 
 
 def check_level(level) -> float:
@@ -53,10 +52,11 @@ def region_interval(values: np.ndarray, design: str, level: float = 0.9) -> dict
     """Confidence interval of the posterior mean of a scalar statistic from its per-sample
     ``values``, right for the design.
 
-    ``iid``: mean +- t_{n-1} sd / sqrt(n). ``antithetic``: the pair means ``g_j`` are iid, so
-    mean +- t_{m-1} sd(g) / sqrt(m) over the ``m`` pairs. ``variance_reduction`` estimates how
-    many times smaller the estimator's variance is than that of ``n`` iid samples
-    (``var(f) / (2 var(g))`` = ``1 / (1 + rho)``), with ``rho`` the within-pair correlation.
+    ``iid``: mean +- t_{n-1} sd / sqrt(n). ``antithetic`` and ``rqmc``: the means ``g_j`` of
+    the pairs (of the groups of 4) are iid, so mean +- t_{m-1} sd(g) / sqrt(m) over the ``m``
+    pairs or groups. ``variance_reduction`` estimates how many times smaller the estimator's
+    variance is than that of ``n`` iid samples (``var(f) / n / se^2``; for pairs
+    ``1 / (1 + rho)``, with ``rho`` the within-pair correlation).
     """
     f = np.asarray(values, dtype=np.float64)
     n = f.size
@@ -69,16 +69,24 @@ def region_interval(values: np.ndarray, design: str, level: float = 0.9) -> dict
         se = f.std(ddof=1) / math.sqrt(n)
         dof = n - 1
     else:
-        g = 0.5 * (f[0::2] + f[1::2])
+        size = GROUP.get(design)
+        if size is None:
+            raise InputError(f"unknown noise design {design!r}")
+        if n % size:
+            raise InputError(f"the {design} design needs whole groups of {size} samples, got {n}")
+        g = f.reshape(-1, size).mean(axis=1)
         m = g.size
         if m < 2:
-            raise InputError("an antithetic confidence interval needs at least two pairs")
+            what = "pairs" if size == 2 else f"groups of {size}"
+            raise InputError(f"an {design} confidence interval needs at least two {what}")
         se = g.std(ddof=1) / math.sqrt(m)
         dof = m - 1
         var_f = f.var(ddof=1)
-        out["pair_means"] = g.tolist()
-        out["within_pair_correlation"] = (float(np.corrcoef(f[0::2], f[1::2])[0, 1])
-                                          if f[0::2].std() > 0 and f[1::2].std() > 0 else 0.0)
+        out["pair_means" if size == 2 else "group_means"] = g.tolist()
+        if size == 2:
+            out["within_pair_correlation"] = (float(np.corrcoef(f[0::2], f[1::2])[0, 1])
+                                              if f[0::2].std() > 0 and f[1::2].std() > 0
+                                              else 0.0)
         out["variance_reduction"] = (float(var_f / n / se**2) if se > 0 else math.inf)
     half = _t_quantile(q, dof) * se
     out.update(std_error=float(se), half_width=float(half), lower=float(f.mean() - half),
@@ -86,30 +94,21 @@ def region_interval(values: np.ndarray, design: str, level: float = 0.9) -> dict
     return out
 
 
-def calibration_curve(samples: np.ndarray, truth: np.ndarray, levels=LEVELS) -> dict[str, float]:
-    """Empirical coverage of the central per-pixel credible intervals at each nominal level:
-    the fraction of pixels whose true value lies between the sample quantiles
-    ``(1 - level) / 2`` and ``(1 + level) / 2``."""
-    truth = np.asarray(truth, dtype=np.float64)
-    out = {}
-    for lev in levels:
-        lo = np.quantile(samples, (1 - lev) / 2, axis=0)
-        hi = np.quantile(samples, (1 + lev) / 2, axis=0)
-        out[f"{lev:g}"] = float(((truth >= lo) & (truth <= hi)).mean())
-    return out
-
-
-def calibration_figure(curve: dict[str, float], path, title: str = "") -> None:
-    """Save nominal against empirical coverage (the diagonal is perfect calibration) as a PNG."""
+def calibration_figure(curve: dict[str, float], path, title: str = "",
+                       after: dict[str, float] | None = None) -> None:
+    """Save nominal against empirical coverage (the diagonal is perfect calibration) as a PNG:
+    ``curve`` for the sample-quantile intervals and, if given, ``after`` for the calibrated
+    ones."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    nominal = [float(k) for k in curve]
     fig = Figure(figsize=(4, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, label="calibrated")
-    ax.plot(nominal, list(curve.values()), "o-", label="measured")
+    for label, c in (("sample quantiles", curve), ("calibrated intervals", after)):
+        if c:
+            ax.plot([float(k) for k in c], list(c.values()), "o-", label=label)
     ax.set(xlabel="nominal coverage of central intervals", ylabel="empirical coverage",
            xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(loc="upper left")
@@ -137,14 +136,28 @@ class EnsembleResult:
     upper: np.ndarray
     pair_correlation: np.ndarray | None
     report: dict[str, Any] = field(default_factory=dict)
+    #: the sample-quantile bounds; ``lower``/``upper`` are these unless a calibration applied
+    lower_quantile: np.ndarray | None = None
+    upper_quantile: np.ndarray | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.report.get("interval", {}).get("kind") == "calibrated"
 
 
 def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None = None,
-              roi: np.ndarray | None = None, level: float = 0.9) -> EnsembleResult:
-    """Mean, per-pixel std (ddof 1), central ``level`` credible bounds (sample quantiles),
+              roi: np.ndarray | None = None, level: float = 0.9, calibration=None,
+              interval_note: str = "sample quantiles") -> EnsembleResult:
+    """Mean, per-pixel std (ddof 1), central ``level`` bounds: the calibrated
+    ``mean +- q std`` when ``calibration`` (a
+    :class:`~napari_patchdiff.uncertainty.calibration.Calibration`) is given and covers at
+    least as many samples, else the sample quantiles (kept as ``lower_quantile`` /
+    ``upper_quantile`` either way; ``report["interval"]`` says which),
     within-pair correlation (antithetic, >= 3 pairs), the region mean's confidence interval, and
     with ``truth``: PSNR/SSIM of the mean, ``coverage`` (fraction of pixels whose truth lies in
-    the quantile interval), ``coverage_predictive`` (the same for the small-sample-exact interval
+    the reported interval), ``coverage_quantiles`` (in the quantile interval),
+    ``calibration_calibrated`` (coverage of the calibrated intervals per level),
+    ``coverage_predictive`` (the same for the small-sample-exact interval
     ``mean +- t sd sqrt(1 + 1/n)``) and the calibration curve."""
     s = np.asarray(samples, dtype=np.float32)
     if s.shape[0] < 2:
@@ -158,6 +171,18 @@ def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None
     rho = pair_correlation(s64) if design == "antithetic" and n_pairs >= 3 else None
     report: dict[str, Any] = {"design": design, "samples": int(s.shape[0]), "level": level,
                               "mean_std": float(std.mean())}
+    q_lower, q_upper = lower, upper
+    if calibration is not None and s.shape[0] < calibration.samples:
+        interval_note = (f"sample quantiles: {s.shape[0]} samples are fewer than the "
+                         f"calibration's {calibration.samples}")
+        calibration = None
+    if calibration is not None:
+        lower, upper = calibrated_bounds(mean, std, calibration, level)
+        report["interval"] = {"kind": "calibrated", "factor": calibration.factor(level),
+                              "floor": calibration.floor, "note": interval_note,
+                              "calibration": calibration.describe()}
+    else:
+        report["interval"] = {"kind": "sample quantiles", "note": interval_note}
     if rho is not None:
         report["within_pair_correlation_mean"] = float(rho.mean())
     if roi is not None:
@@ -177,12 +202,18 @@ def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None
         report.update(psnr_mean=metrics.psnr(mean, t),
                       psnr_samples=[metrics.psnr(x, t) for x in s64],
                       coverage=float(((t >= lower) & (t <= upper)).mean()),
+                      coverage_quantiles=float(((t >= q_lower) & (t <= q_upper)).mean()),
                       coverage_predictive=_predictive_coverage(s64, t, level),
                       calibration=calibration_curve(s64, t),
                       abs_error_mean=float(np.abs(mean - t).mean()))
+        if calibration is not None:
+            report["calibration_calibrated"] = {
+                k: std_coverage(s64, t, float(q), calibration.floor)
+                for k, q in calibration.factors.items()}
         if roi is not None:
             truth_roi = float(t[roi_mask(roi, t.shape)].mean())
             report["roi"]["truth"] = truth_roi
     f32 = np.float32
     return EnsembleResult(s, mean.astype(f32), std.astype(f32), lower.astype(f32),
-                          upper.astype(f32), None if rho is None else rho.astype(f32), report)
+                          upper.astype(f32), None if rho is None else rho.astype(f32), report,
+                          q_lower.astype(f32), q_upper.astype(f32))
