@@ -1,12 +1,15 @@
 """Posterior ensembles on real CT -> benchmarks/results/uncertainty.md / .json / uncertainty.png.
 
-    python benchmarks/uncertainty.py [--prior ct] [--slices 50 55 60] [--samples 8] [--nfe 25]
+    python benchmarks/uncertainty.py [--prior ct] [--slices 50 55 60] [--samples 16] [--nfe 25]
+                                     [--designs iid antithetic rqmc]
 
 20-view parallel-beam CT (noise 0.2) of held-out test slices, reconstructed by DDS with the
-shipped patch prior. For each slice two ensembles of ``--samples`` samples at EQUAL network
-evaluations: iid and antithetic (pairs z / -z over the whole noise stream). Reported per design:
-the 90% confidence-interval half-width of the mean intensity of fixed regions (boxes inside the
-body), the ratio antithetic / iid, the estimated variance reduction and within-pair correlation,
+shipped patch prior. For each slice one ensemble of ``--samples`` samples per noise design, at
+EQUAL network evaluations: iid, antithetic (pairs z / -z over the whole noise stream) and rqmc
+(groups of 4: an antithetic Latin hypercube). Reported per design: the 90% confidence-interval
+half-width of the mean intensity of fixed regions (boxes inside the body; each design's own
+interval: t over samples, pair means or group means), its ratio to iid, the estimated variance
+reduction and within-pair correlation,
 the per-pixel within-pair correlation, the PSNR of the ensemble mean, and the coverage of the
 per-pixel 90% intervals (sample quantiles, and the small-sample mean +- t sd sqrt(1 + 1/n)).
 The figure shows samples, mean, std and absolute error of the first slice.
@@ -57,7 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prior", default="ct")
     parser.add_argument("--slices", type=int, nargs="+", default=[50, 55, 60])
-    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--designs", nargs="+", default=["iid", "antithetic", "rqmc"])
     parser.add_argument("--nfe", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -65,8 +69,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prior = load_prior(args.prior, device=args.device)
-    out = {"machine": machine(args.device), "prior": args.prior, "prior_steps": prior.metadata.get("steps"),
-           "samples": args.samples, "nfe": args.nfe, "noise": NOISE, "boxes": BOXES, "slices": {}}
+    out = {"machine": machine(args.device), "prior": args.prior,
+           "prior_steps": prior.metadata.get("steps"), "samples": args.samples, "nfe": args.nfe,
+           "noise": NOISE, "boxes": BOXES, "designs": args.designs, "slices": {}}
     figure_data = None
     for sl in args.slices:
         x = ct_slices([sl])[0]
@@ -74,7 +79,7 @@ def main() -> None:
         problem = api.simulate(truth, "ct-parallel", noise_std=NOISE, seed=0, views=20,
                                device=args.device)
         row = {}
-        for design in ("iid", "antithetic"):
+        for design in args.designs:
             res, cis = run_design(problem, prior, design, args)
             r = res.report
             row[design] = {
@@ -83,19 +88,22 @@ def main() -> None:
                 "coverage_predictive": r["coverage_predictive"], "calibration": r["calibration"],
                 "mean_std": r["mean_std"], "nfe": r["nfe"], "seconds": r["wall_s"],
                 "half_widths": [c["half_width"] for c in cis],
+                "std_errors": [c["std_error"] for c in cis],
                 "roi_estimates": [c["estimate"] for c in cis],
                 "roi_truth": [float(x[b[0]:b[1], b[2]:b[3]].mean()) for b in BOXES],
             }
+            if design != "iid":
+                row[design]["variance_reduction"] = [c["variance_reduction"] for c in cis]
             if design == "antithetic":
                 row[design]["pixel_pair_correlation"] = r["within_pair_correlation_mean"]
                 row[design]["roi_pair_correlation"] = [c["within_pair_correlation"] for c in cis]
-                row[design]["variance_reduction"] = [c["variance_reduction"] for c in cis]
             if figure_data is None and design == "iid":
                 figure_data = (sl, x, res)
             print(sl, design, {k: v for k, v in row[design].items()
                                if k not in ("calibration", "psnr_samples")}, flush=True)
-        row["half_width_ratio"] = [a / b for a, b in zip(row["antithetic"]["half_widths"],
-                                                         row["iid"]["half_widths"])]
+        for design in args.designs[1:]:
+            row[f"half_width_ratio_{design}"] = [
+                a / b for a, b in zip(row[design]["half_widths"], row["iid"]["half_widths"])]
         out["slices"][str(sl)] = row
         (RESULTS / "uncertainty.json").write_text(json.dumps(out, indent=1))
     write_table(out)
@@ -103,56 +111,79 @@ def main() -> None:
 
 
 def write_table(out) -> None:
-    rows = out["slices"].values()
+    rows = list(out["slices"].values())
+    designs = out.get("designs", ["iid", "antithetic"])
 
     def avg(design, key):
         return float(np.mean([r[design][key] for r in rows]))
 
-    ratios = np.concatenate([r["half_width_ratio"] for r in rows])
-    vr = np.concatenate([r["antithetic"]["variance_reduction"] for r in rows])
-    rho = np.concatenate([r["antithetic"]["roi_pair_correlation"] for r in rows])
+    def mean_of(design, key):
+        return float(np.mean([np.mean(r[design][key]) for r in rows]))
+
+    def cells(fmt, f):
+        return " | ".join(fmt.format(f(d)) for d in designs)
+
     lines = [
-        "# Posterior ensembles on 20-view CT: iid against antithetic",
+        "# Posterior ensembles on 20-view CT: noise designs",
         "",
         "Generated by `python benchmarks/uncertainty.py` (do not edit by hand).",
         f"Machine: {out['machine']}. Prior `{out['prior']}` ({out['prior_steps']} training steps). "
-        f"DDS, {out['nfe']} evaluations per sample, {out['samples']} samples per design "
-        f"(equal evaluations), CT test slices {', '.join(out['slices'])} (lung2), 20 views, "
-        f"noise {out['noise']}. Regions: {len(out['boxes'])} 32 x 32 boxes per slice; CIs at 90%.",
+        f"DDS, {out['nfe']} evaluations per sample (pure-noise start, pinned), {out['samples']} "
+        f"samples per design (equal evaluations), CT test slices {', '.join(out['slices'])} "
+        f"(lung2), 20 views, noise {out['noise']}. Regions: {len(out['boxes'])} 32 x 32 boxes "
+        "per slice; CIs at 90%, each design's own (iid: t over samples; antithetic: over pair "
+        "means; rqmc: over the means of groups of 4).",
         "",
-        "| | iid | antithetic |",
-        "|---|---|---|",
-        f"| PSNR of the ensemble mean (dB) | {avg('iid', 'psnr_mean'):.2f} | "
-        f"{avg('antithetic', 'psnr_mean'):.2f} |",
-        f"| PSNR of single samples (dB) | "
-        f"{np.mean([np.mean(r['iid']['psnr_samples']) for r in rows]):.2f} | "
-        f"{np.mean([np.mean(r['antithetic']['psnr_samples']) for r in rows]):.2f} |",
-        f"| mean per-pixel std (normalised) | {avg('iid', 'mean_std'):.4f} | "
-        f"{avg('antithetic', 'mean_std'):.4f} |",
-        f"| region-mean CI half-width (mean over regions) | "
-        f"{np.mean([np.mean(r['iid']['half_widths']) for r in rows]):.5f} | "
-        f"{np.mean([np.mean(r['antithetic']['half_widths']) for r in rows]):.5f} |",
-        f"| coverage of per-pixel 90% quantile intervals | {avg('iid', 'coverage'):.3f} | "
-        f"{avg('antithetic', 'coverage'):.3f} |",
-        f"| coverage of per-pixel 90% mean +- t sd sqrt(1+1/n) | "
-        f"{avg('iid', 'coverage_predictive'):.3f} | {avg('antithetic', 'coverage_predictive'):.3f} |",
-        f"| seconds per ensemble | {avg('iid', 'seconds'):.0f} | {avg('antithetic', 'seconds'):.0f} |",
+        "| | " + " | ".join(designs) + " |",
+        "|---" * (len(designs) + 1) + "|",
+        "| PSNR of the ensemble mean (dB) | " + cells("{:.2f}", lambda d: avg(d, "psnr_mean"))
+        + " |",
+        "| PSNR of single samples (dB) | "
+        + cells("{:.2f}", lambda d: mean_of(d, "psnr_samples")) + " |",
+        "| mean per-pixel std (normalised) | " + cells("{:.4f}", lambda d: avg(d, "mean_std"))
+        + " |",
+        "| region-mean standard error (mean over regions) | "
+        + cells("{:.6f}", lambda d: mean_of(d, "std_errors")) + " |",
+        "| region-mean CI half-width (mean over regions) | "
+        + cells("{:.6f}", lambda d: mean_of(d, "half_widths")) + " |",
+        "| coverage of per-pixel 90% quantile intervals | "
+        + cells("{:.3f}", lambda d: avg(d, "coverage")) + " |",
+        "| coverage of per-pixel 90% mean +- t sd sqrt(1+1/n) | "
+        + cells("{:.3f}", lambda d: avg(d, "coverage_predictive")) + " |",
+        "| seconds per ensemble | " + cells("{:.0f}", lambda d: avg(d, "seconds")) + " |",
         "",
-        f"Antithetic / iid CI half-width ratio over {ratios.size} regions: median "
-        f"{np.median(ratios):.2f} (range {ratios.min():.2f}-{ratios.max():.2f}). Estimated variance "
-        f"reduction of the antithetic estimator (var(f) / 2 var(pair mean)): median "
-        f"{np.median(vr):.2f}. Within-pair correlation of region means: median {np.median(rho):.2f}; "
-        f"per pixel (mean over pixels): "
-        f"{np.mean([r['antithetic']['pixel_pair_correlation'] for r in rows]):.2f}.",
+    ]
+    for design in designs[1:]:
+        ratios = np.concatenate([r[f"half_width_ratio_{design}"] for r in rows])
+        vr = np.concatenate([r[design]["variance_reduction"] for r in rows])
+        lines.append(f"{design} / iid CI half-width ratio over {ratios.size} regions: median "
+                     f"{np.median(ratios):.2f} (range {ratios.min():.2f}-{ratios.max():.2f}); "
+                     f"estimated variance reduction against iid: median {np.median(vr):.2f}.")
+    if "antithetic" in designs:
+        rho = np.concatenate([r["antithetic"]["roi_pair_correlation"] for r in rows])
+        lines.append(f"Within-pair correlation of region means (antithetic): median "
+                     f"{np.median(rho):.2f}; per pixel (mean over pixels): "
+                     f"{np.mean([r['antithetic']['pixel_pair_correlation'] for r in rows]):.2f}.")
+    if {"antithetic", "rqmc"} <= set(designs):
+        ratio = np.concatenate([np.divide(r["rqmc"]["half_widths"], r["antithetic"]["half_widths"])
+                                for r in rows])
+        se = np.concatenate([np.divide(r["rqmc"]["std_errors"], r["antithetic"]["std_errors"])
+                             for r in rows])
+        lines.append(f"rqmc / antithetic: CI half-width ratio median {np.median(ratio):.2f}, "
+                     f"standard-error ratio median {np.median(se):.2f} (the CI also pays for "
+                     f"fewer replicates: {out['samples'] // 4} groups against "
+                     f"{out['samples'] // 2} pairs).")
+    first = rows[0][designs[0]]["calibration"]
+    lines += [
         "",
-        "Calibration curve (nominal -> empirical coverage of central per-pixel intervals, iid, "
-        "mean over slices):",
+        f"Calibration curve (nominal -> empirical coverage of central per-pixel intervals, "
+        f"{designs[0]}, mean over slices):",
         "",
-        "| nominal | " + " | ".join(next(iter(rows))["iid"]["calibration"]) + " |",
-        "|---" * (1 + len(next(iter(rows))["iid"]["calibration"])) + "|",
+        "| nominal | " + " | ".join(first) + " |",
+        "|---" * (1 + len(first)) + "|",
         "| empirical | " + " | ".join(
-            f"{np.mean([r['iid']['calibration'][k] for r in rows]):.3f}"
-            for k in next(iter(rows))["iid"]["calibration"]) + " |",
+            f"{np.mean([r[designs[0]]['calibration'][k] for r in rows]):.3f}" for k in first)
+        + " |",
         "",
     ]
     (RESULTS / "uncertainty.md").write_text("\n".join(lines))

@@ -165,3 +165,19 @@ def test_calibrate_bad_input(tmp_path, capsys, argv, message):
                         0.1, "--prior", "ct", "--nfe", 2, "--samples", 4, *argv,
                         "--out", tmp_path / "c", "--quiet")
     assert code == 2 and message in err
+
+
+def test_sparsification_error_is_zero_for_a_std_that_ranks_the_error():
+    from napari_patchdiff.uncertainty.calibration import sparsification
+
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(size=(16, 16))
+    err = rng.normal(size=(16, 16)) * np.linspace(0.01, 0.2, 256).reshape(16, 16)
+    mean = truth + err
+    perfect = sparsification(mean, np.abs(err), truth)
+    assert perfect["ause"] == pytest.approx(0.0, abs=1e-12)
+    blind = sparsification(mean, rng.uniform(size=(16, 16)), truth)
+    assert blind["ause"] > 0.5 * blind["ause_random"] > 0
+    # a std proportional to the error's scale ranks it well but not perfectly
+    scale = sparsification(mean, np.linspace(0.01, 0.2, 256).reshape(16, 16), truth)
+    assert 0 < scale["ause"] < 0.5 * blind["ause"]

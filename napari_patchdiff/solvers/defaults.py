@@ -142,8 +142,10 @@ FALLBACK: dict[str, Tuned] = {
     "dds.prior_std": Tuned(0.05, _UNTUNED),
     "dds.eta": Tuned(0.15, "the DDS paper's value, untuned here"),
     "dds.anneal_sigma": Tuned(0.0, "DDS's constant data weight"),
-    "dds.z_weight_ref": Tuned(0.0, "untuned: volumes slice by slice until tuned"),
-    "pnp-admm.z_weight_ref": Tuned(0.0, "untuned: volumes slice by slice until tuned"),
+    "dds.z_weight_ref": Tuned(0.0, "volumes_z_tuning.json (volumes.py --tune-z, lung2 45-49, "
+                              "limited angle 90, 5 mm): 0.03 and 0.1 lose 0.6-1.4 dB in every "
+                              "orientation against 0, so volumes run slice by slice"),
+    "pnp-admm.z_weight_ref": Tuned(0.0, "untuned; 0 as for DDS (volumes_z_tuning.json)"),
     "dds.start": Tuned("noise", "EDM's pure-noise start"),
     "dds.sigma_max": Tuned(10.0, "EDM's sigma_max"),
     "dps.zeta_rel": Tuned(0.5, _UNTUNED),

@@ -35,7 +35,8 @@ from ..errors import InputError
 
 __all__ = ["LEVELS", "calibration_curve", "CALIBRATION_LEVELS", "FLOOR", "Calibration", "scores", "conformal_factor",
            "fit_calibration", "calibrated_bounds", "shipped_calibrations", "find_calibration",
-           "load_calibration", "std_coverage", "shaping_params", "resolve_calibration"]
+           "load_calibration", "std_coverage", "shaping_params", "resolve_calibration",
+           "sparsification"]
 
 #: nominal levels of a calibration curve
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -283,3 +284,27 @@ def resolve_calibration(calibration, *, problem, method: str, prior, params: dic
     why = (f" (the shipped ones do not apply: {'; '.join(reasons)})" if reasons
            else " (none is shipped for this prior, operator and method)")
     return None, "sample quantiles, not calibrated" + why
+
+
+def sparsification(mean: np.ndarray, std: np.ndarray, truth: np.ndarray,
+                   fractions=np.linspace(0.0, 0.95, 20)) -> dict[str, Any]:
+    """Does ``std`` rank pixels by their actual error? Remove the fraction ``f`` of pixels with
+    the largest ``std`` and take the RMSE of the rest (the std curve); do the same in the order
+    of the true absolute error (the oracle curve, the best any ranking can do). The
+    sparsification error ``ause`` is the mean gap between the two curves, both divided by the
+    RMSE of all pixels: 0 is a perfect ranking; ``ause_random`` is the gap of a ranking that
+    knows nothing (a flat curve at 1)."""
+    m, s, t = (np.asarray(a, np.float64).ravel() for a in (mean, std, truth))
+    err2 = (m - t) ** 2
+    total = math.sqrt(err2.mean()) or 1.0
+    n = err2.size
+
+    def curve(order):
+        e = err2[order]
+        return [math.sqrt(e[int(round(f * n)):].mean()) / total for f in fractions]
+
+    by_std = curve(np.argsort(-s, kind="stable"))
+    oracle = curve(np.argsort(-err2, kind="stable"))
+    return {"fractions": [float(f) for f in fractions], "std": by_std, "oracle": oracle,
+            "ause": float(np.mean(np.subtract(by_std, oracle))),
+            "ause_random": float(np.mean(np.subtract(1.0, oracle)))}
