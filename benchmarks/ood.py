@@ -188,6 +188,9 @@ def main() -> None:
         return
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
     if not args.table:
+        import torch
+
+        torch.set_num_threads(args.threads)  # as in the children, so machine() says so
         data["machine"] = machine(args.device)
         for case in [c for c in CASES if c.key in args.cases]:
             n = 1 if case.data == "lung512" else args.slices

@@ -26,8 +26,7 @@ CASES = {
     "phantom": ("CT 20 views, lung2 slice 47, phantom prior", "ct-parallel", {"views": 20}, 0.2,
                 "phantom"),
 }
-SETTINGS = [None, {"steps": 1}, {"steps": 1, "lr": 1e-4}, {"steps": 2, "lr": 3e-3},
-            {"steps": 4, "lr": 3e-3}]
+SETTINGS = [None, {"steps": 1}, {"steps": 1, "lr": 1e-4}, {"steps": 2, "lr": 3e-3}]
 
 
 def image(case: str):

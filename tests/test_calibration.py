@@ -181,3 +181,28 @@ def test_sparsification_error_is_zero_for_a_std_that_ranks_the_error():
     # a std proportional to the error's scale ranks it well but not perfectly
     scale = sparsification(mean, np.linspace(0.01, 0.2, 256).reshape(16, 16), truth)
     assert 0 < scale["ause"] < 0.5 * blind["ause"]
+
+
+def test_the_shipped_calibrations_apply_to_default_runs_only():
+    """The calibrations shipped with the priors (benchmarks/calibration.py --ship) fit a default
+    DDS ensemble of 8 samples of 20-view CT at noise 0.2 with the `ct` prior, and say why not
+    otherwise; no sampling needed to check it."""
+    from napari_patchdiff import api
+    from napari_patchdiff.priors import load_prior
+    from napari_patchdiff.uncertainty.calibration import resolve_calibration, shipped_calibrations
+
+    assert {c.prior for c in shipped_calibrations()} >= {"ct", "mri"}
+    truth = api.load_truth("sample:ct", slice=10)
+    problem = api.simulate(truth, "ct-parallel", noise_std=0.2, seed=0, views=20)
+    prior = load_prior("ct")
+
+    def resolve(samples=8, **params):
+        return resolve_calibration("auto", problem=problem, method="dds", prior=prior,
+                                   params=api.method_params(problem, "dds", **params),
+                                   samples=samples, level=0.9)
+
+    cal, note = resolve()
+    assert cal is not None and note.startswith("calibrated") and cal.factor(0.9) > 1
+    for kw, why in ((dict(samples=4), "only 4"), (dict(nfe=20), "nfe = 50, not 20")):
+        cal, note = resolve(**kw)
+        assert cal is None and why in note and note.startswith("sample quantiles")

@@ -48,6 +48,9 @@ _CT = {
     "dds.start": Tuned("initial", "dds_tuning.md: FBP plus noise at 0.3 beat pure noise at 10 "
                                   "by 0.7 dB (at 1: +0.4 dB)"),
     "dds.sigma_max": Tuned(0.3, "dds_tuning.md, with the warm start above"),
+    "adapt.steps": Tuned(1, "adapt_tuning.md (phantom prior, lung2 47): 1 Adam step per call at "
+                            "lr 1e-3 +0.14 dB over no adaptation; 2 at 3e-3 -0.37 dB"),
+    "adapt.lr": Tuned(1e-3, "adapt_tuning.md: 1e-4 +0.02 dB, 1e-3 +0.14 dB"),
     "dps.zeta_rel": Tuned(2.0, "dps_tuning.md, 1000 evaluations: 2 gave 32.6 dB, 1 and 4 lost "
                                "2.8 and 0.5 dB, 0.5 lost 8 dB"),
     "padis.zeta": Tuned(0.1, "padis_tuning.md, 1000 evaluations, grid 0.03-3: 0.1 gave "
@@ -77,6 +80,9 @@ TUNED: dict[str, dict[str, Tuned]] = {
                                            "and 0.4 to 0.02 dB, 0.05 loses 0.8 dB"),
         "pnp-admm.data_scale": Tuned(1.0, "pnp_tuning_mri.md: 1 beats 0.5 and 2 by 0.16 dB"),
         "pnp-admm.cg_iterations": Tuned(2, "DDS's former count, untuned for PnP-ADMM"),
+        "adapt.steps": Tuned(1, "adapt_tuning.md (mri prior, brain2 2): every setting lost"),
+        "adapt.lr": Tuned(1e-4, "adapt_tuning.md (brain2 2): 1e-4 -0.05 dB, 1e-3 -0.64 dB, "
+                                "2 steps at 3e-3 -0.90 dB against no adaptation"),
     },
     "blur-gaussian": {
         "cg.noiseless_iterations": Tuned(60, "Shepp-Logan phantom, noiseless"),
@@ -143,7 +149,7 @@ FALLBACK: dict[str, Tuned] = {
     "dds.eta": Tuned(0.15, "the DDS paper's value, untuned here"),
     "dds.anneal_sigma": Tuned(0.0, "DDS's constant data weight"),
     "dds.z_weight_ref": Tuned(0.0, "volumes_z_tuning.json (volumes.py --tune-z, lung2 45-49, "
-                              "limited angle 90, 5 mm): 0.03 and 0.1 lose 0.6-1.4 dB in every "
+                              "limited angle 90, 5 mm): 0.03 and 0.1 lose 0.65-1.73 dB in every "
                               "orientation against 0, so volumes run slice by slice"),
     "pnp-admm.z_weight_ref": Tuned(0.0, "untuned; 0 as for DDS (volumes_z_tuning.json)"),
     "dds.start": Tuned("noise", "EDM's pure-noise start"),
@@ -160,7 +166,7 @@ FALLBACK: dict[str, Tuned] = {
                                          "0.002 stays below realistic noise (CT 0.2 is 0.0028 "
                                          "on the image scale), so the tuned noisy default "
                                          "holds"),
-    "adapt.steps": Tuned(2, _UNTUNED),
+    "adapt.steps": Tuned(1, "as for CT (adapt_tuning.md), untuned here"),
     "adapt.rank": Tuned(4, "the D3IP paper's range 4-12, untuned here"),
     "adapt.lr": Tuned(1e-3, "the D3IP paper's Adam rate, untuned here"),
 }
