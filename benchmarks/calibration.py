@@ -35,8 +35,8 @@ from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
 from napari_patchdiff.uncertainty.calibration import (CALIBRATION_LEVELS, SHIPPED, Calibration,
                                                       calibration_curve, fit_calibration,
-                                                      shaping_params, sparsification,
-                                                      std_coverage)
+                                                      coverage, shaping_params,
+                                                      sparsification)
 
 JSON = RESULTS / "calibration.json"
 CACHE = RESULTS / "calibration_cache"
@@ -99,7 +99,7 @@ def run_case(name: str, samples: int) -> dict:
         sp = sparsification(s.mean(0), s.std(0, ddof=1), t)
         tests[f"{v} {i}"] = {
             "raw": calibration_curve(s, t, CALIBRATION_LEVELS),
-            "calibrated": {k: std_coverage(s, t, q, cal.floor) for k, q in cal.factors.items()},
+            "calibrated": coverage(s, t, cal.factors, cal.floor),
             "ause": sp["ause"], "ause_random": sp["ause_random"],
             "sparsification": {k: sp[k] for k in ("fractions", "std", "oracle")},
             "seconds": e["seconds"]}

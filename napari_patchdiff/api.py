@@ -90,7 +90,7 @@ def calibrate(truth: Truth, operator: str, *, prior, method: str = "dds", sample
     """
     from .priors import load_prior
     from .uncertainty import run_ensemble
-    from .uncertainty.calibration import fit_calibration, shaping_params
+    from .uncertainty.calibration import fit_calibration, prior_identity, shaping_params
 
     x = np.asarray(truth.x)
     stack = x[None] if x.ndim == 2 else x
@@ -108,15 +108,14 @@ def calibrate(truth: Truth, operator: str, *, prior, method: str = "dds", sample
                            seed=seed + i, calibration=None, on_event=on_event, **params)
         ensembles.append(res.samples)
         truths.append(stack[i])
-        first = first or (problem, res)
-    problem, res = first
-    meta = getattr(prior, "metadata", {}) or {}
+        first = first or problem
+    name, created = prior_identity(prior)
     return fit_calibration(
-        ensembles, truths, prior=str(meta.get("name", prior)), operator=problem.op.describe(),
+        ensembles, truths, prior=name, operator=first.op.describe(),
         noise_std=noise_std, method=method,
-        method_params=shaping_params(method_params(problem, method, **params)), design=design,
+        method_params=shaping_params(method_params(first, method, **params)), design=design,
         images=[f"{truth.meta.get('source', 'truth')} slice {i}" for i in chosen],
-        source=source, prior_created=str(meta.get("created") or ""))
+        source=source, prior_created=created)
 
 
 def train(volumes, out, config=None, *, bin: int = 1, cancel: CancelToken | None = None,

@@ -35,7 +35,7 @@ from ..errors import InputError
 
 __all__ = ["LEVELS", "calibration_curve", "CALIBRATION_LEVELS", "FLOOR", "Calibration", "scores", "conformal_factor",
            "fit_calibration", "calibrated_bounds", "shipped_calibrations", "find_calibration",
-           "load_calibration", "std_coverage", "shaping_params", "resolve_calibration",
+           "load_calibration", "coverage", "covered", "shaping_params", "prior_identity", "resolve_calibration",
            "sparsification"]
 
 #: nominal levels of a calibration curve
@@ -86,10 +86,16 @@ def calibration_curve(samples: np.ndarray, truth: np.ndarray, levels=LEVELS) -> 
     return out
 
 
-def std_coverage(samples: np.ndarray, truth: np.ndarray, factor: float,
-                 floor: float = FLOOR) -> float:
-    """Fraction of pixels inside ``mean +- factor max(std, floor)``."""
-    return float((scores(samples, truth, floor) <= factor).mean())
+def coverage(samples: np.ndarray, truth: np.ndarray, factors: dict,
+             floor: float = FLOOR) -> dict[str, float]:
+    """Fraction of pixels inside ``mean +- q max(std, floor)`` for each ``q`` of ``factors``
+    (level -> factor); the scores are computed once."""
+    return covered(scores(samples, truth, floor), factors)
+
+
+def covered(r: np.ndarray, factors: dict) -> dict[str, float]:
+    """Fraction of the scores ``r`` at most each factor of ``factors`` (level -> factor)."""
+    return {k: float((r <= float(q)).mean()) for k, q in factors.items()}
 
 
 @dataclass(frozen=True)
@@ -193,8 +199,7 @@ def fit_calibration(ensembles, truths, *, prior: str, operator: dict, noise_std:
                        design=design,
                        factors=factors, floor=floor, pixels=int(r.size), images=list(images),
                        coverage_raw=coverage_raw,
-                       coverage_calibrated={k: float((r <= q).mean())
-                                            for k, q in factors.items()},
+                       coverage_calibrated=covered(r, factors),
                        source=source,
                        prior_created=str(prior_created or ""))
 
@@ -239,6 +244,16 @@ def find_calibration(candidates, **run: Any) -> tuple[Calibration | None, list[s
     return None, reasons
 
 
+def prior_identity(prior) -> tuple[str, str]:
+    """The name and creation stamp a calibration records of ``prior`` (a name, path or Prior);
+    a prior adapted to one measurement is named apart from its base."""
+    meta = getattr(prior, "metadata", None) or {}
+    name = str(meta.get("name", prior))
+    if hasattr(prior, "history") or meta.get("adapted_from"):  # adapted to this measurement
+        name += " (adapted)"
+    return name, str(meta.get("created") or "")
+
+
 def shaping_params(params: dict) -> dict:
     """The method parameters that shape an ensemble's samples (scalars, without the seed)."""
     return {k: v for k, v in params.items()
@@ -268,11 +283,8 @@ def resolve_calibration(calibration, *, problem, method: str, prior, params: dic
     else:
         raise InputError(f"calibration must be 'auto', None, a path or a Calibration, got "
                          f"{type(calibration).__name__}")
-    meta = getattr(prior, "metadata", None) or {}
-    name = str(meta.get("name", prior))
-    if hasattr(prior, "history") or meta.get("adapted_from"):  # adapted to this measurement
-        name += " (adapted)"
-    run = dict(prior=name, prior_created=str(meta.get("created") or ""),
+    name, created = prior_identity(prior)
+    run = dict(prior=name, prior_created=created,
                operator=problem.op.describe(),
                noise_std=float(problem.noise_std or 0.0), method=method,
                method_params=shaping_params(params), samples=int(samples), level=float(level))

@@ -11,7 +11,7 @@ import numpy as np
 from .. import metrics
 from ..errors import InputError
 from ..noise_source import GROUP
-from .calibration import LEVELS, calibrated_bounds, calibration_curve, std_coverage
+from .calibration import LEVELS, calibrated_bounds, calibration_curve, coverage
 from .regions import region_note, roi_mask
 
 __all__ = ["LEVELS", "EnsembleResult", "summarise", "check_level", "pair_correlation",
@@ -207,9 +207,8 @@ def summarise(samples: np.ndarray, design: str = "iid", truth: np.ndarray | None
                       calibration=calibration_curve(s64, t),
                       abs_error_mean=float(np.abs(mean - t).mean()))
         if calibration is not None:
-            report["calibration_calibrated"] = {
-                k: std_coverage(s64, t, float(q), calibration.floor)
-                for k, q in calibration.factors.items()}
+            report["calibration_calibrated"] = coverage(s64, t, calibration.factors,
+                                                        calibration.floor)
         if roi is not None:
             truth_roi = float(t[roi_mask(roi, t.shape)].mean())
             report["roi"]["truth"] = truth_roi
