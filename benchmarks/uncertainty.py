@@ -1,6 +1,10 @@
 """Posterior ensembles on real CT -> benchmarks/results/uncertainty.md / .json / uncertainty.png.
 
-    python benchmarks/uncertainty.py [--prior ct] [--slices 50 55 60] [--samples 16] [--nfe 25]
+    python benchmarks/uncertainty.py [--prior ct] [--slices 50 52 55 58 60] [--samples 16] [--nfe 25]
+
+Each slice's results are cached in ``results/uncertainty_cache/`` (per-pixel conformity scores as
+.npz beside them), so slices can run in separate processes and the table is written from every
+cached slice (``--table-only`` writes it without computing).
                                      [--designs iid antithetic rqmc]
 
 20-view parallel-beam CT (noise 0.2) of held-out test slices, reconstructed by DDS with the
@@ -26,6 +30,12 @@ import torch
 from common import RESULTS, ct_slices, machine
 from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
+from napari_patchdiff.uncertainty.calibration import (conformal_factor, covered, scores,
+                                                        sparsification)
+
+CACHE = RESULTS / "uncertainty_cache"
+#: nominal levels of the coverage rows
+LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 #: regions (y0, y1, x0, x1) on the 256 x 256 slice: right lung, left lung, mediastinum, body wall
 BOXES = ((90, 122, 50, 82), (90, 122, 170, 202), (110, 142, 112, 144), (170, 202, 100, 132))
@@ -59,7 +69,8 @@ def run_design(problem, prior, design, args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prior", default="ct")
-    parser.add_argument("--slices", type=int, nargs="+", default=[50, 55, 60])
+    parser.add_argument("--slices", type=int, nargs="+", default=[50, 52, 55, 58, 60])
+    parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--designs", nargs="+", default=["iid", "antithetic", "rqmc"])
     parser.add_argument("--nfe", type=int, default=25)
@@ -68,10 +79,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    CACHE.mkdir(exist_ok=True)
+    if args.table_only:
+        write_table(collect())
+        return
     prior = load_prior(args.prior, device=args.device)
-    out = {"machine": machine(args.device), "prior": args.prior,
-           "prior_steps": prior.metadata.get("steps"), "samples": args.samples, "nfe": args.nfe,
-           "noise": NOISE, "boxes": BOXES, "designs": args.designs, "slices": {}}
+    head = {"machine": machine(args.device), "prior": args.prior,
+            "prior_steps": prior.metadata.get("steps"), "samples": args.samples, "nfe": args.nfe,
+            "noise": NOISE, "boxes": BOXES, "designs": args.designs}
     figure_data = None
     for sl in args.slices:
         x = ct_slices([sl])[0]
@@ -92,6 +107,10 @@ def main() -> None:
                 "roi_estimates": [c["estimate"] for c in cis],
                 "roi_truth": [float(x[b[0]:b[1], b[2]:b[3]].mean()) for b in BOXES],
             }
+            ause = sparsification(res.mean, res.std, x)
+            row[design]["ause"], row[design]["ause_random"] = ause["ause"], ause["ause_random"]
+            np.savez_compressed(CACHE / f"slice_{sl}_{design}.npz",
+                                scores=scores(res.samples, x).astype(np.float32))
             if design != "iid":
                 row[design]["variance_reduction"] = [c["variance_reduction"] for c in cis]
             if design == "antithetic":
@@ -104,10 +123,44 @@ def main() -> None:
         for design in args.designs[1:]:
             row[f"half_width_ratio_{design}"] = [
                 a / b for a, b in zip(row[design]["half_widths"], row["iid"]["half_widths"])]
-        out["slices"][str(sl)] = row
-        (RESULTS / "uncertainty.json").write_text(json.dumps(out, indent=1))
+        (CACHE / f"slice_{sl}.json").write_text(json.dumps({**head, "row": row}, indent=1))
+    out = collect()
+    (RESULTS / "uncertainty.json").write_text(json.dumps(out, indent=1))
     write_table(out)
-    figure(*figure_data)
+    if figure_data is not None and figure_data[0] == min(int(k) for k in out["slices"]):
+        figure(*figure_data)
+
+
+def collect() -> dict:
+    """Every cached slice (run with the same settings) in one result."""
+    out = None
+    for path in sorted(CACHE.glob("slice_*.json"), key=lambda p: int(p.stem.split("_")[1])):
+        cell = json.loads(path.read_text())
+        row = cell.pop("row")
+        if out is None:
+            out = {**cell, "slices": {}}
+        elif any(out[k] != cell[k] for k in ("prior", "samples", "nfe", "noise", "designs")):
+            raise SystemExit(f"{path} was run with other settings; delete it or rerun it")
+        out["slices"][path.stem.split("_")[1]] = row
+    if out is None:
+        raise SystemExit(f"nothing cached in {CACHE}")
+    return out
+
+
+def conformal_rows(out) -> dict:
+    """Leave one slice out: the split-conformal factor fitted on the other slices' scores,
+    the coverage it gives on the held-out slice (mean over slices), per design and level."""
+    slices = list(out["slices"])
+    result = {}
+    for design in out["designs"]:
+        r = {sl: np.load(CACHE / f"slice_{sl}_{design}.npz")["scores"] for sl in slices}
+        cov = []
+        for sl in slices:
+            rest = np.concatenate([r[o] for o in slices if o != sl])
+            factors = {f"{lev:g}": conformal_factor(rest, lev) for lev in LEVELS}
+            cov.append(covered(r[sl], factors))
+        result[design] = {k: float(np.mean([c[k] for c in cov])) for k in cov[0]}
+    return result
 
 
 def write_table(out) -> None:
@@ -150,9 +203,27 @@ def write_table(out) -> None:
         + cells("{:.3f}", lambda d: avg(d, "coverage")) + " |",
         "| coverage of per-pixel 90% mean +- t sd sqrt(1+1/n) | "
         + cells("{:.3f}", lambda d: avg(d, "coverage_predictive")) + " |",
+        "| sparsification error AUSE (0 perfect; random ranking in brackets) | "
+        + cells("{}", lambda d: f"{avg(d, 'ause'):.3f} ({avg(d, 'ause_random'):.3f})") + " |",
         "| seconds per ensemble | " + cells("{:.0f}", lambda d: avg(d, "seconds")) + " |",
         "",
     ]
+    if len(rows) >= 2:
+        conf = conformal_rows(out)
+        lines += [
+            "Per-pixel coverage at each nominal level: the raw sample-quantile interval, and the "
+            "split-conformal interval `mean +- q std` with `q` fitted on the other slices (leave "
+            "one slice out; the method of `napari-patchdiff calibrate`), mean over slices:",
+            "",
+            "| nominal | " + " | ".join(f"{d} raw | {d} calibrated" for d in designs) + " |",
+            "|---" * (1 + 2 * len(designs)) + "|",
+        ]
+        for lev in LEVELS:
+            k = f"{lev:g}"
+            lines.append(f"| {k} | " + " | ".join(
+                f"{np.mean([r[d]['calibration'][k] for r in rows]):.3f} | {conf[d][k]:.3f}"
+                for d in designs) + " |")
+        lines.append("")
     for design in designs[1:]:
         ratios = np.concatenate([r[f"half_width_ratio_{design}"] for r in rows])
         vr = np.concatenate([r[design]["variance_reduction"] for r in rows])
