@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import InputError
+from .executors import RayExecutor
 from .events import Cancelled, CancelToken, StepEvent
 from .problem import (Problem, Truth, from_measurement, load_measurement, load_truth, simulate,
                       truth_from_array)
@@ -29,12 +30,13 @@ from .runs import (Result, iterate, make_report, method_params, needs_prior, res
 __all__ = ["Truth", "Problem", "Result", "load_truth", "truth_from_array", "simulate",
            "from_measurement", "load_measurement", "method_params", "needs_prior", "resolve_prior",
            "iterate",
-           "solve", "sample", "calibrate", "train", "make_report"]
+           "solve", "sample", "calibrate", "train", "make_report", "RayExecutor"]
 
 
 def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
           on_event: Callable[[StepEvent], None] | None = None, prior=None, adapt=None,
-          batch: int | None = None, overlap: int | None = None, **params) -> Result:
+          batch: int | None = None, overlap: int | None = None, cluster=None,
+          **params) -> Result:
     """Run ``method`` to the end and return the reconstruction with its report.
 
     ``adapt`` (True, or a dict of ``adapt_steps``, ``adapt_rank``, ``adapt_lr``, ...) adapts the
@@ -43,14 +45,19 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
     (the token, or Ctrl-C), the exception carries the last completed step as ``exc.partial``
     (a :class:`Result` whose report says ``"cancelled": True``; for a volume run window by
     window, ``report["finished_slices"]`` lists the slices done). ``batch``/``overlap``: a
-    volume's window (see :func:`napari_patchdiff.runs.iterate`).
+    volume's window (see :func:`napari_patchdiff.runs.iterate`). ``cluster``: "ray" or
+    "ray:ADDRESS" (or a :class:`~napari_patchdiff.executors.RayExecutor`) runs a volume's
+    windows on Ray workers, with the same result (see :mod:`napari_patchdiff.executors`).
     """
+    from .executors import resolve_executor
+
+    executor = resolve_executor(cluster)
     used = method_params(problem, method, **params)
     prior = resolve_prior(problem, method, prior, adapt)
     t0, last = time.perf_counter(), None
     try:
         for last in iterate(problem, method, cancel=cancel, prior=prior, batch=batch,
-                            overlap=overlap, **used):
+                            overlap=overlap, cluster=executor, **used):
             if on_event is not None:
                 on_event(last)
     except (Cancelled, KeyboardInterrupt) as exc:
@@ -60,14 +67,19 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
         raise
     if last is None:
         raise RuntimeError(f"method {method!r} yielded no step")
-    return result_of(problem, method, used, last, time.perf_counter() - t0, prior)
+    result = result_of(problem, method, used, last, time.perf_counter() - t0, prior)
+    if executor.remote:
+        result.report["executor"] = executor.describe()
+    return result
 
 
 def sample(problem: Problem, method: str = "dds", prior=None, samples: int = 8,
            design: str = "iid", **kwargs):
     """A posterior ensemble of ``problem`` with its uncertainty maps and report; see
     :func:`napari_patchdiff.uncertainty.run_ensemble` (``batch``, ``seed``, ``roi``, ``level``,
-    ``cancel``, ``on_event`` and the method's parameters)."""
+    ``cancel``, ``on_event``, ``cluster`` and the method's parameters). ``cluster="ray"`` (or
+    ``"ray:ADDRESS"``, or ``RayExecutor(address, workers=N)``) spreads the batches over Ray
+    workers and gives the same samples."""
     from .uncertainty import run_ensemble
 
     return run_ensemble(problem, method, prior=prior, samples=samples, design=design, **kwargs)

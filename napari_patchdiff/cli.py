@@ -116,6 +116,37 @@ def _problem_options(p) -> None:
     _adaptation_options(p)
 
 
+def _cluster_options(p, what: str) -> None:
+    group = p.add_argument_group("where the work runs (napari_patchdiff.executors)")
+    group.add_argument("--cluster", default="local", metavar="local|ray|ray:ADDRESS",
+                       help=f"local (default): here; ray: {what} on the workers of a Ray "
+                       "instance started on this machine; ray:ADDRESS: on an existing Ray "
+                       "cluster (the address `ray start --head` prints). Same results; needs "
+                       "pip install 'napari-patchdiff[ray]'")
+    group.add_argument("--workers", type=int, help="Ray workers (default: one per GPU of the "
+                       "cluster, else one per CPU)")
+
+
+def _executor(args):
+    from .executors import resolve_executor
+
+    executor = resolve_executor(args.cluster, args.workers)
+    if executor.remote and args.adapt:
+        raise InputError("--adapt trains its adapter through the run in turn, so it runs "
+                         "locally only: drop --cluster, or adapt once (reconstruct --adapt "
+                         "--save-prior PATH) and use --prior PATH on the cluster")
+    return executor
+
+
+def _say_executor(args, report) -> None:
+    ex = report.get("executor")
+    if ex and not args.quiet:
+        where = f"{ex.get('workers', '?')} Ray worker(s) at {ex.get('address')}"
+        if ex.get("devices"):
+            where += f" ({', '.join(ex['devices'])}; hosts: {', '.join(ex.get('hosts', []))})"
+        print(f"napari-patchdiff: ran on {where}", file=sys.stderr)
+
+
 def _adaptation_options(p) -> None:
     from .adapt import ADAPT_PARAMS
 
@@ -173,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "memory stays that of a window whatever the depth)")
     rec.add_argument("--overlap", type=int, help="context slices on each side of a window "
                      "(default 2 when the method couples slices along z, else 0)")
+    _cluster_options(rec, "a volume's windows")
     _problem_options(rec)
     rec.set_defaults(func=cmd_reconstruct)
 
@@ -202,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "ensemble size, else the sample quantiles; 'none' the sample quantiles; "
                      "FILE one written by `napari-patchdiff calibrate` (an error if it does "
                      "not fit)")
+    _cluster_options(smp, "the ensemble's batches")
     _problem_options(smp)
     smp.set_defaults(func=cmd_sample)
 
@@ -374,6 +407,7 @@ def _problem(args) -> api.Problem:
 def cmd_reconstruct(args) -> int:
     folder = OutputFolder(args.out, args.overwrite)  # before any computation
     adapt = _adaptation(args)
+    executor = _executor(args)
     problem = _problem(args)
     method_params = _collect(args, SOLVERS, args.method, "method")
     bar = _Progress(args.method, args.quiet)
@@ -385,7 +419,7 @@ def cmd_reconstruct(args) -> int:
     try:
         result = api.solve(problem, args.method, cancel=CancelToken(), prior=args.prior,
                            adapt=adapt, on_event=progress, batch=args.batch,
-                           overlap=args.overlap, **method_params)
+                           overlap=args.overlap, cluster=executor, **method_params)
     except (Cancelled, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:  # keep what was computed, under names that say so
@@ -394,6 +428,7 @@ def cmd_reconstruct(args) -> int:
                   f"{where}/recon_partial.tif and report_partial.json", file=sys.stderr)
         raise
     folder.commit(lambda d: write_reconstruction(d, problem, result))
+    _say_executor(args, result.report)
     if args.save_prior:
         saved = result.prior.save(args.save_prior, adapted_to=_measured(args))
         print(f"wrote the adapted prior {saved}", file=sys.stderr)
@@ -424,6 +459,7 @@ def cmd_sample(args) -> int:
         raise InputError("sample adapts while it samples but does not save the prior: adapt "
                          "once with reconstruct --adapt --save-prior PATH, then sample with "
                          "--prior PATH")
+    executor = _executor(args)
     problem = _problem(args)
     method_params = _collect(args, SOLVERS, args.method, "method")
     seed = method_params.pop("seed", args.seed)
@@ -433,15 +469,16 @@ def cmd_sample(args) -> int:
         print(f"napari-patchdiff: note: {note}", file=sys.stderr)
     progress = _Progress(f"{args.method} x {args.samples}", args.quiet)
     batch = args.batch or default_batch(args.samples, problem.slices, args.noise_design)
-    runs, done = -(-args.samples // batch), [0]
+    runs, done, steps = -(-args.samples // batch), [0], {}
 
     def on_event(ev):
         if hasattr(ev, "sample"):
-            done[0] = ev.index + 1
-        else:
+            done[0] += 1
+        else:  # steps of every batch so far (batches may finish in any order on a cluster)
+            steps[ev.info["batch"]] = ev.step
             extra = ({"adapt loss": f"{ev.info['adapt_loss']:.3g}"}
                      if "adapt_loss" in ev.info else {})
-            progress(ev, ev.info["batch"] * ev.total + ev.step, runs * ev.total,
+            progress(ev, sum(steps.values()), runs * ev.total,
                      samples=f"{done[0]}/{args.samples}", **extra)
 
     try:
@@ -449,7 +486,7 @@ def cmd_sample(args) -> int:
                               design=args.noise_design, batch=args.batch, seed=seed, roi=roi,
                               level=args.level, cancel=CancelToken(), on_event=on_event,
                               adapt=adapt, calibration=_calibration_arg(args.calibration),
-                              **method_params)
+                              cluster=executor, **method_params)
     except (Cancelled, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:
@@ -459,6 +496,7 @@ def cmd_sample(args) -> int:
                   f"{folder.path} as *_partial files", file=sys.stderr)
         raise
     folder.commit(lambda d: write_ensemble(d, problem, result, args.method, args.prior))
+    _say_executor(args, result.report)
     r = result.report
     line = f"{args.method} x {r['samples']} ({r['design']}): {r['seconds']:.1f} s"
     if "psnr_mean" in r:

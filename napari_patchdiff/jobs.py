@@ -94,6 +94,7 @@ class ReconJob:
     interval: float = 0.25  # seconds between streamed estimates
     adapt: Any = None  # test-time adaptation: None, True or a dict of its parameters
     calibration: Any = "auto"  # per-pixel bounds: "auto", None or a calibration file
+    cluster: Any = None  # where batches/windows run: None/"local", "ray", "ray:ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,12 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
     """
     from .runs import iterate, resolve_prior
 
+    from .executors import resolve_executor
+
     pace = pace or Pace(job.interval)
+    executor = resolve_executor(job.cluster)  # a bad cluster is an error before any work
+    if executor.remote:
+        job = dataclasses.replace(job, cluster=executor)
     problem = problem.to(job.device)
     prior = None
     if needs_prior(job.method):
@@ -208,7 +214,8 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
         params["seed"] = job.seed
     t0, last = time.perf_counter(), None
     try:
-        for last in iterate(problem, job.method, cancel=cancel, prior=prior, **params):
+        for last in iterate(problem, job.method, cancel=cancel, prior=prior,
+                            cluster=job.cluster, **params):
             if not last.done and pace.due(cancel):
                 x = to_array(problem, _view(last))
                 yield Update(UpdateKind.STEP, last.step, last.total, to_units(problem, x),
@@ -228,6 +235,8 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
         raise JobError(f"method {job.method!r} yielded no step")
     x = to_array(problem, last.estimate)
     report = make_report(problem, job.method, params, last, time.perf_counter() - t0, x, prior)
+    if executor.remote:
+        report["executor"] = executor.describe()
     yield Update(UpdateKind.DONE, last.step, last.total, to_units(problem, x),
                  _metrics(problem, x, last), report=report,
                  prior=prior if hasattr(prior, "save") else None)
@@ -243,7 +252,8 @@ def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> I
                                       prior=prior, params=used, samples=job.samples,
                                       level=job.level)
     acc, t0 = Accumulator(job.design, *calibration), time.perf_counter()
-    last, pos, tot = None, 0, 0
+    last, pos, tot, steps = None, 0, 0, {}
+    remote = getattr(job.cluster, "remote", False)
 
     def update(kind: UpdateKind) -> Update:
         samples = to_units(problem, acc.stack(usable_only=False)) if len(acc) else None
@@ -261,6 +271,8 @@ def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> I
         report = make_report(problem, job.method, used, last, time.perf_counter() - t0, s.mean,
                              prior)
         report.update(s.report, nfe=acc.nfe, batch=batch, samples_requested=job.samples)
+        if remote:
+            report["executor"] = job.cluster.describe()
         live = {"psnr": s.report.get("psnr_mean"), "ssim": s.report.get("ssim_mean"),
                 "coverage": s.report.get("coverage"), "mean_std": s.report["mean_std"]}
         return Update(kind, pos, tot, samples=samples, maps=maps, report=report,
@@ -270,14 +282,15 @@ def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> I
     try:
         for ev in ensemble(problem, job.method, prior=prior, samples=job.samples,
                            design=job.design, batch=batch, seed=job.seed, cancel=cancel,
-                           **params):
+                           cluster=job.cluster, **params):
             if isinstance(ev, SampleEvent):
                 acc.add(ev)
-                if not ev.done and (ev.index + 1) % batch == 0:  # a batch is complete
+                if len(acc) < job.samples and len(acc) % batch == 0:  # a batch is complete
                     yield update(UpdateKind.SAMPLE)
                 continue
             last = ev
-            pos, tot = ev.info["batch"] * ev.total + ev.step, runs * ev.total
+            steps[ev.info["batch"]] = ev.step  # batches may finish in any order on a cluster
+            pos, tot = sum(steps.values()), runs * ev.total
             if not ev.done and pace.due(cancel):
                 x = to_array(problem, _view(ev))
                 first = ev.info["samples"][0]

@@ -81,7 +81,7 @@ def prior_info(prior) -> dict[str, Any]:
 
 
 def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, prior=None,
-            adapt=None, batch: int | None = None, overlap: int | None = None,
+            adapt=None, batch: int | None = None, overlap: int | None = None, cluster=None,
             **params) -> Iterator[StepEvent]:
     """The step generator of ``method`` on ``problem`` (``prior``: a name, path or Prior, for
     diffusion methods; ``adapt``: test-time adaptation, see :func:`resolve_prior`; ``params``:
@@ -91,14 +91,34 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
     A volume deeper than ``batch`` slices (default :data:`~napari_patchdiff.volumes.VOLUME_BATCH`)
     runs window by window in bounded memory, with ``overlap`` slices of context (default 2 when
     the method couples slices along z, else 0); see :mod:`napari_patchdiff.volumes`.
+
+    ``cluster`` (see :func:`napari_patchdiff.executors.resolve_executor`): "ray" or
+    "ray:ADDRESS" runs the windows on Ray workers at once (a run of one window, or of one
+    image, on one worker); each finished window is one step event, windows in the order they
+    finish, with the same result as here.
     """
+    from .executors import resolve_executor
     from .volumes import VOLUME_BATCH, iterate_volume
 
+    executor = resolve_executor(cluster)
+    if executor.remote and (adapt or hasattr(prior, "history")):
+        raise InputError("test-time adaptation trains its adapter through the run's steps in "
+                         "turn, so it runs locally only: drop the cluster, or adapt once "
+                         "(--adapt --save-prior PATH) and use that prior on the cluster")
     spec = get_solver(method)
     objects = ({"prior": resolve_prior(problem, method, prior, adapt)} if needs_prior(method)
                else resolve_prior(problem, method, prior, adapt) or {})
     adapting = objects.get("prior") if hasattr(objects.get("prior"), "history") else None
     batch = VOLUME_BATCH if batch is None else int(batch)
+    if executor.remote:
+        if batch < 1 or (overlap is not None and int(overlap) < 0):
+            raise InputError(f"a window needs batch >= 1 and overlap >= 0, got {batch}, "
+                             f"{overlap}")
+        used = method_params(problem, method, **params)
+        if overlap is None:
+            overlap = 2 if used.get("z_weight") or used.get("tv3d") else 0
+        return _remote_volume(executor, problem, method, objects.get("prior"), params, batch,
+                              int(overlap), int(used.get("seed", 0)), cancel)
     if problem.volume is None or problem.slices <= batch:
         steps = spec(problem.op, problem.y, noise_std=problem.noise_std, cancel=cancel,
                      volume=problem.volume, **objects, **params)
@@ -117,6 +137,106 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
         steps = iterate_volume(problem, run, batch=batch, overlap=int(overlap),
                                seed=int(used.get("seed", 0)), cancel=cancel)
     return steps if adapting is None else _with_adapt_loss(steps, adapting)
+
+
+class VolumeWork:
+    """A reconstruction's windows (or its one run) as work for a cluster worker (see
+    :mod:`napari_patchdiff.executors`). An item is None (the whole problem in one run, as
+    :func:`iterate` runs it here) or ``(k, window)``: window ``k`` of
+    :func:`~napari_patchdiff.volumes.windows`, with the noise streams
+    :func:`~napari_patchdiff.volumes.iterate_volume` gives it (one per slice, seeded by the
+    slice index; the prior's by the window index), so its slices are those of a local run."""
+
+    def __init__(self, problem: Problem, method: str, prior, params: dict, seed: int):
+        from .executors import OperatorRecipe
+
+        self.method, self.params, self.seed = method, dict(params), int(seed)
+        self.recipe = OperatorRecipe.of(problem.op)
+        self.y = problem.y.detach().to("cpu")
+        self.noise_std, self.volume = problem.noise_std, problem.volume
+        if prior is not None and str(getattr(prior, "device", "cpu")) != "cpu":
+            import copy
+
+            prior = copy.deepcopy(prior).to("cpu")
+        self.prior = prior
+        self.op = None
+
+    def load(self, device) -> None:
+        self.op = self.recipe.build(device)
+        self.y = self.y.to(self.op.device)
+        if self.prior is not None:
+            self.prior.to(self.op.device)
+
+    def run(self, item) -> dict:
+        from .noise_source import NoiseSource, StackedNoise, sample_seed
+        from .solvers import Volume
+
+        spec = get_solver(self.method)
+        objects = {} if self.prior is None else {"prior": self.prior}
+        nfe0 = int(getattr(self.prior, "nfe", 0))
+        op, dev, dt = self.op, self.op.device, self.op.dtype
+        if item is None:
+            steps = spec(op, self.y, noise_std=self.noise_std, volume=self.volume, **objects,
+                         **self.params)
+            keep = slice(None)
+        else:
+            k, w = item
+            depth = w.stop - w.start
+            part_volume = (Volume(depth, self.volume.spacing if self.volume else None)
+                           if depth >= 2 else None)
+            noise = StackedNoise([NoiseSource(sample_seed(self.seed, i), False, dev, dt)
+                                  for i in range(w.start, w.stop)], [1] * depth,
+                                 prior_seed=sample_seed(self.seed, 10**6 + k), device=dev,
+                                 dtype=dt)
+            extra = {"noise_source": noise} if "noise_source" in spec.objects else {}
+            steps = spec(op, self.y[w.start:w.stop], noise_std=self.noise_std,
+                         volume=part_volume, **objects, **extra, **self.params)
+            keep = slice(w.keep_start - w.start, w.keep_stop - w.start)
+        last = None
+        for last in steps:
+            pass
+        if last is None:
+            raise RuntimeError(f"method {self.method!r} yielded no step")
+        return {"estimate": last.estimate.detach()[keep].to("cpu").numpy(), "steps": last.step,
+                "total": last.total, "nfe": int(getattr(self.prior, "nfe", 0)) - nfe0,
+                "info": {k: v for k, v in last.info.items()
+                         if isinstance(v, (int, float, str, bool))}}
+
+
+def _remote_volume(executor, problem: Problem, method: str, prior, params: dict, batch: int,
+                   overlap: int, seed: int, cancel) -> Iterator[StepEvent]:
+    """:func:`iterate`'s windows on a cluster: one step event per finished window (the whole
+    volume so far, ``info``: ``window``, ``finished``, ``worker``, ``host``, ``device``)."""
+    from .volumes import windows
+
+    work = VolumeWork(problem, method, prior, params, seed)
+    depth = problem.slices
+    whole = problem.volume is None or depth <= batch
+    items = [None] if whole else list(enumerate(windows(depth, batch, overlap)))
+    with torch.no_grad():
+        volume = problem.op.initial(problem.y).to(problem.op.dtype)
+    finished: list[int] = []
+    step = nfe = 0
+    try:
+        for i, out in executor.stream(work, items, cancel):
+            est = torch.from_numpy(np.array(out["estimate"])).to(volume.device, volume.dtype)
+            info = {**out["info"], "worker": out["worker"], "host": out["host"],
+                    "device": out["device"], "worker_seconds": out["worker_seconds"],
+                    "wall_seconds": out["wall_seconds"]}
+            step += out["steps"]
+            nfe += out["nfe"]
+            if whole:
+                yield StepEvent(out["steps"], out["total"], est, None, nfe=nfe, info=info)
+                continue
+            w = items[i][1]
+            volume[w.keep_start:w.keep_stop] = est
+            finished = sorted(finished + list(range(w.keep_start, w.keep_stop)))
+            yield StepEvent(step, out["total"] * len(items), volume, None, nfe=nfe, info={
+                **info, "window": (w.start, w.stop), "window_step": out["steps"],
+                "finished": finished})
+    except Cancelled as exc:
+        raise Cancelled(f"cancelled with {len(finished)} of {depth} slices finished",
+                        volume) from exc
 
 
 def _with_adapt_loss(steps, prior) -> Iterator[StepEvent]:

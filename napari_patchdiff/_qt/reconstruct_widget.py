@@ -10,6 +10,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLab
 from .. import api
 from ..adapt import ADAPT_PARAMS, ADAPTATION
 from ..errors import InputError
+from ..executors import CLUSTER_CHOICES
 from ..jobs import ReconJob, Update, UpdateKind, devices, recon_updates
 from ..solvers import SOLVERS
 from ..state import Display, state_for
@@ -51,6 +52,14 @@ class ReconstructWidget(QWidget):
         self.seed_box.setToolTip("seed of the sampler's noise stream (runs are reproducible)")
         randomise = QPushButton("Randomise")
         self.device_box = combo(devices())
+        self.cluster_box = QComboBox()
+        self.cluster_box.setEditable(True)
+        self.cluster_box.addItems(list(CLUSTER_CHOICES))
+        self.cluster_box.setToolTip(
+            "where an ensemble's batches and a volume's windows run: local (here), ray (workers "
+            "of a Ray instance started on this machine) or type ray:ADDRESS for an existing Ray "
+            "cluster (`ray start --head` prints it); the same results either way (needs "
+            "pip install 'napari-patchdiff[ray]')")
         self.samples_box = spin(1, 1024, 1)
         self.samples_box.setToolTip("posterior samples (diffusion methods): mean, std, bounds")
         self.design_box = combo(DESIGNS)
@@ -83,7 +92,7 @@ class ReconstructWidget(QWidget):
         form.addRow("method", self.method_box)
         form.addRow(self.params)
         form.addRow("seed", row(self.seed_box, randomise))
-        form.addRow("device", self.device_box)
+        form.addRow("device", row(self.device_box, QLabel("cluster"), self.cluster_box))
         form.addRow("samples", self.samples_box)
         form.addRow("noise design", self.design_box)
         form.addRow("bounds", self.calibration_box)
@@ -143,10 +152,12 @@ class ReconstructWidget(QWidget):
     def configure(self, method: str | None = None, seed: int | None = None,
                   device: str | None = None, samples: int | None = None,
                   design: str | None = None, batch: int | None = None, adapt=None,
-                  calibration: str | None = None, **params) -> None:
+                  calibration: str | None = None, cluster: str | None = None,
+                  **params) -> None:
         """Set the inputs as a user would (``params``: the method's parameters; ``adapt``: True
         or a dict of adaptation parameters switches test-time adaptation on, False off;
-        ``calibration``: "auto", "none" or a calibration file)."""
+        ``calibration``: "auto", "none" or a calibration file; ``cluster``: "local", "ray"
+        or "ray:ADDRESS")."""
         if method is not None:
             SOLVERS.get(method)
             if api.needs_prior(method) and not self.state.prior:
@@ -164,6 +175,8 @@ class ReconstructWidget(QWidget):
             self.design_box.setCurrentText(design)
         if calibration is not None:
             self.calibration_box.setCurrentText(str(calibration))
+        if cluster is not None:
+            self.cluster_box.setCurrentText(str(cluster))
         if adapt is not None:
             self.adapt_box.setChecked(bool(adapt))
             self.adapt_form.set_values(adapt if isinstance(adapt, dict) else {})
@@ -185,7 +198,14 @@ class ReconstructWidget(QWidget):
                         prior=self.state.prior if diffusion else None, interval=self.interval,
                         adapt=((self.adapt_form.values() or True)
                                if diffusion and self.adapt_box.isChecked() else None),
-                        calibration=self._calibration())
+                        calibration=self._calibration(), cluster=self._cluster())
+
+    def _cluster(self):
+        from ..executors import parse_cluster
+
+        text = self.cluster_box.currentText().strip() or "local"
+        parse_cluster(text)  # InputError (shown in the panel) for a bad choice or no ray
+        return None if text == "local" else text
 
     def _calibration(self):
         text = self.calibration_box.currentText().strip() or "auto"

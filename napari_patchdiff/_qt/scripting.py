@@ -53,14 +53,16 @@ class Session:
 
     def reconstruct(self, method: str = "admm-tv", *, samples: int = 1, design: str = "iid",
                     seed: int = 0, device: str = "cpu", batch: int | None = None, adapt=None,
-                    calibration: str | None = None, wait=False, **params):
+                    calibration: str | None = None, cluster: str | None = None, wait=False,
+                    **params):
         """Start ``method`` in the background (``params``: its parameters; ``adapt``: True or a
         dict of adaptation parameters for test-time adaptation, False off, None as set;
-        ``calibration``: an ensemble's bounds, "auto", "none" or a calibration file); the
-        worker."""
+        ``calibration``: an ensemble's bounds, "auto", "none" or a calibration file;
+        ``cluster``: "local", "ray" or "ray:ADDRESS", None as set); the worker."""
         r = self.reconstructor
         r.configure(method=method, seed=seed, device=device, samples=samples, design=design,
-                    batch=batch or 0, adapt=adapt, calibration=calibration, **params)
+                    batch=batch or 0, adapt=adapt, calibration=calibration, cluster=cluster,
+                    **params)
         worker = r.run()
         if worker is None:
             raise InputError(r.panel.status.text())

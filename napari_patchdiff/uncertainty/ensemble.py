@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 
 from ..errors import InputError
 from ..events import Cancelled, CancelToken, StepEvent
@@ -39,8 +40,8 @@ from .calibration import resolve_calibration
 from .regions import roi_mask
 from .summaries import EnsembleResult, check_level, summarise
 
-__all__ = ["DESIGNS", "GROUP", "BATCH_SLICES", "SampleEvent", "Accumulator", "default_batch", "ensemble",
-           "run_ensemble"]
+__all__ = ["DESIGNS", "GROUP", "BATCH_SLICES", "SampleEvent", "Accumulator", "Batch", "EnsembleWork",
+           "default_batch", "plan_batches", "run_batch", "ensemble", "run_ensemble"]
 
 #: default number of image slices per sampler run (samples x slices)
 BATCH_SLICES = 8
@@ -107,9 +108,50 @@ def default_batch(samples: int, slices: int, design: str) -> int:
     return max(m, b - b % m)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One sampler run of an ensemble: batch ``index`` draws samples ``start ..`` from
+    ``streams`` ((seed, antithetic, pair, member) each; whole pairs or groups). Its results
+    depend on these alone, not on where or after what it runs."""
+
+    index: int
+    start: int
+    streams: tuple
+
+    @property
+    def samples(self) -> list[int]:
+        return list(range(self.start, self.start + len(self.streams)))
+
+
+def plan_batches(samples: int, design: str, seed: int, batch: int) -> list[Batch]:
+    """The sampler runs of an ensemble (the same whichever executor runs them)."""
+    streams = _streams(samples, design, seed)
+    return [Batch(bi, start, tuple(streams[start:start + batch]))
+            for bi, start in enumerate(range(0, samples, batch))]
+
+
+def run_batch(spec, op, y, b: Batch, *, prior, design: str, seed: int, slices: int, volume,
+              cancel=None, **used) -> Iterator[StepEvent]:
+    """The step events of one batch's sampler run (the pure core of :func:`ensemble`: a
+    local run and a cluster worker both call it)."""
+    noise = StackedNoise([_source(design, s, a, m, op.device, op.dtype)
+                          for s, a, _, m in b.streams],
+                         [slices] * len(b.streams), prior_seed=sample_seed(seed, 10**6 + b.index),
+                         device=op.device, dtype=op.dtype)
+    yb = y.repeat(len(b.streams), *([1] * (y.ndim - 1)))
+    return spec.run(op, yb, prior=prior, noise_source=noise, cancel=cancel, seed=seed,
+                    volume=volume, **used)
+
+
+def _check_batch(batch: int, design: str) -> None:
+    if batch < 1 or batch % GROUP[design]:
+        raise InputError(f"batch must be a positive number of samples (a multiple of "
+                         f"{GROUP[design]} for the {design} design), got {batch}")
+
+
 def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: str = "iid",
              batch: int | None = None, seed: int = 0, cancel: CancelToken | None = None,
-             adapt=None, **params) -> Iterator[StepEvent | SampleEvent]:
+             adapt=None, cluster=None, **params) -> Iterator[StepEvent | SampleEvent]:
     """Draw ``samples`` posterior samples of ``problem`` with the diffusion sampler ``method``.
 
     Yields the sampler's :class:`StepEvent` for every step of every batch (``info`` gains
@@ -119,36 +161,46 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
     during its first batches and then kept; see :mod:`napari_patchdiff.adapt`).
     The cancel token is checked at every step (a cancel raises
     :class:`~napari_patchdiff.events.Cancelled`).
+
+    ``cluster`` (see :func:`napari_patchdiff.executors.resolve_executor`): None or "local" runs
+    the batches here, one after another; "ray" or "ray:ADDRESS" (or a
+    :class:`~napari_patchdiff.executors.RayExecutor`) runs them on Ray workers at once. Then a
+    batch's events come when it finishes, batches in the order they finish: one
+    :class:`StepEvent` (its last step; ``info`` also has ``worker``, ``host``, ``device``) and
+    its :class:`SampleEvent` s. The samples are the same as a local run's.
     """
+    from ..executors import resolve_executor
+
     _check_design(samples, design)
     spec = get_solver(method)
     if not spec.sampler:
         samplers = [n for n in SOLVERS.names() if SOLVERS.get(n).sampler]
         raise InputError(f"method {method!r} is not a posterior sampler; an ensemble needs one of "
                          f"{', '.join(samplers)}")
+    executor = resolve_executor(cluster)
+    if executor.remote and (adapt or hasattr(prior, "history")):
+        raise InputError("test-time adaptation trains one adapter through an ensemble's batches "
+                         "in turn, so it runs locally only: drop the cluster, or adapt once "
+                         "(reconstruct --adapt --save-prior PATH) and sample with that prior")
     prior = resolve_prior(problem, method, prior, adapt)
     used = method_params(problem, method, **params)
     used.pop("seed", None)
     d = problem.slices  # slices of one sample
     batch = default_batch(samples, d, design) if batch is None else int(batch)
-    if batch < 1 or batch % GROUP[design]:
-        raise InputError(f"batch must be a positive number of samples (a multiple of "
-                         f"{GROUP[design]} for the {design} design), got {batch}")
-    streams = _streams(samples, design, seed)
+    _check_batch(batch, design)
+    batches = plan_batches(samples, design, seed, batch)
+    if executor.remote:
+        yield from _remote(executor, problem, method, prior, design, seed, batches, used,
+                           samples, cancel)
+        return
     op, y = problem.op, problem.y
     nfe0 = int(getattr(prior, "nfe", 0))
     t0 = time.perf_counter()
-    for bi, start in enumerate(range(0, samples, batch)):
-        chunk = streams[start:start + batch]
-        noise = StackedNoise([_source(design, s, a, m, op.device, op.dtype)
-                              for s, a, _, m in chunk],
-                             [d] * len(chunk), prior_seed=sample_seed(seed, 10**6 + bi),
-                             device=op.device, dtype=op.dtype)
-        yb = y.repeat(len(chunk), *([1] * (y.ndim - 1)))
+    for b in batches:
         last = None
-        for last in spec.run(op, yb, prior=prior, noise_source=noise, cancel=cancel, seed=seed,
-                             volume=problem.volume, **used):
-            info = {**last.info, "batch": bi, "samples": list(range(start, start + len(chunk)))}
+        for last in run_batch(spec, op, y, b, prior=prior, design=design, seed=seed, slices=d,
+                              volume=problem.volume, cancel=cancel, **used):
+            info = {**last.info, "batch": b.index, "samples": b.samples}
             if getattr(prior, "last_loss", None) is not None:
                 info["adapt_loss"] = prior.last_loss
             yield StepEvent(last.step, last.total, last.estimate, last.denoised,
@@ -156,15 +208,78 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
         if last is None:
             raise RuntimeError(f"method {method!r} yielded no step")
         est = last.estimate.detach().to("cpu").float().numpy()[:, 0]
-        for i, (s, a, pair, member) in enumerate(chunk):
-            x = est[i * d:(i + 1) * d]
-            yield SampleEvent(start + i, samples, x[0] if problem.squeeze else x, s, a, pair,
-                              member, int(getattr(prior, "nfe", 0)) - nfe0,
-                              time.perf_counter() - t0)
+        yield from _sample_events(b, est, d, samples, problem.squeeze,
+                                  int(getattr(prior, "nfe", 0)) - nfe0, time.perf_counter() - t0)
+
+
+def _sample_events(b: Batch, est: np.ndarray, d: int, total: int, squeeze: bool, nfe: int,
+                   seconds: float) -> Iterator[SampleEvent]:
+    for i, (s, a, pair, member) in enumerate(b.streams):
+        x = est[i * d:(i + 1) * d]
+        yield SampleEvent(b.start + i, total, x[0] if squeeze else x, s, a, pair, member, nfe,
+                          seconds)
+
+
+class EnsembleWork:
+    """An ensemble's batches as work for a cluster worker (see
+    :mod:`napari_patchdiff.executors`): picklable (the operator travels as a recipe, the prior
+    as itself, on the CPU); :meth:`load` once per worker, :meth:`run` once per batch."""
+
+    def __init__(self, problem: Problem, method: str, prior, design: str, seed: int, used):
+        from ..executors import OperatorRecipe
+
+        self.method, self.design, self.seed, self.used = method, design, int(seed), dict(used)
+        self.recipe = OperatorRecipe.of(problem.op)
+        self.y = problem.y.detach().to("cpu")
+        self.slices, self.volume = problem.slices, problem.volume
+        if prior is not None and str(getattr(prior, "device", "cpu")) != "cpu":
+            import copy
+
+            prior = copy.deepcopy(prior).to("cpu")
+        self.prior = prior
+        self.op = None
+
+    def load(self, device) -> None:
+        self.op = self.recipe.build(device)
+        self.y = self.y.to(self.op.device)
+        if self.prior is not None:
+            self.prior.to(self.op.device)
+
+    def run(self, b: Batch) -> dict:
+        nfe0 = int(getattr(self.prior, "nfe", 0))
+        last = None
+        for last in run_batch(get_solver(self.method), self.op, self.y, b, prior=self.prior,
+                              design=self.design, seed=self.seed, slices=self.slices,
+                              volume=self.volume, **self.used):
+            pass
+        if last is None:
+            raise RuntimeError(f"method {self.method!r} yielded no step")
+        return {"estimate": last.estimate.detach().to("cpu").float().numpy()[:, 0],
+                "steps": last.step, "total": last.total,
+                "nfe": int(getattr(self.prior, "nfe", 0)) - nfe0}
+
+
+def _remote(executor, problem: Problem, method: str, prior, design: str, seed: int,
+            batches: list[Batch], used, samples: int, cancel) -> Iterator:
+    """:func:`ensemble`'s batches on a cluster, as their results arrive."""
+    work = EnsembleWork(problem, method, prior, design, seed, used)
+    d, nfe, t0 = problem.slices, 0, time.perf_counter()
+    for i, out in executor.stream(work, batches, cancel):
+        b = batches[i]
+        nfe += out["nfe"]
+        est = np.array(out["estimate"])  # writable (Ray returns read-only views)
+        info = {"batch": b.index, "samples": b.samples, "worker": out["worker"],
+                "host": out["host"], "device": out["device"],
+                "worker_seconds": out["worker_seconds"], "wall_seconds": out["wall_seconds"]}
+        yield StepEvent(out["steps"], out["total"], torch.from_numpy(est)[:, None], None,
+                        nfe=nfe, info=info)
+        yield from _sample_events(b, est, d, samples, problem.squeeze, nfe,
+                                  time.perf_counter() - t0)
 
 
 class Accumulator:
-    """The finished samples of an ensemble, as they arrive.
+    """The finished samples of an ensemble, as they arrive (in any order: a cluster returns
+    batches as they finish; they are kept in sample order).
 
     :attr:`usable` is how many can be summarised: all of them for iid, whole pairs or groups
     only for the antithetic and rqmc designs (a lone member would bias the group-mean
@@ -174,24 +289,43 @@ class Accumulator:
     def __init__(self, design: str, calibration=None, interval_note: str = "sample quantiles"):
         self.design = design
         self.calibration, self.interval_note = calibration, interval_note
-        self.samples: list[np.ndarray] = []
+        self._by_index: dict[int, np.ndarray] = {}
         self.nfe = 0
 
     def add(self, event: SampleEvent) -> None:
-        self.samples.append(event.sample)
+        if event.index in self._by_index:
+            raise RuntimeError(f"sample {event.index} arrived twice")
+        self._by_index[event.index] = event.sample
         self.nfe = event.nfe
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._by_index)
+
+    @property
+    def samples(self) -> list[np.ndarray]:
+        """Every sample that arrived, in sample order."""
+        return [self._by_index[k] for k in sorted(self._by_index)]
+
+    def _usable_indices(self) -> list[int]:
+        m = GROUP[self.design]
+        groups: dict[int, int] = {}
+        for k in self._by_index:
+            groups[k // m] = groups.get(k // m, 0) + 1
+        return sorted(k for k in self._by_index if groups[k // m] == m)
 
     @property
     def usable(self) -> int:
-        n = len(self.samples)
-        return n - n % GROUP[self.design]
+        return len(self._usable_indices())
+
+    @property
+    def indices(self) -> list[int]:
+        """The sample indices :meth:`stack` returns (usable ones)."""
+        return self._usable_indices()
 
     def stack(self, usable_only: bool = True) -> np.ndarray:
-        """The samples ``(N, ...)`` (the usable ones, or all that arrived)."""
-        return np.stack(self.samples[: self.usable] if usable_only else self.samples)
+        """The samples ``(N, ...)`` in sample order (the usable ones, or all that arrived)."""
+        keys = self._usable_indices() if usable_only else sorted(self._by_index)
+        return np.stack([self._by_index[k] for k in keys])
 
     def summary(self, truth=None, roi=None, level: float = 0.9) -> EnsembleResult | None:
         """:func:`summarise` of the usable samples, or None if fewer than two."""
@@ -205,8 +339,12 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
                  batch: int | None = None, seed: int = 0, roi=None, level: float = 0.9,
                  cancel: CancelToken | None = None,
                  on_event: Callable[[Any], None] | None = None, adapt=None,
-                 calibration="auto", **params) -> EnsembleResult:
+                 calibration="auto", cluster=None, **params) -> EnsembleResult:
     """Run :func:`ensemble` to the end and summarise it (with the truth if known).
+
+    ``cluster``: where the batches run (None or "local": here; "ray", "ray:ADDRESS" or a
+    :class:`~napari_patchdiff.executors.RayExecutor`: on Ray workers, with the same samples);
+    the report's ``executor`` says which.
 
     ``calibration`` chooses the per-pixel bounds (see
     :func:`~napari_patchdiff.uncertainty.calibration.resolve_calibration`): ``"auto"`` uses a
@@ -218,6 +356,9 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples < 2:
         raise InputError(f"an ensemble summary needs at least two samples, got {samples}")
     level = check_level(level)  # everything the summary needs is checked before sampling
+    from ..executors import resolve_executor
+
+    executor = resolve_executor(cluster)
     if roi is not None:
         roi_mask(roi, problem.image_shape)
     t0 = time.perf_counter()
@@ -228,7 +369,7 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
         params=method_params(problem, method, **params), samples=samples, level=level))
     try:
         for ev in ensemble(problem, method, prior=prior, samples=samples, design=design,
-                           batch=batch, seed=seed, cancel=cancel, **params):
+                           batch=batch, seed=seed, cancel=cancel, cluster=executor, **params):
             if isinstance(ev, SampleEvent):
                 acc.add(ev)
             if on_event is not None:
@@ -236,13 +377,16 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     except (Cancelled, KeyboardInterrupt) as exc:
         exc.partial = acc.summary(truth, roi, level)
         if exc.partial is not None:
-            exc.partial.report.update(cancelled=True, seconds=time.perf_counter() - t0)
+            exc.partial.report.update(cancelled=True, seconds=time.perf_counter() - t0,
+                                      sample_indices=acc.indices, executor=executor.describe())
         raise
     result = acc.summary(truth, roi, level)
     batch = batch or default_batch(samples, problem.slices, design)
     result.report.update(method=method, seed=seed, batch=batch, nfe=acc.nfe,
                          seconds=round(time.perf_counter() - t0, 3),
                          nfe_per_sample=acc.nfe / math.ceil(samples / batch))
+    if executor.remote:
+        result.report["executor"] = executor.describe()
     if hasattr(prior, "summary"):
         result.report["adaptation"] = prior.summary()
     return result

@@ -1,0 +1,385 @@
+"""Where independent sampler runs execute: in this process (the default) or on a Ray cluster.
+
+This module is the one place that chooses (:func:`resolve_executor`): ``cluster=None`` or
+``"local"`` runs everything in this process, as always; ``"ray"`` starts a Ray instance on this
+machine (or uses the one this process is already connected to); ``"ray:ADDRESS"`` connects to an
+existing cluster (``ray start --head`` prints the address; ``ray:auto`` finds one started on
+this machine). A :class:`RayExecutor` may also be given directly, e.g. with a number of workers.
+
+What runs on the cluster is a *work*: a picklable object with ``load(device)`` (called once per
+worker: it rebuilds the operator and moves the prior to the worker's device, so a prior is
+loaded once per worker, not once per batch) and ``run(item) -> dict`` (one batch of an
+ensemble, one window of a volume; a pure function of the item). :meth:`RayExecutor.stream`
+starts one Ray actor per worker (a GPU each where the cluster has GPUs, else ``threads`` CPUs),
+hands each the next item as soon as it is free, and yields ``(position, result)`` as items
+finish, in whatever order they finish. The callers (:mod:`napari_patchdiff.uncertainty.ensemble`,
+:mod:`napari_patchdiff.runs`) turn results into the same events a local run yields. Since every
+item draws its noise from streams seeded by (seed, sample or slice index) and (seed, batch
+index) only, a result does not depend on the worker that computed it, nor on the number of
+workers.
+
+Faults: a worker process that dies mid-item (killed, out of memory, a lost node) is restarted
+by Ray (``max_restarts``) and its item run again (``max_task_retries``); an item's result is
+yielded once, when it arrives, so nothing is lost or duplicated. A cancel kills the actors
+(stopping their remote work) and raises :class:`~napari_patchdiff.events.Cancelled`; the results
+already yielded stay with the caller.
+
+``ray`` is imported here only, and only when a Ray executor is used: the package works without
+it (``pip install "napari-patchdiff[ray]"`` adds it).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from .errors import InputError, JobError
+from .events import Cancelled, CancelToken
+
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "resolve_executor", "parse_cluster",
+           "CLUSTER_CHOICES", "OperatorRecipe", "ray_available"]
+
+#: what the cluster option accepts (the GUI's choices; ``ray:ADDRESS`` is typed in)
+CLUSTER_CHOICES = ("local", "ray")
+#: seconds to wait for a cluster address to answer before calling it unreachable
+CONNECT_TIMEOUT = 5.0
+#: how often a worker is restarted, and an item retried, after its process dies
+RESTARTS = 3
+#: seconds between checks of the cancel token while waiting for results
+POLL = 0.1
+
+_INSTALL = 'the Ray executor needs the ray package: pip install "napari-patchdiff[ray]"'
+
+
+def ray_available() -> bool:
+    """Whether ``ray`` can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError(_INSTALL) from None
+    return ray
+
+
+class Executor:
+    """Runs items of a work; :attr:`remote` is False for the in-process executor."""
+
+    remote = False
+    name = "local"
+
+    def stream(self, work, items: Sequence, cancel: CancelToken | None = None
+               ) -> Iterator[tuple[int, dict]]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"executor": self.name}
+
+
+class LocalExecutor(Executor):
+    """Items one after another in this process, on ``device`` (the work's pure path; the
+    ensemble and volume code run locally through their own streaming loops instead)."""
+
+    def __init__(self, device="cpu"):
+        self.device = device
+
+    def stream(self, work, items, cancel=None):
+        work.load(self.device)
+        for i, item in enumerate(items):
+            if cancel is not None:
+                cancel.check()
+            yield i, work.run(item)
+
+
+LOCAL = LocalExecutor()
+
+
+@dataclass
+class RayExecutor(Executor):
+    """Items on a Ray cluster: one actor per worker, results as they finish.
+
+    address : None (this process's Ray connection if there is one, else a new Ray instance on
+        this machine), or a cluster address (``host:port`` of ``ray start --head``,
+        ``ray://host:10001`` for Ray Client, or ``auto``).
+    workers : actors to start (default: one per GPU of the cluster where it has GPUs, else one
+        per ``threads`` CPUs); never more than there are items.
+    threads : torch CPU threads (and Ray CPUs) of each worker.
+    gpus : GPUs per worker (default: 1 where the cluster has GPUs, else 0); a worker with a GPU
+        runs on ``cuda``, one without on the CPU.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    threads: int = 1
+    gpus: float | None = None
+    restarts: int = RESTARTS
+    #: what the last :meth:`stream` measured: per-worker start (load) seconds, pids, devices
+    last: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    remote = True
+    name = "ray"
+
+    def __post_init__(self):
+        for what, value, low in (("workers", self.workers, 1), ("threads", self.threads, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < low):
+                raise InputError(f"{what} must be a positive integer, got {value!r}")
+        if self.gpus is not None and not (isinstance(self.gpus, (int, float)) and self.gpus >= 0):
+            raise InputError(f"gpus per worker must be a number >= 0, got {self.gpus!r}")
+        if self.address is not None:
+            self.address = str(self.address).strip()
+            if not self.address:
+                raise InputError("ray:ADDRESS needs an address, e.g. ray:10.0.0.5:6379")
+
+    # -- connection ---------------------------------------------------------------------------
+    def connect(self):
+        """Connect to (or start) the cluster; InputError if it cannot be reached."""
+        ray = _ray()
+        if self.address is not None:
+            _probe(self.address, CONNECT_TIMEOUT)
+        if ray.is_initialized():  # this process's connection (e.g. a script's ray.init)
+            current = _current_address(ray)
+            if self.address not in (None, "auto") and current and not _same_address(
+                    self.address, current):
+                raise InputError(f"this process is already connected to the Ray cluster at "
+                                 f"{current}, not {self.address}: use cluster='ray' for it, or "
+                                 f"call ray.shutdown() first")
+            return ray
+        if self.address is None:
+            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            return ray
+        try:
+            ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+        except Exception as exc:  # ConnectionError, RuntimeError, ...: say where and why
+            raise InputError(f"cannot connect to the Ray cluster at {self.address}: "
+                             f"{_first_line(exc)}") from None
+        return ray
+
+    def describe(self) -> dict[str, Any]:
+        out = {"executor": "ray", "address": self.address or "local Ray instance"}
+        out.update({k: v for k, v in self.last.items() if k in ("workers", "devices", "hosts")})
+        return out
+
+    # -- running ------------------------------------------------------------------------------
+    def _plan(self, ray, n_items: int) -> tuple[int, float, int]:
+        resources = ray.cluster_resources()
+        cluster_gpus = float(resources.get("GPU", 0))
+        gpus = (1.0 if cluster_gpus >= 1 else 0.0) if self.gpus is None else float(self.gpus)
+        if self.workers is not None:
+            workers = self.workers
+        elif gpus > 0:
+            workers = max(1, int(cluster_gpus // gpus))
+        else:
+            workers = max(1, int(float(resources.get("CPU", 1)) // self.threads))
+        return max(1, min(workers, n_items)), gpus, self.threads
+
+    def stream(self, work, items, cancel=None):
+        """Run ``work.run(item)`` for every item on the cluster; yield ``(position, result)``
+        as each finishes (each result gains ``worker`` (pid), ``host``, ``device``,
+        ``worker_seconds`` and ``wall_seconds`` from hand-out to arrival)."""
+        items = list(items)
+        if not items:
+            return
+        ray = self.connect()
+        n, gpus, threads = self._plan(ray, len(items))
+        actor_class = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=self.restarts,
+                                 max_task_retries=self.restarts)(_Worker)
+        t0 = time.perf_counter()
+        # serialised once; each worker fetches and loads it at its first item (and again
+        # after a restart). Nested in a list so that Ray hands the reference, not the value.
+        shared = [ray.put(work)]
+        actors = [actor_class.remote(threads) for _ in range(n)]
+        self.last = {"workers": n, "gpus_per_worker": gpus, "threads": threads,
+                     "put_seconds": round(time.perf_counter() - t0, 4)}
+        queue = list(range(len(items)))
+        pending: dict[Any, tuple[int, Any, float]] = {}
+
+        def hand_out(actor) -> None:
+            i = queue.pop(0)
+            pending[actor.run.remote(shared, items[i])] = (i, actor, time.perf_counter())
+
+        try:
+            for actor in actors:
+                if queue:
+                    hand_out(actor)
+            while pending:
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled("cancelled by the user")
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL)
+                for ref in done:
+                    i, actor, started = pending.pop(ref)
+                    out = _get(ray, ref)
+                    out["wall_seconds"] = time.perf_counter() - started
+                    if queue:
+                        hand_out(actor)
+                    yield i, out
+            self.last.update(_worker_facts(ray, actors))
+        finally:
+            for actor in actors:  # stops remote work on a cancel, an error or a closed stream
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+
+
+def _get(ray, ref) -> dict:
+    """``ray.get`` with the worker's own error re-raised (InputError stays InputError)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, (InputError, JobError, Cancelled)):
+            raise cause from None
+        raise JobError(f"a Ray worker failed: {_first_line(cause or exc)}") from None
+    except ray.exceptions.RayActorError as exc:
+        raise JobError(f"a Ray worker died {RESTARTS + 1} times on the same item and was given "
+                       f"up: {_first_line(exc)}") from None
+
+
+def _worker_facts(ray, actors) -> dict[str, Any]:
+    try:
+        facts = ray.get([a.facts.remote() for a in actors], timeout=10)
+    except Exception:  # noqa: BLE001 - facts are for reports only
+        return {}
+    return {"devices": sorted({f["device"] for f in facts}),
+            "hosts": sorted({f["host"] for f in facts}),
+            "load_seconds": [round(f["load_seconds"], 4) for f in facts],
+            "loads": sum(f["loads"] for f in facts)}
+
+
+class _Worker:
+    """One Ray actor: fetches and loads the work once (prior, operator), then runs items."""
+
+    def __init__(self, threads: int = 1):
+        import ray
+        import torch
+
+        torch.set_num_threads(int(threads))
+        self.device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.work, self.load_seconds, self.loads = None, 0.0, 0
+
+    def run(self, shared: list, item) -> dict:
+        import ray
+
+        t0 = time.perf_counter()
+        loaded = 0.0
+        if self.work is None:  # the first item of this worker process
+            self.work = ray.get(shared[0])
+            self.work.load(self.device)
+            loaded = self.load_seconds = time.perf_counter() - t0
+            self.loads += 1
+        t1 = time.perf_counter()
+        out = dict(self.work.run(item))
+        out.update(worker=os.getpid(), host=socket.gethostname(), device=self.device,
+                   worker_seconds=time.perf_counter() - t1, load_seconds=loaded)
+        return out
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def facts(self) -> dict:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
+                "load_seconds": self.load_seconds, "loads": self.loads}
+
+
+def _current_address(ray) -> str | None:
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - older or client connections
+        return None
+
+
+def _same_address(a: str, b: str) -> bool:
+    def norm(x: str) -> tuple[str, str]:
+        x = x.split("://", 1)[1] if "://" in x else x
+        host, _, port = x.rpartition(":")
+        try:
+            host = socket.gethostbyname(host.strip("[]"))
+        except OSError:
+            pass
+        return host, port
+
+    return norm(a) == norm(b)
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _probe(address: str, timeout: float) -> None:
+    """InputError unless ``host:port`` (of ``[ray://]host:port``) accepts a TCP connection."""
+    if address == "auto":
+        return
+    bare = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = bare.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"Ray cluster address {address!r}: expected HOST:PORT (e.g. "
+                         f"ray:10.0.0.5:6379, the address `ray start --head` prints), "
+                         f"ray://HOST:10001 or ray:auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise InputError(f"cannot reach the Ray cluster at {address} ({why} after at most "
+                         f"{timeout:g} s): is `ray start --head` running there, and is the "
+                         f"port open?") from None
+
+
+def parse_cluster(spec) -> Executor:
+    """``None`` / ``"local"`` -> the local executor; ``"ray"`` -> a :class:`RayExecutor` on this
+    machine's Ray; ``"ray:ADDRESS"`` -> one connected to ADDRESS; an :class:`Executor` as is.
+    InputError for anything else, or when Ray is asked for but not installed."""
+    if spec is None or isinstance(spec, Executor):
+        return LOCAL if spec is None else spec
+    if not isinstance(spec, str):
+        raise InputError(f"cluster must be 'local', 'ray' or 'ray:ADDRESS', got "
+                         f"{type(spec).__name__}")
+    text = spec.strip()
+    if text.lower() in ("", "local"):
+        return LOCAL
+    kind, sep, address = text.partition(":")
+    if kind.lower() != "ray":
+        raise InputError(f"unknown cluster {spec!r}: choose local, ray (a Ray instance on this "
+                         f"machine) or ray:ADDRESS (an existing Ray cluster)")
+    if not ray_available():
+        raise InputError(_INSTALL)
+    if sep and not address.strip():
+        raise InputError("ray:ADDRESS needs an address, e.g. ray:10.0.0.5:6379")
+    return RayExecutor(address.strip() if sep else None)
+
+
+def resolve_executor(cluster=None, workers: int | None = None) -> Executor:
+    """The executor for ``cluster`` (see :func:`parse_cluster`), with ``workers`` Ray workers
+    (an error with the local executor)."""
+    ex = parse_cluster(cluster)
+    if workers is not None:
+        if not ex.remote:
+            raise InputError("workers= (--workers) needs a Ray cluster: add cluster='ray' "
+                             "(--cluster ray)")
+        ex = RayExecutor(ex.address, workers, ex.threads, ex.gpus, ex.restarts)
+    return ex
+
+
+@dataclass(frozen=True)
+class OperatorRecipe:
+    """How a worker rebuilds an operator (operators hold ODL/ASTRA objects that do not pickle):
+    its class, image shape, dtype and parameters."""
+
+    cls: type
+    image_shape: tuple[int, ...]
+    dtype: Any
+    params: dict[str, Any]
+
+    @classmethod
+    def of(cls, op) -> "OperatorRecipe":
+        return cls(type(op), tuple(op.image_shape), op.dtype, dict(op.params))
+
+    def build(self, device):
+        return self.cls(self.image_shape, device=device, dtype=self.dtype, **self.params)
