@@ -191,9 +191,8 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
     ``load_prior(source, device)`` returns the prior object (default: load it every time);
     ``pace`` spaces the streamed estimates (default: every ``job.interval`` seconds).
     """
-    from .runs import iterate, resolve_prior
-
     from .executors import resolve_executor
+    from .runs import iterate, resolve_prior
 
     pace = pace or Pace(job.interval)
     executor = resolve_executor(job.cluster)  # a bad cluster is an error before any work
@@ -313,8 +312,8 @@ def train_updates(job: TrainJob, images, cancel: CancelToken | None = None,
                   pace: Pace | None = None) -> Iterator[Update]:
     """Train a prior on ``images`` (``[(name, array, metadata)]``: 2D images or 3D volumes in
     their own units, see :func:`napari_patchdiff.training.training_volumes`), yielding
-    :class:`Update` s (``metrics``: loss since the previous update, validation losses; final
-    ``report``: the checkpoint metadata)."""
+    :class:`Update` s (``metrics``: loss since the previous update, validation losses, the
+    memorisation gap; final ``report``: the checkpoint metadata)."""
     from .priors import read_metadata
     from .training import train
 
@@ -327,6 +326,8 @@ def train_updates(job: TrainJob, images, cancel: CancelToken | None = None,
             losses.append(ev.loss)
             if ev.val_losses:
                 val = {f"val {s:g}": v for s, v in ev.val_losses.items()}
+            if ev.memorisation:
+                val["memorisation gap"] = ev.memorisation["gap"]
             if not ev.done and pace.due(cancel):
                 yield Update(UpdateKind.STEP, ev.step, ev.total,
                              metrics={"loss": float(np.mean(losses)), **val})
@@ -343,4 +344,6 @@ def train_updates(job: TrainJob, images, cancel: CancelToken | None = None,
         raise JobError("training yielded no step")
     yield Update(UpdateKind.DONE, ev.step, ev.total,
                  metrics={"loss": float(np.mean(losses or [ev.loss])), **val},
-                 report=read_metadata(job.out), text=f"saved {ev.checkpoint or job.out}")
+                 report=read_metadata(job.out),
+                 text=f"saved {ev.checkpoint or job.out}" + (
+                     f"; stopped early: {ev.early_stop['reason']}" if ev.early_stop else ""))
