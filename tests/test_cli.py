@@ -131,11 +131,13 @@ def test_train_info_resume(tmp_path, capsys):
             "--patch-probs", 1.0, "--batch", 2, "--pad", 8, "--save-every", 2, "--val-every", 4]
     code, out, err = _run(capsys, *base, "--steps", 4)
     assert code == 0, err
-    assert "4/4" in err
+    assert "4/4" in err and "memorisation gap by step" in out
     code, out, err = _run(capsys, "info", str(ckpt) + ".safetensors", "--json")
     assert code == 0, err
     meta = json.loads(out)
     assert meta["modality"] == "ct" and meta["steps"] == 4 and meta["pad"] == 8
+    # the memorisation monitor ran at the validation of step 4: in the metadata and the output
+    assert [h[0] for h in meta["memorisation_history"]] == [4]
     code, _, err = _run(capsys, *base, "--steps", 6)
     assert code == 2 and "resume" in err  # refuses to overwrite silently
     code, _, err = _run(capsys, *base, "--steps", 6, "--resume")
@@ -175,6 +177,9 @@ def test_train_two_patch_sizes_without_probabilities(tmp_path, capsys):
     (["--lr", "nan"], "lr must be finite"),
     (["--ema", "1.5"], "ema"),
     (["--steps", "0"], "steps"),
+    (["--memorisation-threshold", "0.9"], "memorisation_threshold must be > 1"),
+    (["--stop-on-memorisation", "--memorisation-probes", "0"], "needs the monitor"),
+    (["--memorisation-probes", "1"], "memorisation_probes"),
 ])
 def test_train_bad_options_exit_2_with_one_line(tmp_path, capsys, options, message):
     # the options are checked before the volumes are read: no such file is ever opened

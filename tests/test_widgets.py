@@ -187,9 +187,15 @@ def test_train_a_prior_from_layers(session, tmp_path):
     assert updates[-1].kind == "done" and updates[-1].report["steps"] == 3
     assert state_for(session.viewer).prior == str(tmp_path / "mine")
     assert "steps: 3" in p.info.toPlainText() and "loss" in p.loss.text()
+    # the memorisation monitor ran at the final validation: live in the label, in the metadata
+    assert "memorisation gap" in p.loss.text()
+    assert "memorisation gap (about 1" in p.info.toPlainText()
     p.train()  # again: refuses to replace the checkpoint unless asked to
     assert session.wait(60) and "exists" in p.panel.status.text()
     assert p.panel.run_button.isEnabled()
+    p.configure(stop_on_memorisation=True)
+    assert p.early_stop_box.isChecked()
+    p.configure(stop_on_memorisation=False)
 
 
 def test_load_a_measurement_written_by_the_cli(session, tmp_path):

@@ -31,6 +31,12 @@ def describe_prior(meta: dict) -> str:
     val = {k: v for k, v in (meta.get("final_val_loss") or {}).items() if v is not None}
     if val:
         lines.append("val loss: " + ", ".join(f"{k}: {v:.4f}" for k, v in val.items()))
+    history = meta.get("memorisation_history") or []
+    if history:
+        lines.append("memorisation gap (about 1: generalises; rising: memorises): " + ", ".join(
+            f"{step}: {m['gap']:.2f}" for step, m in history[-5:]))
+    if meta.get("early_stop"):
+        lines.append(f"stopped early: {meta['early_stop']['reason']}")
     return "\n".join(lines)
 
 
@@ -62,6 +68,8 @@ class PriorWidget(QWidget):
         self.device_box = combo(devices())
         self.resume_box = QCheckBox("continue the checkpoint at 'save to'")
         self.overwrite_box = QCheckBox("replace the checkpoint at 'save to'")
+        self.early_stop_box = QCheckBox("stop when it starts memorising (memorisation gap "
+                                        "above 2 twice)")
         self.out_edit = QLineEdit(str(Path.home() / "napari-patchdiff" / "prior"))
         out_browse = QPushButton("…")
         self.panel = JobPanel("Train")
@@ -81,6 +89,7 @@ class PriorWidget(QWidget):
         tform.addRow("save to", row(self.out_edit, out_browse))
         tform.addRow(self.resume_box)
         tform.addRow(self.overwrite_box)
+        tform.addRow(self.early_stop_box)
         tform.addRow(self.panel)
         tform.addRow(self.loss)
         layout = QVBoxLayout(self)
@@ -156,7 +165,8 @@ class PriorWidget(QWidget):
         return True
 
     def configure(self, layers=None, network=None, steps=None, batch=None, patch_sizes=None,
-                  device=None, out=None, resume=None, overwrite=None) -> None:
+                  device=None, out=None, resume=None, overwrite=None,
+                  stop_on_memorisation=None) -> None:
         """Set the training inputs as a user would."""
         if layers is not None:
             for i in range(self.layers.count()):
@@ -173,7 +183,8 @@ class PriorWidget(QWidget):
             self.sizes_edit.setText(" ".join(str(p) for p in patch_sizes))
         if out is not None:
             self.out_edit.setText(str(out))
-        for box, value in ((self.resume_box, resume), (self.overwrite_box, overwrite)):
+        for box, value in ((self.resume_box, resume), (self.overwrite_box, overwrite),
+                           (self.early_stop_box, stop_on_memorisation)):
             if value is not None:
                 box.setChecked(bool(value))
 
@@ -201,6 +212,7 @@ class PriorWidget(QWidget):
                                  resume=self.resume_box.isChecked(),
                                  overwrite=self.overwrite_box.isChecked(),
                                  device=self.device_box.currentText(),
+                                 stop_on_memorisation=self.early_stop_box.isChecked(),
                                  log_every=1)  # every step: the updates are paced by time
             job = TrainJob(out=out, config=config)
         except InputError as exc:

@@ -6,7 +6,9 @@ The metadata of a checkpoint is :func:`checkpoint_metadata` (the run's recipe: n
 sizes, data, validation, optimiser) plus the number of parameters, where it was initialised
 from, and the progress written with each save (:func:`save_run`): ``steps``, ``wall_time_s``,
 ``segments`` (each stretch of training: steps, device, seconds, optimiser fresh or resumed),
-``final_val_loss``, ``val_history`` and ``created``.
+``final_val_loss``, ``val_history``, ``memorisation_history`` (``[[step, {"gap", "icr"}]]``,
+see :mod:`~napari_patchdiff.training.memorisation`), ``early_stop`` when the run stopped at the
+memorisation onset, and ``created``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from ..errors import InputError
 from ..priors.checkpoint import (load_checkpoint, load_training_state, read_metadata,
                                  save_checkpoint, save_training_state)
 from ..priors.patches import COORDINATE_NORMALISATION
+from .memorisation import MONITOR_RECORD
 from .objective import P_MEAN, P_STD, SIGMA_DATA
 
 __all__ = ["INTENSITY", "Progress", "checkpoint_metadata", "save_run", "resume_from",
@@ -55,6 +58,7 @@ class Progress:
     val_history: list = field(default_factory=list)
     segments: list = field(default_factory=list)
     optimiser: str = "fresh"
+    memorisation_history: list = field(default_factory=list)
 
 
 def checkpoint_metadata(config, data, name: str) -> dict[str, Any]:
@@ -108,20 +112,41 @@ def _record(volumes, idx) -> list[dict]:
     return [{"name": volumes[v].name, "slices": s} for v, s in sorted(rec.items())]
 
 
-def save_run(paths, meta: dict, run, at_step: int) -> str:
+def save_run(paths, meta: dict, run, at_step: int, early_stop: dict | None = None) -> str:
     """Write ``run``'s EMA weights with ``meta`` and its progress, and its training state (raw
-    weights, Adam moments, counters); returns the checkpoint path."""
+    weights, Adam moments, counters); returns the checkpoint path.
+
+    ``early_stop`` (``{"onset_step", "kept_step", "weights"}``, the EMA state dict of
+    ``kept_step``): the run stopped at the memorisation onset; the checkpoint gets the kept
+    weights at ``kept_step`` with the record, and the training state is removed (the run is
+    finished: continue from the checkpoint with ``init``, a fresh optimiser)."""
     seg = {"start_step": run.first_step, "end_step": at_step, "device": meta["device"],
            "seconds": round(run.session_seconds(), 1), "optimiser": run.progress.optimiser}
     history = [[s, _keys_str(v)] for s, v in run.progress.val_history]
     m = dict(meta, steps=at_step, wall_time_s=round(run.elapsed(), 3),
              segments=run.progress.segments + [seg], final_val_loss=_keys_str(run.last_val),
              val_history=history,
+             memorisation_history=run.progress.memorisation_history,
+             memorisation=MONITOR_RECORD,
              created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    if early_stop is not None:
+        kept = early_stop["kept_step"]
+        m.update(steps=kept, early_stop={
+            "onset_step": early_stop["onset_step"], "kept_step": kept,
+            "threshold": early_stop["threshold"],
+            "reason": f"memorisation gap above {early_stop['threshold']:g} at two validations "
+                      f"in a row (steps up to {early_stop['onset_step']}); the weights are those "
+                      f"of step {kept}, the last validation below it"})
+        model = copy.deepcopy(run.ema_model)
+        model.load_state_dict(early_stop["weights"])
+        path = save_checkpoint(paths["weights"], model, m)
+        paths["state"].unlink(missing_ok=True)
+        return str(path)
     path = save_checkpoint(paths["weights"], run.ema_model, m)
     save_training_state(paths["weights"], run.model, run.opt,
                         {"step": at_step, "wall_time_s": run.elapsed(), "seed": meta["seed"],
-                         "val_history": history})
+                         "val_history": history,
+                         "memorisation_history": run.progress.memorisation_history})
     return str(path)
 
 
@@ -141,7 +166,8 @@ def resume_from(paths, meta: dict, model, opt, device):
                          "(a fresh optimiser) or start afresh with overwrite")
     ema_model, _ = load_checkpoint(paths["weights"], device=device)
     progress = Progress(int(info["step"]), float(info.get("wall_time_s", 0.0)),
-                        info.get("val_history", []), segments_of(old), "resumed")
+                        info.get("val_history", []), segments_of(old), "resumed",
+                        info.get("memorisation_history", []))
     return progress, ema_model
 
 
@@ -165,6 +191,7 @@ def init_from(init, meta: dict, model):
     if same_data:
         progress.wall_before = float(old.get("wall_time_s") or 0.0)
         progress.val_history = old.get("val_history", [])
+        progress.memorisation_history = old.get("memorisation_history", [])
     return progress, ema_model, origin
 
 

@@ -62,6 +62,11 @@ class TrainConfig:
         validate and save only at the end; log every step).
     val_sigmas, val_patches : validation noise levels and number of validation patches.
     inference_patch_size : the patch size the prior will be used with (validated at it).
+    memorisation_probes : training patches of the memorisation monitor, measured at every
+        validation (0: off; see :mod:`~napari_patchdiff.training.memorisation`).
+    stop_on_memorisation : end the run at the memorisation onset (the monitor's gap above
+        ``memorisation_threshold`` at two validations in a row) and keep the weights of the last
+        validation before it.
     device : torch device; channels_last : the channels-last memory format.
     resume : continue the run at ``out`` from its training state (or start afresh if none).
     overwrite : allow replacing an existing checkpoint when not resuming.
@@ -87,6 +92,9 @@ class TrainConfig:
     val_sigmas: tuple[float, ...] = VAL_SIGMAS
     val_patches: int = 32
     inference_patch_size: int | None = None
+    memorisation_probes: int = 32
+    stop_on_memorisation: bool = False
+    memorisation_threshold: float = 2.0
     device: str = "cpu"
     channels_last: bool | None = None
     resume: bool = False
@@ -128,8 +136,19 @@ class TrainConfig:
         set_("val_fraction", _real("val_fraction", self.val_fraction))
         if not 0 <= self.val_fraction < 0.5:
             raise InputError(f"val_fraction must be in [0, 0.5), got {self.val_fraction:g}")
-        for name in ("val_every", "save_every", "log_every", "val_patches"):
+        for name in ("val_every", "save_every", "log_every", "val_patches",
+                     "memorisation_probes"):
             set_(name, _integer(name, getattr(self, name), 0))
+        if self.memorisation_probes == 1:
+            raise InputError("memorisation_probes must be 0 (off) or at least 2")
+        set_("stop_on_memorisation", bool(self.stop_on_memorisation))
+        set_("memorisation_threshold", _real("memorisation_threshold",
+                                             self.memorisation_threshold))
+        if not self.memorisation_threshold > 1:
+            raise InputError(f"memorisation_threshold must be > 1 (a gap of 1 is no memorisation "
+                             f"at all), got {self.memorisation_threshold:g}")
+        if self.stop_on_memorisation and not self.memorisation_probes:
+            raise InputError("stop_on_memorisation needs the monitor (memorisation_probes > 0)")
         sigmas = tuple(_real("validation sigma", s) for s in _sequence(self.val_sigmas))
         if any(s <= 0 for s in sigmas):
             raise InputError(f"validation sigmas must be > 0, got {sigmas}")

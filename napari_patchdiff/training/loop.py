@@ -6,7 +6,8 @@
 3. :func:`checkpoint_metadata` (the recipe) and :func:`build_run`: the network, its EMA copy and
    Adam, restored from the run to ``resume`` or the prior to start from (``init``);
 4. per step: :func:`draw_batch`, :func:`optimisation_step` (which also moves the EMA),
-   validation every ``val_every`` steps, :func:`save_run` every ``save_every`` steps and at the
+   validation and the memorisation monitor every ``val_every`` steps (and, with
+   ``stop_on_memorisation``, the end of the run at its onset), :func:`save_run` every ``save_every`` steps and at the
    end, and a :class:`TrainEvent` every ``log_every`` steps.
 
 Determinism and resume: step ``t`` draws everything (patch size, slices, locations, sigma, noise
@@ -37,12 +38,13 @@ import torch
 
 from ..errors import InputError, SolverError
 from ..events import Cancelled
-from ..priors.checkpoint import checkpoint_paths
+from ..priors.checkpoint import checkpoint_paths, read_metadata
 from ..priors.network import EDMDenoiser, build_unet, count_parameters
 from ..priors.patches import MixedPatchSampler, coordinate_grid, pad_image, random_patches
 from .checkpoints import Progress, checkpoint_metadata, init_from, resume_from, save_run
 from .config import TrainConfig
 from .data import TrainingVolume, split_slices, training_volumes
+from .memorisation import MemorisationMonitor, OnsetRule
 from .objective import P_MEAN, P_STD, SIGMA_DATA, Validator, edm_loss, step_seed
 
 __all__ = ["TrainEvent", "train", "TrainingData", "prepare_data", "build_run", "draw_batch",
@@ -62,6 +64,10 @@ class TrainEvent:
     val_losses : {sigma: validation loss} when validation ran at this step, else None.
     seconds : wall time of the whole run so far (earlier sessions included when resumed).
     checkpoint : path of the checkpoint written at this step, else None.
+    memorisation : ``{"gap", "icr"}`` of the memorisation monitor when it ran at this step
+        (:mod:`~napari_patchdiff.training.memorisation`), else None.
+    early_stop : the checkpoint's ``early_stop`` record when the run stopped at the
+        memorisation onset (the last event), else None.
     """
 
     step: int
@@ -70,10 +76,12 @@ class TrainEvent:
     val_losses: dict[float, float] | None
     seconds: float
     checkpoint: str | None = None
+    memorisation: dict[str, float] | None = None
+    early_stop: dict | None = None
 
     @property
     def done(self) -> bool:
-        return self.step >= self.total
+        return self.step >= self.total or self.early_stop is not None
 
 
 def train(volumes, out, config: TrainConfig, cancel=None) -> Iterator[TrainEvent]:
@@ -111,18 +119,28 @@ def train(volumes, out, config: TrainConfig, cancel=None) -> Iterator[TrainEvent
         validator = Validator(data.val_images, config.kind, config.inference_patch_size or 0,
                               config.pad, config.seed, config.val_patches, config.val_sigmas,
                               data.device)
+        watch = Watch(config, data)
         losses = _LossLog()
         while run.step < config.steps:
             _stop_if_cancelled(cancel, run, save)
             t = run.step + 1
             losses.add(optimisation_step(run, draw_batch(config, data, t), config, t))
-            val = validator(run.ema_model) if _due(t, config.val_every, config.steps) else None
+            due = _due(t, config.val_every, config.steps)
+            val = validator(run.ema_model) if due else None
             if val is not None:
                 run.progress.val_history.append([t, val])
                 run.last_val = val
+            mem, onset = watch(run, t) if due else (None, None)
+            if onset is not None:
+                path = save_run(paths, meta, run, run.step, early_stop=onset)
+                record = read_metadata(path)["early_stop"]
+                yield TrainEvent(t, config.steps, losses.pop_mean(), val, run.elapsed(), path,
+                                 mem, record)
+                return
             ckpt = save() if _due(t, config.save_every, config.steps) else None
             if t % max(1, config.log_every) == 0 or val is not None or ckpt or t == config.steps:
-                yield TrainEvent(t, config.steps, losses.pop_mean(), val, run.elapsed(), ckpt)
+                yield TrainEvent(t, config.steps, losses.pop_mean(), val, run.elapsed(), ckpt,
+                                 mem)
     except KeyboardInterrupt as exc:
         raise _interrupted(run, save, paths) from exc
 
@@ -254,6 +272,42 @@ def build_run(config: TrainConfig, meta: dict, paths: dict, started: float) -> R
     ema_model.to(device, memory_format=mem).eval().requires_grad_(False)
     model.train()
     return Run(model, ema_model, opt, progress, started, origin)
+
+
+class Watch:
+    """The memorisation monitor of a run (:mod:`~napari_patchdiff.training.memorisation`): at
+    each validation it measures the EMA network, records the result in the progress and, with
+    ``stop_on_memorisation``, keeps the EMA weights of the last measurement below the threshold
+    and reports the onset as ``{"onset_step", "kept_step", "threshold", "weights"}``."""
+
+    def __init__(self, config: TrainConfig, data: TrainingData):
+        self.monitor = None
+        if config.memorisation_probes:
+            patch = config.inference_patch_size or 0
+            self.monitor = MemorisationMonitor(data.train_images, config.kind, patch, config.pad,
+                                               config.seed, data.device,
+                                               n=config.memorisation_probes)
+        self.rule = (OnsetRule(config.memorisation_threshold)
+                     if config.stop_on_memorisation else None)
+        self.kept: tuple[int, dict] | None = None
+
+    def __call__(self, run: Run, t: int) -> tuple[dict | None, dict | None]:
+        if self.monitor is None:
+            return None, None
+        mem = self.monitor(run.ema_model)
+        if mem is None:
+            return None, None
+        run.progress.memorisation_history.append([t, mem])
+        if self.rule is None:
+            return mem, None
+        if not self.rule.update(t, mem["gap"]):
+            if self.rule.last_good == t:
+                self.kept = (t, copy.deepcopy(run.ema_model.state_dict()))
+            return mem, None
+        if self.kept is None:  # memorising from the first validation: keep nothing earlier
+            return mem, None
+        return mem, {"onset_step": t, "kept_step": self.kept[0],
+                     "threshold": self.rule.threshold, "weights": self.kept[1]}
 
 
 # ------------------------------------------------------------------------------------------------
