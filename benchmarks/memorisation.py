@@ -66,8 +66,12 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=200)
     parser.add_argument("--probes", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", action="store_true", help="rewrite the table from the .json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.table:
+        write(json.loads((RESULTS / "memorisation.json").read_text()))
+        return
     out = {"machine": machine("cpu"), "probes": args.probes, "recipe": RECIPE,
            "shipped": shipped(args.probes),
            "runs": {str(n): trajectory(n, args.steps, args.every) for n in (1, 24)}}
@@ -93,7 +97,7 @@ def write(out) -> None:
     ]
     for row in out["shipped"]:
         lines.append(f"| {row['prior']} | {row['steps']} | {row['data']} | {row['gap']:.2f} | "
-                     f"{row['icr']:.3f} |")
+                     f"{row['icr']:.2g} |")
     runs = out["runs"]
     lines += [
         "",
