@@ -18,7 +18,9 @@ Noise designs (antithetic sampling for diffusion models: Jia et al., arXiv 2506.
 
 Samples are batched: one sampler run draws ``batch`` samples (times the slices of a volume) at
 once through a :class:`~napari_patchdiff.noise_source.StackedNoise`. The same seed, design and
-batch size give the same ensemble.
+batch size give the same ensemble. Batches are independent (:func:`plan_batches`,
+:func:`run_batch`), so they may also run at once on a Ray cluster (``cluster=``, see
+:mod:`napari_patchdiff.executors`), which gives the same samples.
 """
 from __future__ import annotations
 
@@ -270,7 +272,8 @@ def _remote(executor, problem: Problem, method: str, prior, design: str, seed: i
         est = np.array(out["estimate"])  # writable (Ray returns read-only views)
         info = {"batch": b.index, "samples": b.samples, "worker": out["worker"],
                 "host": out["host"], "device": out["device"],
-                "worker_seconds": out["worker_seconds"], "wall_seconds": out["wall_seconds"]}
+                "worker_seconds": out["worker_seconds"], "wall_seconds": out["wall_seconds"],
+                "load_seconds": out["load_seconds"]}
         yield StepEvent(out["steps"], out["total"], torch.from_numpy(est)[:, None], None,
                         nfe=nfe, info=info)
         yield from _sample_events(b, est, d, samples, problem.squeeze, nfe,
