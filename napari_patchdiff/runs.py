@@ -222,7 +222,7 @@ def _remote_volume(executor, problem: Problem, method: str, prior, params: dict,
             est = torch.from_numpy(np.array(out["estimate"])).to(volume.device, volume.dtype)
             info = {**out["info"], "worker": out["worker"], "host": out["host"],
                     "device": out["device"], "worker_seconds": out["worker_seconds"],
-                    "wall_seconds": out["wall_seconds"]}
+                    "wall_seconds": out["wall_seconds"], "load_seconds": out["load_seconds"]}
             step += out["steps"]
             nfe += out["nfe"]
             if whole:
