@@ -159,7 +159,8 @@ def conformal_rows(out) -> dict:
             rest = np.concatenate([r[o] for o in slices if o != sl])
             factors = {f"{lev:g}": conformal_factor(rest, lev) for lev in LEVELS}
             cov.append(covered(r[sl], factors))
-        result[design] = {k: float(np.mean([c[k] for c in cov])) for k in cov[0]}
+        result[design] = {k: (float(np.mean([c[k] for c in cov])), min(c[k] for c in cov),
+                              max(c[k] for c in cov)) for k in cov[0]}
     return result
 
 
@@ -213,7 +214,8 @@ def write_table(out) -> None:
         lines += [
             "Per-pixel coverage at each nominal level: the raw sample-quantile interval, and the "
             "split-conformal interval `mean +- q std` with `q` fitted on the other slices (leave "
-            "one slice out; the method of `napari-patchdiff calibrate`), mean over slices:",
+            "one slice out; the method of `napari-patchdiff calibrate`), mean over slices "
+            "(calibrated: range over the held-out slices in brackets):",
             "",
             "| nominal | " + " | ".join(f"{d} raw | {d} calibrated" for d in designs) + " |",
             "|---" * (1 + 2 * len(designs)) + "|",
@@ -221,7 +223,8 @@ def write_table(out) -> None:
         for lev in LEVELS:
             k = f"{lev:g}"
             lines.append(f"| {k} | " + " | ".join(
-                f"{np.mean([r[d]['calibration'][k] for r in rows]):.3f} | {conf[d][k]:.3f}"
+                f"{np.mean([r[d]['calibration'][k] for r in rows]):.3f} | {conf[d][k][0]:.3f} "
+                f"({conf[d][k][1]:.3f}-{conf[d][k][2]:.3f})"
                 for d in designs) + " |")
         lines.append("")
     for design in designs[1:]:
