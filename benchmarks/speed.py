@@ -4,6 +4,15 @@
 
 (``--device cuda`` writes speed_cuda.md / .json instead.)
 
+    python benchmarks/speed.py --compare REF [--method dds pnp-admm] [--volume D] [--rounds 3]
+
+writes speed_compare.md / .json: the same jobs timed with the code of git revision ``REF``
+(checked out into a temporary worktree) and with this tree, each job in its own process,
+alternating (REF, this, REF, this, ...) so that a drift of the machine's load falls on both;
+the ratio REF / this of the median seconds, and the PSNR of each (equal quality is part of a
+speed claim). ``--volume D``: a D-slice volume (lung2 50...) instead of one slice, in the
+default windows of slices (without ``--compare``: this tree only, printed as JSON).
+
 One 256 x 256 slice (lung2 55), 20 views, noise 0.2, the method's default evaluations. Reports
 wall seconds, network evaluations, seconds per evaluation, the network's GFLOP per evaluation
 (torch.utils.flop_counter on one assembled denoiser call), the achieved GFLOP/s of the network
@@ -14,7 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -41,13 +56,113 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+HERE = Path(__file__).resolve().parent
+#: the methods that take a prior
+DIFFUSION = ("dds", "dps", "padis", "langevin", "pnp-admm")
+
+
+def child(args) -> None:
+    """One timed job in this process: prints ``{"seconds", "psnr", "package"}`` as JSON."""
+    import napari_patchdiff
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    prior = load_prior(args.prior, device=device)
+    slices = [55] if not args.volume else list(range(50, 50 + args.volume))
+    x = ct_slices(slices)
+    truth = api.truth_from_array(x[0] if len(slices) == 1 else x,
+                                 {"spacing": (5.0, 1.0, 1.0)} if len(slices) > 1 else None,
+                                 modality="unit")
+    problem = api.simulate(truth, "ct-parallel", noise_std=0.2, seed=0, views=20, device=device)
+    t0 = time.perf_counter()
+    kw = {"prior": prior} if args.child in DIFFUSION else {}
+    result = api.solve(problem, args.child, **kw)
+    _sync(device)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "psnr": result.report["psnr"],
+                      "package": str(Path(napari_patchdiff.__file__).parent)}))
+
+
+def compare(args) -> None:
+    """Time ``args.method`` jobs with the code at ``args.compare`` and with this tree."""
+    torch.set_num_threads(args.threads)  # as the children: machine() reports it
+    repo = HERE.parent
+    ref = subprocess.run(["git", "rev-parse", "--short", args.compare], cwd=repo, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    here = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=repo, capture_output=True, text=True).stdout.strip())
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "ref"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], cwd=repo,
+                       check=True, capture_output=True)
+        try:
+            runs = {m: {"ref": [], "this": []} for m in args.method}
+            for r in range(args.rounds):
+                for m in args.method:
+                    for side, root in (("ref", tree), ("this", repo)):
+                        cmd = [sys.executable, str(HERE / "speed.py"), "--child", m,
+                               "--threads", str(args.threads), "--device", args.device,
+                               "--prior", args.prior, "--volume", str(args.volume)]
+                        env = dict(os.environ, PYTHONPATH=str(root))
+                        out = subprocess.run(cmd, env=env, check=True, capture_output=True,
+                                             text=True).stdout.strip().splitlines()[-1]
+                        res = json.loads(out)
+                        if Path(res["package"]).resolve() != (root / "napari_patchdiff").resolve():
+                            raise SystemExit(f"{side} imported {res['package']}, not {root}")
+                        runs[m][side].append(res)
+                        print(r, m, side, res, flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=repo,
+                           capture_output=True)
+    job = (f"a {args.volume}-slice volume (lung2 50-{49 + args.volume})" if args.volume
+           else "one 256 x 256 slice (lung2 55)")
+    out = {"machine": machine(args.device), "ref": ref, "this": here + ("+" if dirty else ""),
+           "threads": args.threads, "job": job, "rounds": args.rounds, "runs": runs}
+    (RESULTS / "speed_compare.json").write_text(json.dumps(out, indent=1))
+    lines = ["# Speed, side by side: two versions of the code in one run", "",
+             "Generated by `python benchmarks/speed.py --compare " + args.compare
+             + f" --method {' '.join(args.method)}" + (f" --volume {args.volume}" if args.volume
+                                                       else "")
+             + f" --rounds {args.rounds} --threads {args.threads}` (do not edit by hand).",
+             f"Machine: {out['machine']}. Job: {job}, 20 views, noise 0.2, the shipped prior "
+             f"`{args.prior}`, each method's defaults; each run in its own process, the two "
+             f"versions alternating, {args.rounds} rounds.", "",
+             f"| method | seconds, {ref} (median) | seconds, {out['this']} (median) | "
+             f"ratio {ref} / {out['this']} | PSNR {ref} | PSNR {out['this']} |",
+             "|---|---|---|---|---|---|"]
+    for m, r in runs.items():
+        a = statistics.median(x["seconds"] for x in r["ref"])
+        b = statistics.median(x["seconds"] for x in r["this"])
+        lines.append(f"| {m} | {a:.1f} | {b:.1f} | {a / b:.2f} | {r['ref'][0]['psnr']:.2f} | "
+                     f"{r['this'][0]['psnr']:.2f} |")
+    (RESULTS / "speed_compare.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prior", default="ct")
-    parser.add_argument("--method", default="dds")
+    parser.add_argument("--method", default=None, nargs="+",
+                        help="method(s) (default dds; with --compare: dds pnp-admm)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compare", metavar="REF", help="a git revision to time against")
+    parser.add_argument("--volume", type=int, default=0, metavar="D",
+                        help="with --compare: a D-slice volume instead of one slice")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args)
+    if args.compare:
+        args.method = args.method or ["dds", "pnp-admm"]
+        return compare(args)
+    args.method = (args.method or ["dds"])[0]
+    if args.volume:  # this tree only: seconds and PSNR of the volume job
+        args.child = args.method
+        return child(args)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     prior = load_prior(args.prior, device=device)
