@@ -36,7 +36,7 @@ __all__ = ["Truth", "Problem", "Result", "load_truth", "truth_from_array", "simu
 def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
           on_event: Callable[[StepEvent], None] | None = None, prior=None, adapt=None,
           batch: int | None = None, overlap: int | None = None, cluster=None,
-          **params) -> Result:
+          precision: str | None = None, **params) -> Result:
     """Run ``method`` to the end and return the reconstruction with its report.
 
     ``adapt`` (True, or a dict of ``adapt_steps``, ``adapt_rank``, ``adapt_lr``, ...) adapts the
@@ -48,12 +48,14 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
     volume's window (see :func:`napari_patchdiff.runs.iterate`). ``cluster``: "ray" or
     "ray:ADDRESS" (or a :class:`~napari_patchdiff.executors.RayExecutor`) runs a volume's
     windows on Ray workers, with the same result (see :mod:`napari_patchdiff.executors`).
+    ``precision``: the prior network's, "float32" or "bfloat16" (None: the prior's own; see
+    :class:`~napari_patchdiff.priors.Prior`).
     """
     from .executors import resolve_executor
 
     executor = resolve_executor(cluster)
     used = method_params(problem, method, **params)
-    prior = resolve_prior(problem, method, prior, adapt)
+    prior = resolve_prior(problem, method, prior, adapt, precision)
     t0, last = time.perf_counter(), None
     try:
         for last in iterate(problem, method, cancel=cancel, prior=prior, batch=batch,

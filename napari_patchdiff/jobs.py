@@ -95,6 +95,7 @@ class ReconJob:
     adapt: Any = None  # test-time adaptation: None, True or a dict of its parameters
     calibration: Any = "auto"  # per-pixel bounds: "auto", None or a calibration file
     cluster: Any = None  # where batches/windows run: None/"local", "ray", "ray:ADDRESS"
+    precision: str | None = None  # the prior network's: None (float32) or "bfloat16"
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
         if not job.prior:
             raise InputError(f"method {job.method!r} needs a prior: choose one in the Prior widget")
         prior = (load_prior or _load_prior)(job.prior, problem.op.device)
-    prior = resolve_prior(problem, job.method, prior, job.adapt)  # wrapped when adapting
+    prior = resolve_prior(problem, job.method, prior, job.adapt,  # wrapped when adapting
+                          job.precision)
     if job.samples > 1:
         yield from _ensemble_updates(job, problem, prior, cancel, pace)
         return

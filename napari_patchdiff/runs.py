@@ -44,14 +44,19 @@ def needs_prior(method: str) -> bool:
     return get_solver(method).kind == "diffusion"
 
 
-def resolve_prior(problem: Problem, method: str, prior=None, adapt=None):
+def resolve_prior(problem: Problem, method: str, prior=None, adapt=None,
+                  precision: str | None = None):
     """The prior object for a diffusion ``method`` (a shipped name, a path or a Prior), checked
     against the problem's image size and modality, and wrapped for test-time adaptation to the
     problem's measurement when ``adapt`` is True or a dict of adaptation parameters
-    (:mod:`napari_patchdiff.adapt`); ``None`` for classical methods."""
+    (:mod:`napari_patchdiff.adapt`), at ``precision`` ("float32", "bfloat16"; None: the
+    prior's own, see :class:`~napari_patchdiff.priors.Prior`); ``None`` for classical methods."""
     if not needs_prior(method):
         if prior is not None:
             raise InputError(f"method {method!r} does not use a prior; drop --prior")
+        if precision not in (None, "float32"):
+            raise InputError(f"method {method!r} has no network to run in {precision}; drop "
+                             "--precision")
         if adapt:
             raise InputError(f"method {method!r} has no prior to adapt; drop --adapt")
         return None
@@ -65,6 +70,10 @@ def resolve_prior(problem: Problem, method: str, prior=None, adapt=None):
     elif not (hasattr(prior, "denoise") and hasattr(prior, "check")):
         raise InputError(f"prior must be a shipped prior's name, a checkpoint path or a loaded "
                          f"prior (load_prior), got {type(prior).__name__}")
+    if precision is not None:
+        if not hasattr(prior, "with_precision"):
+            raise InputError(f"this prior ({type(prior).__name__}) has no precision setting")
+        prior = prior.with_precision(precision)
     modality = problem.truth.modality if problem.truth is not None else None
     prior.check(problem.op.image_shape, None if modality == "unit" else modality)
     if adapt and not hasattr(prior, "history"):  # not adapting yet
@@ -76,13 +85,14 @@ def resolve_prior(problem: Problem, method: str, prior=None, adapt=None):
 
 def prior_info(prior) -> dict[str, Any]:
     """What a report records of the prior a run used."""
-    return {k: prior.metadata.get(k) for k in ("name", "kind", "modality", "steps", "created",
-                                                "source")}
+    return {**{k: prior.metadata.get(k) for k in ("name", "kind", "modality", "steps",
+                                                   "created", "source")},
+            "precision": getattr(prior, "precision", "float32")}
 
 
 def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, prior=None,
             adapt=None, batch: int | None = None, overlap: int | None = None, cluster=None,
-            **params) -> Iterator[StepEvent]:
+            precision: str | None = None, **params) -> Iterator[StepEvent]:
     """The step generator of ``method`` on ``problem`` (``prior``: a name, path or Prior, for
     diffusion methods; ``adapt``: test-time adaptation, see :func:`resolve_prior`; ``params``:
     the method's parameters, the rest take their defaults). With adaptation each event's
@@ -106,8 +116,9 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
                          "turn, so it runs locally only: drop the cluster, or adapt once "
                          "(--adapt --save-prior PATH) and use that prior on the cluster")
     spec = get_solver(method)
-    objects = ({"prior": resolve_prior(problem, method, prior, adapt)} if needs_prior(method)
-               else resolve_prior(problem, method, prior, adapt) or {})
+    objects = ({"prior": resolve_prior(problem, method, prior, adapt, precision)}
+               if needs_prior(method) else resolve_prior(problem, method, prior, adapt,
+                                                         precision) or {})
     adapting = objects.get("prior") if hasattr(objects.get("prior"), "history") else None
     batch = VOLUME_BATCH if batch is None else int(batch)
     if executor.remote:

@@ -232,6 +232,12 @@ def test_gui_runs_a_method_with_the_same_defaults_as_python(session, tiny_prior)
     direct = run_to_end(dds(problem.op, problem.y, noise_std=0.05, prior=load_prior(tiny_prior),
                             nfe=3)).estimate[0, 0].numpy()
     np.testing.assert_allclose(problem.truth.to_units(direct), done.image, rtol=0, atol=1e-3)
+    # the precision box: bfloat16 reaches the run and its report, float32 is the default
+    session.reconstructor.configure(precision="bfloat16")
+    done = _run(session, "dds", nfe=3)[-1]
+    assert done.report["prior"]["precision"] == "bfloat16"
+    session.reconstructor.configure(precision="float32")
+    assert session.reconstructor.snapshot().precision is None
 
 
 def test_adapt_in_the_reconstruct_widget(session, tiny_prior, tmp_path):

@@ -52,6 +52,10 @@ class ReconstructWidget(QWidget):
         self.seed_box.setToolTip("seed of the sampler's noise stream (runs are reproducible)")
         randomise = QPushButton("Randomise")
         self.device_box = combo(devices())
+        self.precision_box = combo(("float32", "bfloat16"))
+        self.precision_box.setToolTip(
+            "the prior network's arithmetic: bfloat16 runs about 1.9 times as fast on CPUs with "
+            "AVX-512 BF16 or AMX (diffusion methods)")
         self.cluster_box = QComboBox()
         self.cluster_box.setEditable(True)
         self.cluster_box.addItems(list(CLUSTER_CHOICES))
@@ -93,6 +97,7 @@ class ReconstructWidget(QWidget):
         form.addRow(self.params)
         form.addRow("seed", row(self.seed_box, randomise))
         form.addRow("device", row(self.device_box, QLabel("cluster"), self.cluster_box))
+        form.addRow("precision", self.precision_box)
         form.addRow("samples", self.samples_box)
         form.addRow("noise design", self.design_box)
         form.addRow("bounds", self.calibration_box)
@@ -153,7 +158,7 @@ class ReconstructWidget(QWidget):
                   device: str | None = None, samples: int | None = None,
                   design: str | None = None, batch: int | None = None, adapt=None,
                   calibration: str | None = None, cluster: str | None = None,
-                  **params) -> None:
+                  precision: str | None = None, **params) -> None:
         """Set the inputs as a user would (``params``: the method's parameters; ``adapt``: True
         or a dict of adaptation parameters switches test-time adaptation on, False off;
         ``calibration``: "auto", "none" or a calibration file; ``cluster``: "local", "ray"
@@ -177,6 +182,10 @@ class ReconstructWidget(QWidget):
             self.calibration_box.setCurrentText(str(calibration))
         if cluster is not None:
             self.cluster_box.setCurrentText(str(cluster))
+        if precision is not None:
+            if self.precision_box.findText(precision) < 0:
+                raise InputError(f"unknown precision {precision!r}; choose float32 or bfloat16")
+            self.precision_box.setCurrentText(precision)
         if adapt is not None:
             self.adapt_box.setChecked(bool(adapt))
             self.adapt_form.set_values(adapt if isinstance(adapt, dict) else {})
@@ -198,7 +207,10 @@ class ReconstructWidget(QWidget):
                         prior=self.state.prior if diffusion else None, interval=self.interval,
                         adapt=((self.adapt_form.values() or True)
                                if diffusion and self.adapt_box.isChecked() else None),
-                        calibration=self._calibration(), cluster=self._cluster())
+                        calibration=self._calibration(), cluster=self._cluster(),
+                        precision=(self.precision_box.currentText()
+                                   if diffusion and self.precision_box.currentText() != "float32"
+                                   else None))
 
     def _cluster(self):
         from ..executors import parse_cluster

@@ -153,7 +153,8 @@ def _check_batch(batch: int, design: str) -> None:
 
 def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: str = "iid",
              batch: int | None = None, seed: int = 0, cancel: CancelToken | None = None,
-             adapt=None, cluster=None, **params) -> Iterator[StepEvent | SampleEvent]:
+             adapt=None, cluster=None, precision: str | None = None,
+             **params) -> Iterator[StepEvent | SampleEvent]:
     """Draw ``samples`` posterior samples of ``problem`` with the diffusion sampler ``method``.
 
     Yields the sampler's :class:`StepEvent` for every step of every batch (``info`` gains
@@ -184,7 +185,7 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
         raise InputError("test-time adaptation trains one adapter through an ensemble's batches "
                          "in turn, so it runs locally only: drop the cluster, or adapt once "
                          "(reconstruct --adapt --save-prior PATH) and sample with that prior")
-    prior = resolve_prior(problem, method, prior, adapt)
+    prior = resolve_prior(problem, method, prior, adapt, precision)
     used = method_params(problem, method, **params)
     used.pop("seed", None)
     d = problem.slices  # slices of one sample
@@ -342,8 +343,12 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
                  batch: int | None = None, seed: int = 0, roi=None, level: float = 0.9,
                  cancel: CancelToken | None = None,
                  on_event: Callable[[Any], None] | None = None, adapt=None,
-                 calibration="auto", cluster=None, **params) -> EnsembleResult:
+                 calibration="auto", cluster=None, precision: str | None = None,
+                 **params) -> EnsembleResult:
     """Run :func:`ensemble` to the end and summarise it (with the truth if known).
+
+    ``precision``: the network's, "float32" or "bfloat16" (None: the prior's own; see
+    :class:`~napari_patchdiff.priors.Prior`).
 
     ``cluster``: where the batches run (None or "local": here; "ray", "ray:ADDRESS" or a
     :class:`~napari_patchdiff.executors.RayExecutor`: on Ray workers, with the same samples);
@@ -366,7 +371,7 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
         roi_mask(roi, problem.image_shape)
     t0 = time.perf_counter()
     truth = problem.truth.x if problem.truth is not None else None
-    prior = resolve_prior(problem, method, prior, adapt)
+    prior = resolve_prior(problem, method, prior, adapt, precision)
     acc = Accumulator(design, *resolve_calibration(
         calibration, problem=problem, method=method, prior=prior,
         params=method_params(problem, method, **params), samples=samples, level=level))
@@ -386,6 +391,7 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     result = acc.summary(truth, roi, level)
     batch = batch or default_batch(samples, problem.slices, design)
     result.report.update(method=method, seed=seed, batch=batch, nfe=acc.nfe,
+                         precision=getattr(prior, "precision", "float32"),
                          seconds=round(time.perf_counter() - t0, 3),
                          nfe_per_sample=acc.nfe / math.ceil(samples / batch))
     if executor.remote:
