@@ -81,8 +81,11 @@ def child(args) -> None:
         kw["precision"] = args.precision
     result = api.solve(problem, args.child, **kw)
     _sync(device)
-    print(json.dumps({"seconds": time.perf_counter() - t0, "psnr": result.report["psnr"],
-                      "package": str(Path(napari_patchdiff.__file__).parent)}))
+    out = {"seconds": time.perf_counter() - t0, "psnr": result.report["psnr"],
+           "package": str(Path(napari_patchdiff.__file__).parent)}
+    if device.type == "cuda":
+        out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    print(json.dumps(out))
 
 
 def compare(args) -> None:

@@ -11,9 +11,9 @@ need ``grad_x |y - A D(x)|`` call it with ``x.requires_grad_()``; others wrap it
 Precision: ``prior.precision`` is ``"float32"`` (the default) or ``"bfloat16"``, where the
 network's convolutions and matrix products run in bfloat16 (``torch.autocast``) while the EDM
 skip connection, the patch assembly and the samplers stay in float32; :meth:`Prior.with_precision`
-gives a copy that shares the network. On a CPU with AVX-512 BF16 or AMX this runs the ``cpu``
-network about 1.9 times as fast (``benchmarks/results/speed_compare.md``); elsewhere it can be
-slower.
+gives a copy that shares the network. On a CPU with AVX-512 BF16 (or AMX) whole DDS and
+PnP-ADMM runs are 1.4-1.5 times as fast at the same PSNR within 0.01 dB
+(``benchmarks/results/speed_compare.md``); on CPUs without bfloat16 instructions it can be slower.
 """
 from __future__ import annotations
 
