@@ -31,6 +31,18 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal, also when the tests run as a
+    background job (a shell starts those with SIGINT ignored, and Python then keeps it so)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _meta(**kw):
     meta = dict(kind="patch", architecture=dict(build_unet("tiny").config), pad=8,
                 image_size=[32, 32], canvas_size=[48, 48], modality="ct",
