@@ -62,6 +62,8 @@ ROWS = {
     # the thin synthetic volume: the smallest tried weight scaled to its spacing as the default
     # rule would, 0.03 (5 / 0.714)^2
     "DDS z-coupled (z_weight 1.5)": ("dds", {"z_weight": 1.5}),
+    # does the stiff z-term use up DDS's 5 early-stopped CG steps? the same with 20
+    "DDS z-coupled (z_weight 1.5, 20 CG steps)": ("dds", {"z_weight": 1.5, "cg_iterations": 20}),
 }
 
 
