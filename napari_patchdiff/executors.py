@@ -38,7 +38,7 @@ from typing import Any, Iterator, Sequence
 from .errors import InputError, JobError
 from .events import Cancelled, CancelToken
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "resolve_executor", "parse_cluster",
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "resolve_executor", "parse_cluster", "Work",
            "CLUSTER_CHOICES", "OperatorRecipe", "ray_available"]
 
 #: what the cluster option accepts (the GUI's choices; ``ray:ADDRESS`` is typed in)
@@ -383,3 +383,27 @@ class OperatorRecipe:
 
     def build(self, device):
         return self.cls(self.image_shape, device=device, dtype=self.dtype, **self.params)
+
+
+class Work:
+    """The shared part of a work (see the module docstring): the measurement, the operator as a
+    recipe and the prior, all on the CPU so that they pickle; :meth:`load` rebuilds the
+    operator on the worker's device and moves the measurement and the prior there. Subclasses
+    add ``run(item)``."""
+
+    def __init__(self, problem, prior):
+        self.recipe = OperatorRecipe.of(problem.op)
+        self.y = problem.y.detach().to("cpu")
+        self.volume = problem.volume
+        if prior is not None and str(getattr(prior, "device", "cpu")) != "cpu":
+            import copy
+
+            prior = copy.deepcopy(prior).to("cpu")
+        self.prior = prior
+        self.op = None
+
+    def load(self, device) -> None:
+        self.op = self.recipe.build(device)
+        self.y = self.y.to(self.op.device)
+        if self.prior is not None:
+            self.prior.to(self.op.device)

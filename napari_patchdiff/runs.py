@@ -16,6 +16,7 @@ import torch
 from . import metrics
 from .errors import InputError
 from .events import CancelToken, StepEvent
+from .executors import Work
 from .problem import Problem
 from .solvers import get_solver
 
@@ -150,7 +151,7 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
     return steps if adapting is None else _with_adapt_loss(steps, adapting)
 
 
-class VolumeWork:
+class VolumeWork(Work):
     """A reconstruction's windows (or its one run) as work for a cluster worker (see
     :mod:`napari_patchdiff.executors`). An item is None (the whole problem in one run, as
     :func:`iterate` runs it here) or ``(k, window)``: window ``k`` of
@@ -159,24 +160,9 @@ class VolumeWork:
     slice index; the prior's by the window index), so its slices are those of a local run."""
 
     def __init__(self, problem: Problem, method: str, prior, params: dict, seed: int):
-        from .executors import OperatorRecipe
-
+        super().__init__(problem, prior)
         self.method, self.params, self.seed = method, dict(params), int(seed)
-        self.recipe = OperatorRecipe.of(problem.op)
-        self.y = problem.y.detach().to("cpu")
-        self.noise_std, self.volume = problem.noise_std, problem.volume
-        if prior is not None and str(getattr(prior, "device", "cpu")) != "cpu":
-            import copy
-
-            prior = copy.deepcopy(prior).to("cpu")
-        self.prior = prior
-        self.op = None
-
-    def load(self, device) -> None:
-        self.op = self.recipe.build(device)
-        self.y = self.y.to(self.op.device)
-        if self.prior is not None:
-            self.prior.to(self.op.device)
+        self.noise_std = problem.noise_std
 
     def run(self, item) -> dict:
         from .noise_source import NoiseSource, StackedNoise, sample_seed

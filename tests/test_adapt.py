@@ -17,12 +17,7 @@ from napari_patchdiff.priors.lora import LoRAConv2d, add_lora, lora_parameters, 
 from napari_patchdiff.samples import load_sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

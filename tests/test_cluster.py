@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_patchdiff import api, executors
 from napari_patchdiff.cli import main
@@ -29,12 +28,7 @@ from napari_patchdiff.uncertainty.ensemble import EnsembleWork, plan_batches
 DDS = dict(nfe=3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _crop() -> np.ndarray:

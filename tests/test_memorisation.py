@@ -20,12 +20,7 @@ from napari_patchdiff.training.memorisation import MemorisationMonitor, OnsetRul
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "ct_lung.tif"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _ct(slices, size):

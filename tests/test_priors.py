@@ -21,12 +21,7 @@ from napari_patchdiff.training import (DATA_DIR, TrainConfig, TrainEvent, Traini
                                        load_training_slices, split_slices, train)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _squares(n=6, size=32):

@@ -12,13 +12,7 @@ F64 = torch.float64
 N = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machine has 2 shared cores: torch's thread pool only adds contention here
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ from napari_patchdiff.samples import load_sample  # noqa: E402
 PLUGIN = "napari-patchdiff"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _ct64():

@@ -34,6 +34,7 @@ import torch
 
 from ..errors import InputError
 from ..events import Cancelled, CancelToken, StepEvent
+from ..executors import Work
 from ..noise_source import DESIGNS, GROUP, NoiseSource, StackedNoise, sample_seed
 from ..problem import Problem
 from ..runs import method_params, resolve_prior
@@ -223,30 +224,15 @@ def _sample_events(b: Batch, est: np.ndarray, d: int, total: int, squeeze: bool,
                           seconds)
 
 
-class EnsembleWork:
+class EnsembleWork(Work):
     """An ensemble's batches as work for a cluster worker (see
     :mod:`napari_patchdiff.executors`): picklable (the operator travels as a recipe, the prior
     as itself, on the CPU); :meth:`load` once per worker, :meth:`run` once per batch."""
 
     def __init__(self, problem: Problem, method: str, prior, design: str, seed: int, used):
-        from ..executors import OperatorRecipe
-
+        super().__init__(problem, prior)
         self.method, self.design, self.seed, self.used = method, design, int(seed), dict(used)
-        self.recipe = OperatorRecipe.of(problem.op)
-        self.y = problem.y.detach().to("cpu")
-        self.slices, self.volume = problem.slices, problem.volume
-        if prior is not None and str(getattr(prior, "device", "cpu")) != "cpu":
-            import copy
-
-            prior = copy.deepcopy(prior).to("cpu")
-        self.prior = prior
-        self.op = None
-
-    def load(self, device) -> None:
-        self.op = self.recipe.build(device)
-        self.y = self.y.to(self.op.device)
-        if self.prior is not None:
-            self.prior.to(self.op.device)
+        self.slices = problem.slices
 
     def run(self, b: Batch) -> dict:
         nfe0 = int(getattr(self.prior, "nfe", 0))
