@@ -639,19 +639,21 @@ def cmd_train(args) -> int:
 
     bar = _Progress("training", args.quiet)
 
+    gaps: list[str] = []  # "step: gap" of each memorisation measurement
+    stopped: list[dict] = []  # the early-stop record, if the run stopped at the onset
+
     def progress(ev) -> None:
         try:
             val = {f"val {s:g}": f"{v:.4f}" for s, v in (ev.val_losses or {}).items()}
             if ev.memorisation:
                 val["memorisation gap"] = f"{ev.memorisation['gap']:.2f}"
-                progress.gaps.append(f"{ev.step}: {ev.memorisation['gap']:.2f}")
+                gaps.append(f"{ev.step}: {ev.memorisation['gap']:.2f}")
             bar(ev, now=bool(val), loss=f"{ev.loss:.4f}", **val)  # show validations at once
             if ev.early_stop:
-                progress.early_stop = ev.early_stop
+                stopped.append(ev.early_stop)
         except KeyboardInterrupt:
             token.interrupted = True
 
-    progress.gaps, progress.early_stop = [], None
     try:
         meta = api.train(args.volumes, args.out, config, bin=args.bin, cancel=token,
                          on_event=progress)
@@ -670,11 +672,11 @@ def cmd_train(args) -> int:
     slices = sum(len(v["slices"]) for v in meta.get("training_data", []))
     print(f"wrote {weights} ({meta['steps']} steps, {slices} training slices, modality "
           f"{meta['modality']})")
-    if progress.gaps:
+    if gaps:
         print(f"memorisation gap by step (about 1: generalises; rising: memorises): "
-              f"{', '.join(progress.gaps[-8:])}")
-    if progress.early_stop:
-        print(f"stopped early: {progress.early_stop['reason']}")
+              f"{', '.join(gaps[-8:])}")
+    if stopped:
+        print(f"stopped early: {stopped[0]['reason']}")
     return 0
 
 

@@ -28,8 +28,8 @@ from ..priors.patches import COORDINATE_NORMALISATION
 from .memorisation import MONITOR_RECORD
 from .objective import P_MEAN, P_STD, SIGMA_DATA
 
-__all__ = ["INTENSITY", "Progress", "checkpoint_metadata", "save_run", "resume_from",
-           "init_from", "segments_of"]
+__all__ = ["INTENSITY", "Progress", "checkpoint_metadata", "save_run", "early_stop_record",
+           "resume_from", "init_from", "segments_of"]
 
 #: how each modality is mapped to [0, 1] (recorded in the metadata)
 INTENSITY = {
@@ -130,13 +130,7 @@ def save_run(paths, meta: dict, run, at_step: int, early_stop: dict | None = Non
              memorisation=MONITOR_RECORD,
              created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     if early_stop is not None:
-        kept = early_stop["kept_step"]
-        m.update(steps=kept, early_stop={
-            "onset_step": early_stop["onset_step"], "kept_step": kept,
-            "threshold": early_stop["threshold"],
-            "reason": f"memorisation gap above {early_stop['threshold']:g} at two validations "
-                      f"in a row (steps up to {early_stop['onset_step']}); the weights are those "
-                      f"of step {kept}, the last validation below it"})
+        m.update(steps=early_stop["kept_step"], early_stop=early_stop_record(early_stop))
         model = copy.deepcopy(run.ema_model)
         model.load_state_dict(early_stop["weights"])
         path = save_checkpoint(paths["weights"], model, m)
@@ -148,6 +142,16 @@ def save_run(paths, meta: dict, run, at_step: int, early_stop: dict | None = Non
                          "val_history": history,
                          "memorisation_history": run.progress.memorisation_history})
     return str(path)
+
+
+def early_stop_record(onset: dict) -> dict:
+    """What a checkpoint records of a stop at the memorisation onset (``onset``: the
+    ``{"onset_step", "kept_step", "threshold", ...}`` of the run's monitor)."""
+    kept, threshold = onset["kept_step"], onset["threshold"]
+    return {"onset_step": onset["onset_step"], "kept_step": kept, "threshold": threshold,
+            "reason": f"memorisation gap above {threshold:g} at two validations in a row "
+                      f"(steps up to {onset['onset_step']}); the weights are those of step "
+                      f"{kept}, the last validation below it"}
 
 
 def resume_from(paths, meta: dict, model, opt, device):

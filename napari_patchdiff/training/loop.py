@@ -38,10 +38,11 @@ import torch
 
 from ..errors import InputError, SolverError
 from ..events import Cancelled
-from ..priors.checkpoint import checkpoint_paths, read_metadata
+from ..priors.checkpoint import checkpoint_paths
 from ..priors.network import EDMDenoiser, build_unet, count_parameters
 from ..priors.patches import MixedPatchSampler, coordinate_grid, pad_image, random_patches
-from .checkpoints import Progress, checkpoint_metadata, init_from, resume_from, save_run
+from .checkpoints import (Progress, checkpoint_metadata, early_stop_record, init_from,
+                          resume_from, save_run)
 from .config import TrainConfig
 from .data import TrainingVolume, split_slices, training_volumes
 from .memorisation import MemorisationMonitor, OnsetRule
@@ -133,9 +134,8 @@ def train(volumes, out, config: TrainConfig, cancel=None) -> Iterator[TrainEvent
             mem, onset = watch(run, t) if due else (None, None)
             if onset is not None:
                 path = save_run(paths, meta, run, run.step, early_stop=onset)
-                record = read_metadata(path)["early_stop"]
                 yield TrainEvent(t, config.steps, losses.pop_mean(), val, run.elapsed(), path,
-                                 mem, record)
+                                 mem, early_stop_record(onset))
                 return
             ckpt = save() if _due(t, config.save_every, config.steps) else None
             if t % max(1, config.log_every) == 0 or val is not None or ckpt or t == config.steps:

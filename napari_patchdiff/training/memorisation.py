@@ -36,7 +36,7 @@ last validation before the onset (the checkpoint's ``early_stop`` says which ste
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -138,7 +138,7 @@ class OnsetRule:
     patience: int = 2
     above: int = 0
     last_good: int | None = None
-    onset_step: int | None = field(default=None)
+    onset_step: int | None = None
 
     def update(self, step: int, gap: float) -> bool:
         if gap <= self.threshold:
