@@ -11,8 +11,10 @@ writes speed_compare.md / .json: the same jobs timed with the code of git revisi
 alternating (REF, this, REF, this, ...) so that a drift of the machine's load falls on both;
 the ratio REF / this of the median seconds, and the PSNR of each (equal quality is part of a
 speed claim). ``--this-precision bfloat16`` runs this tree's prior in bfloat16 (``REF`` may
-be ``HEAD``: then the ratio is that of the precision alone). ``--volume D``: a D-slice volume (lung2 50...) instead of one slice, in the
-default windows of slices (without ``--compare``: this tree only, printed as JSON).
+be ``HEAD``: then the ratio is that of the precision alone); ``--this-precision float32
+bfloat16`` times this tree at both, beside REF, in the same run. ``--volume D``: a D-slice
+volume (lung2 50...) instead of one slice, in the default windows of slices (without
+``--compare``: this tree only, printed as JSON).
 
 One 256 x 256 slice (lung2 55), 20 views, noise 0.2, the method's default evaluations. Reports
 wall seconds, network evaluations, seconds per evaluation, the network's GFLOP per evaluation
@@ -103,16 +105,19 @@ def compare(args) -> None:
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], cwd=repo,
                        check=True, capture_output=True)
         try:
-            runs = {m: {"ref": [], "this": []} for m in args.method}
+            # B: this tree once per --this-precision (or once at the defaults)
+            sides = [("ref", tree, args.ref_precision)] + [
+                (f"this ({prec})" if prec else "this", repo, prec)
+                for prec in (args.this_precision or [None])]
+            runs = {m: {side: [] for side, _, _ in sides} for m in args.method}
             slices = [0] if args.volume else args.slices
             for r in range(args.rounds):
                 for m, sl in [(m, sl) for m in args.method for sl in slices]:
-                    for side, root in (("ref", tree), ("this", repo)):
+                    for side, root, prec in sides:
                         cmd = [sys.executable, str(HERE / "speed.py"), "--child", m,
                                "--threads", str(args.threads), "--device", args.device,
                                "--prior", args.prior, "--volume", str(args.volume),
                                "--slice", str(sl)]
-                        prec = args.ref_precision if side == "ref" else args.this_precision
                         if prec:
                             cmd += ["--precision", prec]
                         env = dict(os.environ, PYTHONPATH=str(root))
@@ -129,7 +134,6 @@ def compare(args) -> None:
     job = (f"a {args.volume}-slice volume (lung2 50-{49 + args.volume})" if args.volume
            else f"256 x 256 slices (lung2 {', '.join(map(str, args.slices))}), one per run")
     ref_label = args.compare + (f" ({args.ref_precision})" if args.ref_precision else "")
-    this_label = "this tree" + (f" ({args.this_precision})" if args.this_precision else "")
     out = {"machine": machine(args.device), "ref": ref, "this": here + ("+" if dirty else ""),
            "threads": args.threads, "job": job, "rounds": args.rounds, "runs": runs}
     (RESULTS / "speed_compare.json").write_text(json.dumps(out, indent=1))
@@ -139,11 +143,11 @@ def compare(args) -> None:
              f"Machine: {out['machine']}. Job: {job}, 20 views, noise 0.2, the shipped prior "
              f"`{args.prior}`, each method's defaults; each run in its own process, the two "
              f"versions alternating, {args.rounds} rounds.", "",
-             f"A: {ref_label} = {ref}; B: {this_label} = {out['this']}. Seconds: the median "
-             "over rounds of the seconds summed over the slices; PSNR: the mean over the "
-             "slices (dB).", "",
-             "| method | seconds A | seconds B | ratio A / B | PSNR A | PSNR B | PSNR B - A |",
-             "|---|---|---|---|---|---|---|"]
+             f"A: {ref_label} = {ref}; B: this tree = {out['this']}, at the precision in the "
+             "B column (the default: float32). Seconds: the median over rounds of the seconds "
+             "summed over the slices; PSNR: the mean over the slices (dB).", "",
+             "| method | B | seconds A | seconds B | ratio A / B | PSNR A | PSNR B | PSNR B - A |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def per_round(rows):
         return statistics.median(sum(x["seconds"] for x in rows if x["round"] == k)
@@ -153,10 +157,14 @@ def compare(args) -> None:
         return statistics.mean(x["psnr"] for x in rows if x["round"] == 0)
 
     for m, r in runs.items():
-        a, b = per_round(r["ref"]), per_round(r["this"])
-        pa, pb = psnr(r["ref"]), psnr(r["this"])
-        lines.append(f"| {m} | {a:.1f} | {b:.1f} | {a / b:.2f} | {pa:.2f} | {pb:.2f} | "
-                     f"{pb - pa:+.3f} |")
+        a, pa = per_round(r["ref"]), psnr(r["ref"])
+        for side, rows in r.items():
+            if side == "ref":
+                continue
+            b, pb = per_round(rows), psnr(rows)
+            label = side.removeprefix("this").strip(" ()") or "defaults"
+            lines.append(f"| {m} | {label} | {a:.1f} | {b:.1f} | {a / b:.2f} | {pa:.2f} | "
+                         f"{pb:.2f} | {pb - pa:+.3f} |")
     (RESULTS / "speed_compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -177,8 +185,9 @@ def main() -> None:
                         help="with --compare: the test slices (lung2), one run each")
     parser.add_argument("--ref-precision", choices=("float32", "bfloat16"),
                         help="with --compare: the prior's precision in REF's runs")
-    parser.add_argument("--this-precision", choices=("float32", "bfloat16"),
-                        help="with --compare: the prior's precision in this tree's runs")
+    parser.add_argument("--this-precision", choices=("float32", "bfloat16"), nargs="+",
+                        help="with --compare: the prior's precision(s) in this tree's runs "
+                             "(several: one B column each, all in the same run)")
     parser.add_argument("--slice", type=int, default=55, help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -1,11 +1,13 @@
 """Tests of the priors subpackage and of training (tiny network, seconds each)."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from napari_patchdiff.errors import InputError
 from napari_patchdiff.events import CancelToken, Cancelled
@@ -90,6 +92,60 @@ def test_untrained_denoiser_is_c_skip():
         den.net.conv_out.weight.zero_()
     x = torch.rand(1, 1, 16, 16)
     torch.testing.assert_close(den(x, 0.5, coordinate_grid(16, 16)), x * 0.25 / 0.5)
+
+
+@pytest.mark.parametrize("channels,size,film", [(32, 56, False), (64, 28, True), (128, 14, True),
+                                                 (8, 1, False)])
+def test_channels_last_norm_act_is_groupnorm_film_silu(channels, size, film):
+    """The channels-last fast path of the residual blocks' GroupNorm (+ FiLM) + SiLU gives what
+    PyTorch's own layers give: in float64 to rounding, in float32 to its rounding, and in
+    bfloat16 within bfloat16's; the result keeps the channels-last layout."""
+    from napari_patchdiff.priors.network import _groups, norm_act
+
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(_groups(channels), channels)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(3, channels, size, size) * 2.0 + 1.5  # a mean to cancel against
+    scale = torch.randn(3, channels, 1, 1) if film else None
+    shift = torch.randn(3, channels, 1, 1) if film else None
+
+    def reference(x, norm, scale, shift):
+        h = norm(x)
+        return F.silu(h * (1 + scale) + shift if film else h)
+
+    n64 = copy.deepcopy(norm).double()
+    want = reference(x.double(), n64, *(None if t is None else t.double() for t in (scale, shift)))
+    top = want.abs().max().item()
+    for dtype, tol in ((torch.float64, 1e-12 * top), (torch.float32, 1e-5 * top),
+                       (torch.bfloat16, 2e-2 * top)):
+        xl = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        nd = copy.deepcopy(norm).to(dtype) if dtype != torch.bfloat16 else norm
+        args = [None if t is None else t.to(dtype) for t in (scale, shift)]
+        with torch.no_grad():
+            got = norm_act(nd, xl, *args)
+        assert got.dtype == dtype
+        if size > 1:
+            assert got.is_contiguous(memory_format=torch.channels_last)
+        err = (got.double() - want).abs().max().item()
+        assert err < tol, (dtype, err)
+
+
+def test_channels_last_network_matches_contiguous():
+    """A whole network in channels-last memory (the CPU default) computes what it computes in
+    the contiguous layout (the GPU default and training's reference)."""
+    torch.manual_seed(1)
+    den = EDMDenoiser(build_unet("tiny")).double().eval()
+    with torch.no_grad():
+        den.net.conv_out.weight.normal_(std=0.1)
+    x = torch.rand(4, 1, 16, 16, dtype=torch.float64)
+    coords = coordinate_grid(16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        want = den(x, 0.3, coords)
+        den_cl = copy.deepcopy(den).to(memory_format=torch.channels_last)
+        got = den_cl(x.contiguous(memory_format=torch.channels_last), 0.3, coords)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------- patches

@@ -38,7 +38,9 @@ Parameter counts (checked in ``tests/test_priors.py``)::
     gpu   (channels 64-128-256-256,  2 blocks, emb 256): 24,757,953 parameters (sizes % 8)
 
 Cost of the ``cpu`` network: 77.8 GFLOP for 25 patches of 56 x 56 (one assembled evaluation of a
-256 x 256 image); channels-last memory format is 10-30 % faster on CPU.
+256 x 256 image); channels-last memory format is 10-30 % faster on CPU, where the GroupNorm +
+FiLM + SiLU of every block runs as :func:`norm_act` (one multiply-add per sample and channel
+after float32 sums; PyTorch's channels-last GroupNorm was a third of a bfloat16 evaluation).
 """
 from __future__ import annotations
 
@@ -77,6 +79,40 @@ class NoiseEmbedding(nn.Module):
         return self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
 
 
+def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = None,
+             shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(norm(x) * (1 + scale) + shift)`` (``scale, shift`` (N, C, 1, 1) or None: plain
+    ``silu(norm(x))``).
+
+    On a channels-last ``x`` the group statistics come from per-channel sums over the
+    ``(N, H W, C)`` view of its memory (sums of x and x^2 accumulated in float32, or float64 for float64) and
+    the normalisation, the affine maps and the FiLM modulation fold into one per-(sample,
+    channel) multiply-add: PyTorch's own channels-last GroupNorm on the CPU is 4-20 times slower
+    than that on the 28 x 28 and 14 x 14 levels, and in bfloat16 it was a third of the network's
+    time. Other layouts use ``norm`` itself, as in training on a GPU."""
+    n, c, h, w = x.shape
+    if c == 1 or h * w == 1 or not x.is_contiguous(memory_format=torch.channels_last):
+        out = norm(x)
+        if scale is not None:
+            out = torch.addcmul(shift, out, scale + 1.0)
+        return F.silu(out)
+    g = norm.num_groups
+    v = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of x's memory
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mean_c = v.sum(1, dtype=acc) / (h * w)  # (n, c)
+    sq_c = (v * v).sum(1, dtype=acc) / (h * w)
+    mean_g = mean_c.view(n, g, -1).mean(-1, keepdim=True)  # (n, g, 1)
+    var_g = (sq_c.view(n, g, -1).mean(-1, keepdim=True) - mean_g * mean_g).clamp_min(0.0)
+    rstd = (var_g + norm.eps).rsqrt()
+    a = rstd.expand(n, g, c // g).reshape(n, c) * norm.weight.to(acc)
+    b = norm.bias.to(acc) - mean_g.expand(n, g, c // g).reshape(n, c) * a
+    if scale is not None:
+        s1 = scale.reshape(n, c).to(acc) + 1.0
+        a, b = a * s1, b * s1 + shift.reshape(n, c).to(acc)
+    out = torch.addcmul(b.to(x.dtype)[:, :, None, None], x, a.to(x.dtype)[:, :, None, None])
+    return F.silu(out, inplace=True)
+
+
 class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
         super().__init__()
@@ -89,9 +125,9 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(norm_act(self.norm1, x))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
-        h = F.silu(torch.addcmul(shift, self.norm2(h), scale + 1.0))
+        h = norm_act(self.norm2, h, scale, shift)
         h = self.conv2(self.dropout(h))
         return (h + self.skip(x)) * _SQRT_HALF
 
@@ -219,7 +255,7 @@ class UNet(nn.Module):
                     h = layer(h)
                 else:  # upsampling
                     h = layer(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(norm_act(self.norm_out, h))
         if ph or pw:
             out = out[..., :h0, :w0]
         return out
