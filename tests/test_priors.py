@@ -132,6 +132,27 @@ def test_channels_last_norm_act_is_groupnorm_film_silu(channels, size, film):
         assert err < tol, (dtype, err)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_upsample_conv_is_nearest_upsampling_then_conv(layout):
+    """The decoder's upsampling (nearest x2, then a 3 x 3 conv) computed as one conv on the
+    coarse grid: the same output and the same gradients (for training) in float64, odd and
+    non-square sizes and the zero padding at the borders included."""
+    from napari_patchdiff.priors.network import upsample_conv
+
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1).double()
+    x = torch.randn(2, 6, 7, 4, dtype=torch.float64).contiguous(memory_format=layout)
+    x.requires_grad_(True)
+    want = conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+    gx, gw = torch.autograd.grad(want.square().sum(), (x, conv.weight))
+    got = upsample_conv(conv, x)
+    assert got.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    hx, hw = torch.autograd.grad(got.square().sum(), (x, conv.weight))
+    torch.testing.assert_close(hx, gx, rtol=0, atol=1e-10)
+    torch.testing.assert_close(hw, gw, rtol=0, atol=1e-10)
+
+
 def test_channels_last_network_matches_contiguous():
     """A whole network in channels-last memory (the CPU default) computes what it computes in
     the contiguous layout (the GPU default and training's reference)."""

@@ -81,12 +81,17 @@ def _system_matrix(ray, device_str: str):
     adjoint_scale = float(ray.domain.weighting.const) / float(ray.range.weighting.const)
     wt = w.T.tocsr()
 
+    # 32-bit indices on the CPU where they fit: the products are 1.3-1.5x as fast (less memory
+    # to stream) with bit-identical results
+    index = (np.int32 if device_str == "cpu" and max(w.nnz, *w.shape) < 2**31 - 1
+             else np.int64)
+
     def to_torch(m, scale=1.0):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
             return torch.sparse_csr_tensor(
-                torch.from_numpy(m.indptr.astype(np.int64)),
-                torch.from_numpy(m.indices.astype(np.int64)),
+                torch.from_numpy(m.indptr.astype(index)),
+                torch.from_numpy(m.indices.astype(index)),
                 torch.from_numpy((m.data * scale).astype(np.float32)),
                 size=m.shape,
             ).to(device_str)

@@ -12,7 +12,9 @@ Architecture (:class:`UNet`)
 * Middle: two residual blocks at the coarsest level (an attention block between them when
   ``attention=True``).
 * Decoder: per level ``blocks_per_level + 1`` residual blocks, each taking the concatenation of
-  the current map and one encoder skip; nearest-neighbour x2 upsampling + 3x3 conv between levels.
+  the current map and one encoder skip; nearest-neighbour x2 upsampling + 3x3 conv between levels
+  (computed as one convolution on the coarse grid, :func:`upsample_conv`: the same result at
+  less than half the multiply-adds).
 * Output: GroupNorm, SiLU, 3x3 conv to ``out_channels`` (initialised near zero, so an untrained
   denoiser starts as ``D = c_skip x``).
 
@@ -99,8 +101,13 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
     g = norm.num_groups
     v = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of x's memory
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mean_c = v.sum(1, dtype=acc) / (h * w)  # (n, c)
-    sq_c = (v * v).sum(1, dtype=acc) / (h * w)
+    if v.dtype == acc:
+        s1, s2 = v.sum(1), (v * v).sum(1)
+    else:  # one upcast copy: 2-4x faster than sum(dtype=) on each of x and x * x
+        vf = v.to(acc)
+        s1, s2 = vf.sum(1), vf.square_().sum(1)
+        del vf
+    mean_c, sq_c = s1 / (h * w), s2 / (h * w)  # (n, c)
     mean_g = mean_c.view(n, g, -1).mean(-1, keepdim=True)  # (n, g, 1)
     var_g = (sq_c.view(n, g, -1).mean(-1, keepdim=True) - mean_g * mean_g).clamp_min(0.0)
     rstd = (var_g + norm.eps).rsqrt()
@@ -111,6 +118,42 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
         a, b = a * s1, b * s1 + shift.reshape(n, c).to(acc)
     out = torch.addcmul(b.to(x.dtype)[:, :, None, None], x, a.to(x.dtype)[:, :, None, None])
     return F.silu(out, inplace=True)
+
+
+def _fold3(k: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two 2-tap kernels a 3-tap kernel (along ``dim``) becomes on a nearest-neighbour x2
+    upsampled signal: output ``2 i`` sees inputs ``i - 1, i, i`` (taps ``k0, k1 + k2``), output
+    ``2 i + 1`` sees ``i, i, i + 1`` (taps ``k0 + k1, k2``)."""
+    k0, k1, k2 = k.unbind(dim)
+    return torch.stack([k0, k1 + k2], dim), torch.stack([k0 + k1, k2], dim)
+
+
+def upsample_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(upsample_nearest_x2(x))`` for a 3 x 3 ``conv`` with padding 1, computed on ``x``'s
+    own grid: each of the four output phases ``(2 i + dy, 2 j + dx)`` is a 2 x 2 convolution of
+    ``x`` (zero-padded by one) with the 3 x 3 kernel's taps summed where they fall on the same
+    input pixel; one convolution computes all four (4 x the output channels) and the phases are
+    interleaved. The same result (to rounding, padding included) at 16 instead of 36
+    multiply-adds per input pixel and channel pair."""
+    o = conv.out_channels
+    rows = _fold3(conv.weight, 2)
+    phases = [k for r in rows for k in _fold3(r, 3)]  # (dy, dx) = 00, 01, 10, 11
+    y = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.cat(phases), conv.bias.repeat(4))
+    n, _, h1, w1 = y.shape
+    h, w = h1 - 1, w1 - 1
+    out = torch.empty((n, o, 2 * h, 2 * w), dtype=y.dtype, device=y.device,
+                      memory_format=_layout(x))
+    # phase (dy, dx) at input pixel (i, j) is output channel block 2 dy + dx at (i + dy, j + dx)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            k = 2 * dy + dx
+            out[:, :, dy::2, dx::2] = y[:, k * o:(k + 1) * o, dy:dy + h, dx:dx + w]
+    return out
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous() else torch.contiguous_format)
 
 
 class ResBlock(nn.Module):
@@ -253,8 +296,8 @@ class UNet(nn.Module):
                     h = layer(torch.cat([h, skips.pop()], dim=1), emb)
                 elif isinstance(layer, AttentionBlock):
                     h = layer(h)
-                else:  # upsampling
-                    h = layer(h)
+                else:  # nearest x2 upsampling and a 3 x 3 conv, as one conv on h's grid
+                    h = upsample_conv(layer[1], h)
         out = self.conv_out(norm_act(self.norm_out, h))
         if ph or pw:
             out = out[..., :h0, :w0]
