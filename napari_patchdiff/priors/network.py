@@ -56,6 +56,8 @@ from torch import nn
 __all__ = ["UNet", "EDMDenoiser", "CONFIGS", "build_unet", "count_parameters", "unet_config"]
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
+#: values per chunk of :func:`norm_act` outside autograd (512 KiB in float32: cache-sized)
+_CHUNK = 1 << 17
 
 
 def _groups(channels: int) -> int:
@@ -101,23 +103,36 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
     g = norm.num_groups
     v = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of x's memory
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if v.dtype == acc:
-        s1, s2 = v.sum(1), (v * v).sum(1)
-    else:  # one upcast copy: 2-4x faster than sum(dtype=) on each of x and x * x
-        vf = v.to(acc)
-        s1, s2 = vf.sum(1), vf.square_().sum(1)
-        del vf
-    mean_c, sq_c = s1 / (h * w), s2 / (h * w)  # (n, c)
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, norm.weight, scale, shift))
+    # outside autograd, a few samples at a time (2^17 values) so that each pass over a chunk
+    # finds it in the cache: 1.3x faster on the large maps of the first level
+    k = n if grad else max(1, _CHUNK // (h * w * c))
+    s1, s2 = [], []
+    for i in range(0, n, k):
+        if v.dtype == acc:
+            s1.append(v[i:i + k].sum(1))
+            s2.append((v[i:i + k] * v[i:i + k]).sum(1))
+        else:  # one upcast copy: 2-4x faster than sum(dtype=) on each of x and x * x
+            vf = v[i:i + k].to(acc)
+            s1.append(vf.sum(1))
+            s2.append(vf.square_().sum(1))
+    mean_c, sq_c = torch.cat(s1) / (h * w), torch.cat(s2) / (h * w)  # (n, c)
     mean_g = mean_c.view(n, g, -1).mean(-1, keepdim=True)  # (n, g, 1)
     var_g = (sq_c.view(n, g, -1).mean(-1, keepdim=True) - mean_g * mean_g).clamp_min(0.0)
     rstd = (var_g + norm.eps).rsqrt()
     a = rstd.expand(n, g, c // g).reshape(n, c) * norm.weight.to(acc)
     b = norm.bias.to(acc) - mean_g.expand(n, g, c // g).reshape(n, c) * a
     if scale is not None:
-        s1 = scale.reshape(n, c).to(acc) + 1.0
-        a, b = a * s1, b * s1 + shift.reshape(n, c).to(acc)
-    out = torch.addcmul(b.to(x.dtype)[:, :, None, None], x, a.to(x.dtype)[:, :, None, None])
-    return F.silu(out, inplace=True)
+        gain = scale.reshape(n, c).to(acc) + 1.0
+        a, b = a * gain, b * gain + shift.reshape(n, c).to(acc)
+    a, b = a.to(x.dtype)[:, :, None, None], b.to(x.dtype)[:, :, None, None]
+    if grad:
+        return F.silu(torch.addcmul(b, x, a))
+    out = torch.empty_like(x)  # keeps x's channels-last layout
+    for i in range(0, n, k):
+        F.silu(torch.addcmul(b[i:i + k], x[i:i + k], a[i:i + k], out=out[i:i + k]), inplace=True)
+    return out
 
 
 def _fold3(k: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
