@@ -3,6 +3,7 @@
 
     python benchmarks/volumes.py [--tasks KEY ...] [--rows ROW ...] [--memory] [--redo] [--table]
     python benchmarks/volumes.py --tune-z   (the z weight on the validation volume)
+    python benchmarks/volumes.py --tune-ztv [W ...] [--tune-tasks ...]   (the z-TV weight)
 
 Quality: the lung test volume (lung2 slices 50-60, 256 x 256, 5 mm apart) under limited-angle
 CT (90 and 120 degrees, 60 views) and sparse-view CT (8 and 20 views), noise 0.2, and the brain2
@@ -119,7 +120,8 @@ def run_cell(task: Task, row: str) -> dict:
     result = api.solve(problem, method, **kw, **params)
     out = orientations(result.recon, x)
     out.update(seconds=time.perf_counter() - t0, slices=int(x.shape[0]),
-               z_weight=result.report["method_params"].get("z_weight"))
+               z_weight=result.report["method_params"].get("z_weight"),
+               z_tv=result.report["method_params"].get("z_tv"))
     return out
 
 
@@ -158,6 +160,31 @@ def tune_z(weights) -> None:
         runs[str(w)] = orientations(r.recon, x)
         print(w, {k: round(v, 3) for k, v in runs[str(w)].items() if v is not None}, flush=True)
         path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+
+
+#: the validation-gap tasks ``--tune-ztv`` runs (keys of TASKS' operators and noise)
+ZTV_TASKS = ("CT limited 90", "CT 8 views")
+
+
+def tune_ztv(weights, tasks) -> None:
+    """DDS's ``z_tv_ref`` on the CT validation gap (lung2 45-49, never trained on, 5 mm), under
+    limited angle 90 and 8 views (where TV along z helps ADMM-TV most)
+    -> volumes_ztv_tuning.json."""
+    from napari_patchdiff import api
+
+    x = ct_slices(list(range(45, 50)))
+    truth = api.truth_from_array(x, {"spacing": (5.0, 1.0, 1.0)}, modality="unit")
+    path = RESULTS / "volumes_ztv_tuning.json"
+    for task in [t for t in TASKS if t.key in tasks]:
+        problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0,
+                               **task.params)
+        for w in weights:
+            r = api.solve(problem, "dds", prior="ct", z_tv=w)
+            runs = json.loads(path.read_text()) if path.exists() else {}
+            runs[f"{task.key} | {w}"] = orientations(r.recon, x)
+            print(task.key, w, {k: round(v, 3) for k, v in runs[f"{task.key} | {w}"].items()
+                                if v is not None}, flush=True)
+            path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
 
 
 def table(data: dict) -> None:
@@ -224,6 +251,10 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="the memory columns only")
     ap.add_argument("--tune-z", nargs="*", type=float, metavar="W",
                     help="tune z_weight_ref over these weights (default 0 0.03 0.1 0.3)")
+    ap.add_argument("--tune-ztv", nargs="*", type=float, metavar="W",
+                    help="tune z_tv_ref over these weights (default 0 0.01 0.03)")
+    ap.add_argument("--tune-tasks", nargs="*", default=list(ZTV_TASKS), choices=ZTV_TASKS,
+                    help="with --tune-ztv: the tasks")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--table", action="store_true")
@@ -237,6 +268,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.tune_z is not None:
         tune_z(args.tune_z or [0.0, 0.03, 0.1, 0.3])
+        return
+    if args.tune_ztv is not None:
+        tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks)
         return
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
     if not args.table:

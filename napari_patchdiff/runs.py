@@ -128,7 +128,7 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
                              f"{overlap}")
         used = method_params(problem, method, **params)
         if overlap is None:
-            overlap = 2 if used.get("z_weight") or used.get("tv3d") else 0
+            overlap = 2 if used.get("z_weight") or used.get("z_tv") or used.get("tv3d") else 0
         return _remote_volume(executor, problem, method, objects.get("prior"), params, batch,
                               int(overlap), int(used.get("seed", 0)), cancel)
     if problem.volume is None or problem.slices <= batch:
@@ -137,7 +137,7 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
     else:
         used = method_params(problem, method, **params)
         if overlap is None:
-            overlap = 2 if used.get("z_weight") or used.get("tv3d") else 0
+            overlap = 2 if used.get("z_weight") or used.get("z_tv") or used.get("tv3d") else 0
 
         def run(part: Problem, noise):
             if adapting is not None:

@@ -152,6 +152,7 @@ FALLBACK: dict[str, Tuned] = {
                               "limited angle 90, 5 mm): 0.03 and 0.1 lose 0.65-1.73 dB in every "
                               "orientation against 0, so volumes run slice by slice"),
     "pnp-admm.z_weight_ref": Tuned(0.0, "untuned; 0 as for DDS (volumes_z_tuning.json)"),
+    "dds.z_tv_ref": Tuned(0.0, "untuned: off until a tuning run shows a gain"),
     "dds.start": Tuned("noise", "EDM's pure-noise start"),
     "dds.sigma_max": Tuned(10.0, "EDM's sigma_max"),
     "dps.zeta_rel": Tuned(0.5, _UNTUNED),
