@@ -88,12 +88,12 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
     """``silu(norm(x) * (1 + scale) + shift)`` (``scale, shift`` (N, C, 1, 1) or None: plain
     ``silu(norm(x))``).
 
-    On a channels-last ``x`` the group statistics come from per-channel sums over the
-    ``(N, H W, C)`` view of its memory (sums of x and x^2 accumulated in float32, or float64 for float64) and
-    the normalisation, the affine maps and the FiLM modulation fold into one per-(sample,
-    channel) multiply-add: PyTorch's own channels-last GroupNorm on the CPU is 4-20 times slower
-    than that on the 28 x 28 and 14 x 14 levels, and in bfloat16 it was a third of the network's
-    time. Other layouts use ``norm`` itself, as in training on a GPU."""
+    On a channels-last ``x`` the group statistics come from per-channel sums of ``x`` and
+    ``x^2`` over the ``(N, H W, C)`` view of its memory (accumulated in float32; float64 for
+    float64), and the normalisation, the affine maps and the FiLM modulation fold into one
+    per-(sample, channel) multiply-add: PyTorch's own channels-last GroupNorm on the CPU is 4-20
+    times slower than that on the 28 x 28 and 14 x 14 levels, and in bfloat16 it was a third of
+    the network's time. Other layouts use ``norm`` itself, as in training on a GPU."""
     n, c, h, w = x.shape
     if c == 1 or h * w == 1 or not x.is_contiguous(memory_format=torch.channels_last):
         out = norm(x)
