@@ -57,7 +57,7 @@ TASKS = (
 ROWS = {
     "ADMM-TV 2D": ("admm-tv", {}),
     "ADMM-TV 3D": ("admm-tv", {"tv3d": True}),
-    "DDS slice by slice": ("dds", {"z_weight": 0.0}),
+    "DDS slice by slice": ("dds", {"z_weight": 0.0, "z_tv": 0.0}),
     # the tuned weight is 0 (volumes_z_tuning.json): the smallest weight tried, to show its effect
     "DDS z-coupled (z_weight 0.03)": ("dds", {"z_weight": 0.03}),
     # the thin synthetic volume: the smallest tried weight scaled to its spacing as the default
@@ -67,6 +67,9 @@ ROWS = {
     "DDS z-coupled (z_weight 1.5, 20 CG steps)": ("dds", {"z_weight": 1.5, "cg_iterations": 20}),
     "DDS z-coupled (z_weight 0.03, 20 CG steps)": ("dds", {"z_weight": 0.03,
                                                            "cg_iterations": 20}),
+    # total variation along z (volumes_ztv_tuning.json: --tune-ztv on lung2 45-49)
+    "DDS z-TV (z_tv 0.03)": ("dds", {"z_tv": 0.03}),
+    "DDS z-TV (z_tv 0.1)": ("dds", {"z_tv": 0.1}),
 }
 
 

@@ -48,6 +48,11 @@ _CT = {
     "dds.start": Tuned("initial", "dds_tuning.md: FBP plus noise at 0.3 beat pure noise at 10 "
                                   "by 0.7 dB (at 1: +0.4 dB)"),
     "dds.sigma_max": Tuned(0.3, "dds_tuning.md, with the warm start above"),
+    "dds.z_tv_ref": Tuned(0.03, "volumes_ztv_tuning.json (volumes.py --tune-ztv, lung2 45-49, "
+                                "5 mm, noise 0.2): against 0, 0.03 gained +0.17/+0.29/+0.22 dB "
+                                "(axial/coronal/sagittal) under limited angle 90 and "
+                                "+0.64/+0.53/+0.70 under 8 views; 0.1 gained more under limited "
+                                "angle but lost 0.23 dB coronal under 8 views; 0.01 less"),
     "adapt.steps": Tuned(1, "adapt_tuning.md (phantom prior, lung2 47): 1 Adam step per call at "
                             "lr 1e-3 +0.14 dB over no adaptation; 2 at 3e-3 -0.37 dB"),
     "adapt.lr": Tuned(1e-3, "adapt_tuning.md: 1e-4 +0.02 dB, 1e-3 +0.14 dB"),
