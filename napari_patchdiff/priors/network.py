@@ -311,8 +311,10 @@ class UNet(nn.Module):
                     h = layer(torch.cat([h, skips.pop()], dim=1), emb)
                 elif isinstance(layer, AttentionBlock):
                     h = layer(h)
-                else:  # nearest x2 upsampling and a 3 x 3 conv, as one conv on h's grid
-                    h = upsample_conv(layer[1], h)
+                elif type(layer[1]) is nn.Conv2d:  # nearest x2 upsampling + 3 x 3 conv,
+                    h = upsample_conv(layer[1], h)  # as one conv on h's grid
+                else:  # an adapted conv (LoRA, test-time adaptation): as written
+                    h = layer(h)
         out = self.conv_out(norm_act(self.norm_out, h))
         if ph or pw:
             out = out[..., :h0, :w0]
