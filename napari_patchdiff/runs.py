@@ -91,6 +91,12 @@ def prior_info(prior) -> dict[str, Any]:
             "precision": getattr(prior, "precision", "float32")}
 
 
+def _coupled_overlap(used: dict) -> int:
+    """The default context slices on each side of a window: 2 when the method couples slices
+    along z (``z_weight``, ``z_tv``, ``tv3d``), else 0."""
+    return 2 if used.get("z_weight") or used.get("z_tv") or used.get("tv3d") else 0
+
+
 def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, prior=None,
             adapt=None, batch: int | None = None, overlap: int | None = None, cluster=None,
             precision: str | None = None, **params) -> Iterator[StepEvent]:
@@ -128,7 +134,7 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
                              f"{overlap}")
         used = method_params(problem, method, **params)
         if overlap is None:
-            overlap = 2 if used.get("z_weight") or used.get("z_tv") or used.get("tv3d") else 0
+            overlap = _coupled_overlap(used)
         return _remote_volume(executor, problem, method, objects.get("prior"), params, batch,
                               int(overlap), int(used.get("seed", 0)), cancel)
     if problem.volume is None or problem.slices <= batch:
@@ -137,7 +143,7 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
     else:
         used = method_params(problem, method, **params)
         if overlap is None:
-            overlap = 2 if used.get("z_weight") or used.get("z_tv") or used.get("tv3d") else 0
+            overlap = _coupled_overlap(used)
 
         def run(part: Problem, noise):
             if adapting is not None:

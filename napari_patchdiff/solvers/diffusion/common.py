@@ -106,21 +106,28 @@ def z_tv(ctx, tuned) -> float:
     return float(tuned["z_tv_ref"]) * (Z_REFERENCE_MM / spacing)
 
 
+def _volume_depth(volume, batch: int) -> int:
+    """Slices per volume of a batch (the whole batch when ``volume`` is None), checked to
+    divide the batch."""
+    depth = volume.depth if volume is not None else batch
+    if batch % depth:
+        raise InputError(f"a batch of {batch} images is not a whole number of volumes of "
+                         f"{depth} slices")
+    return depth
+
+
 class ZTotalVariation:
     """``weight ||D_z x||_1`` (anisotropic TV along z) added to a sampler's data step and
     handled by ADMM with the split ``d = D_z x`` (penalty ``rho``), one iteration per sampling
     step with ``d`` and the scaled dual ``u`` carried from step to step (as DiffusionMBIR
-    does; at the first step ADMM starts from ``x = x0_hat``): the data step becomes the solve of ``(I + rho D_z^T D_z + gamma A^T A) x =
-    x0_hat + rho D_z^T (d - u) + gamma A^T y`` (CG from ``x0_hat``), then
-    ``d = shrink(D_z x + u, weight / rho)`` and ``u += D_z x - d``. Slices of different
-    volumes in the batch are not coupled."""
+    does; at the first step ADMM starts from ``x = x0_hat``): the data step becomes the solve
+    of ``(I + rho D_z^T D_z + gamma A^T A) x = x0_hat + rho D_z^T (d - u) + gamma A^T y`` (CG
+    from ``x0_hat``), then ``d = shrink(D_z x + u, weight / rho)`` and ``u += D_z x - d``.
+    Slices of different volumes in the batch are not coupled."""
 
     def __init__(self, weight: float, volume, batch: int, rho: float = 1.0):
-        depth = volume.depth if volume is not None else batch
-        if batch % depth:
-            raise InputError(f"a batch of {batch} images is not a whole number of volumes of "
-                             f"{depth} slices")
-        self.weight, self.depth, self.rho = float(weight), depth, float(rho)
+        self.weight, self.rho = float(weight), float(rho)
+        self.depth = _volume_depth(volume, batch)
         self.d = self.u = None
 
     def solve(self, op, x0_hat, aty, gamma: float, iterations: int, **coupling):
@@ -145,9 +152,6 @@ def z_coupling(op, weight: float, volume, batch: int) -> dict:
     ``weight ||A^T A|| ||D_z x||^2`` (none when ``weight`` is 0 or the batch is one image)."""
     if weight <= 0 or batch < 2:
         return {}
-    depth = volume.depth if volume is not None else batch
-    if batch % depth:
-        raise InputError(f"a batch of {batch} images is not a whole number of volumes of "
-                         f"{depth} slices")
+    depth = _volume_depth(volume, batch)
     scale = weight * op.norm()
     return {"coupling": lambda v: scale * laplacian_z(v, depth), "per_item": False}
