@@ -3,13 +3,15 @@
 
     python benchmarks/volumes.py [--tasks KEY ...] [--rows ROW ...] [--memory] [--redo] [--table]
     python benchmarks/volumes.py --tune-z   (the z weight on the validation volume)
-    python benchmarks/volumes.py --tune-ztv [W ...] [--tune-tasks ...]   (the z-TV weight)
+    python benchmarks/volumes.py --tune-ztv [W ...] [--tune-tasks ...] [--tune-method M]
+                                            (the z-TV weight of DDS or PnP-ADMM)
 
 Quality: the lung test volume (lung2 slices 50-60, 256 x 256, 5 mm apart) under limited-angle
 CT (90 and 120 degrees, 60 views) and sparse-view CT (8 and 20 views), noise 0.2, and the brain2
 volume (23 slices, 6.5 mm) under 4x MRI (noise 0.005); PSNR / SSIM per axial slice, per sagittal
 and per coronal plane (DiffusionBlend's tables). Rows: ADMM-TV slice by slice (2D) and with TV
-along z (3D), DDS slice by slice and z-coupled (the shipped CT / MRI priors, 50 evaluations).
+along z (3D), DDS slice by slice and z-coupled, PnP-ADMM slice by slice and with TV along z
+(the shipped CT / MRI priors, 50 evaluations).
 The slab prior row is absent: no slab prior is shipped (see the README). Memory: seconds and
 peak resident memory of DDS (z-coupled, a few evaluations, 64 x 64 slices of a synthetic stack)
 at depths 16, 64 and 256, each in its own process. ``--tune-z`` chooses the z weight on the
@@ -70,6 +72,9 @@ ROWS = {
     # total variation along z (volumes_ztv_tuning.json: --tune-ztv on lung2 45-49)
     "DDS z-TV (z_tv 0.03)": ("dds", {"z_tv": 0.03}),
     "DDS z-TV (z_tv 0.1)": ("dds", {"z_tv": 0.1}),
+    # PnP-ADMM, the same TV along z in its data step (volumes_ztv_tuning_pnp-admm.json)
+    "PnP-ADMM slice by slice": ("pnp-admm", {"z_weight": 0.0, "z_tv": 0.0}),
+    "PnP-ADMM z-TV (defaults)": ("pnp-admm", {}),
 }
 
 
@@ -118,7 +123,8 @@ def run_cell(task: Task, row: str) -> dict:
     truth = api.truth_from_array(x, {"spacing": (task.spacing, 1.0, 1.0)}, modality="unit")
     problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0, **task.params)
     method, params = ROWS[row]
-    kw = {"prior": "mri" if task.data == "brain2" else "ct"} if method == "dds" else {}
+    kw = ({"prior": "mri" if task.data == "brain2" else "ct"} if method in ("dds", "pnp-admm")
+          else {})
     t0 = time.perf_counter()
     result = api.solve(problem, method, **kw, **params)
     out = orientations(result.recon, x)
@@ -169,20 +175,21 @@ def tune_z(weights) -> None:
 ZTV_TASKS = ("CT limited 90", "CT 8 views")
 
 
-def tune_ztv(weights, tasks) -> None:
-    """DDS's ``z_tv_ref`` on the CT validation gap (lung2 45-49, never trained on, 5 mm), under
-    limited angle 90 and 8 views (where TV along z helps ADMM-TV most)
-    -> volumes_ztv_tuning.json."""
+def tune_ztv(weights, tasks, method="dds") -> None:
+    """``z_tv_ref`` of ``method`` (DDS or PnP-ADMM) on the CT validation gap (lung2 45-49,
+    never trained on, 5 mm), under limited angle 90 and 8 views (where TV along z helps ADMM-TV
+    most) -> volumes_ztv_tuning.json (DDS) / volumes_ztv_tuning_pnp-admm.json."""
     from napari_patchdiff import api
 
     x = ct_slices(list(range(45, 50)))
     truth = api.truth_from_array(x, {"spacing": (5.0, 1.0, 1.0)}, modality="unit")
-    path = RESULTS / "volumes_ztv_tuning.json"
+    path = RESULTS / ("volumes_ztv_tuning.json" if method == "dds"
+                      else f"volumes_ztv_tuning_{method}.json")
     for task in [t for t in TASKS if t.key in tasks]:
         problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0,
                                **task.params)
         for w in weights:
-            r = api.solve(problem, "dds", prior="ct", z_tv=w)
+            r = api.solve(problem, method, prior="ct", z_tv=w)
             runs = json.loads(path.read_text()) if path.exists() else {}
             runs[f"{task.key} | {w}"] = orientations(r.recon, x)
             print(task.key, w, {k: round(v, 3) for k, v in runs[f"{task.key} | {w}"].items()
@@ -261,6 +268,8 @@ def main() -> None:
                     help="tune z_tv_ref over these weights (default 0 0.01 0.03)")
     ap.add_argument("--tune-tasks", nargs="*", default=list(ZTV_TASKS), choices=ZTV_TASKS,
                     help="with --tune-ztv: the tasks")
+    ap.add_argument("--tune-method", default="dds", choices=("dds", "pnp-admm"),
+                    help="with --tune-ztv: the method")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--table", action="store_true")
@@ -276,7 +285,7 @@ def main() -> None:
         tune_z(args.tune_z or [0.0, 0.03, 0.1, 0.3])
         return
     if args.tune_ztv is not None:
-        tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks)
+        tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks, args.tune_method)
         return
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
     if not args.table:

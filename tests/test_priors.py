@@ -94,12 +94,23 @@ def test_untrained_denoiser_is_c_skip():
     torch.testing.assert_close(den(x, 0.5, coordinate_grid(16, 16)), x * 0.25 / 0.5)
 
 
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request):
+    """torch's thread count for one test (restored after it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("channels,size,film", [(32, 56, False), (64, 28, True), (128, 14, True),
                                                  (8, 1, False)])
-def test_channels_last_norm_act_is_groupnorm_film_silu(channels, size, film):
+def test_channels_last_norm_act_is_groupnorm_film_silu(channels, size, film, threads):
     """The channels-last fast path of the residual blocks' GroupNorm (+ FiLM) + SiLU gives what
     PyTorch's own layers give: in float64 to rounding, in float32 to its rounding, and in
-    bfloat16 within bfloat16's; the result keeps the channels-last layout."""
+    bfloat16 within bfloat16's; the result keeps the channels-last layout. On one thread the
+    sums run in chunks of samples (a batch of 3 at 32 x 56 x 56 is three), on two over the
+    whole batch."""
     from napari_patchdiff.priors.network import _groups, norm_act
 
     torch.manual_seed(0)

@@ -158,6 +158,7 @@ FALLBACK: dict[str, Tuned] = {
                               "orientation against 0, so volumes run slice by slice"),
     "pnp-admm.z_weight_ref": Tuned(0.0, "untuned; 0 as for DDS (volumes_z_tuning.json)"),
     "dds.z_tv_ref": Tuned(0.0, "untuned: off until a tuning run shows a gain"),
+    "pnp-admm.z_tv_ref": Tuned(0.0, "untuned: off until a tuning run shows a gain"),
     "dds.start": Tuned("noise", "EDM's pure-noise start"),
     "dds.sigma_max": Tuned(10.0, "EDM's sigma_max"),
     "dps.zeta_rel": Tuned(0.5, _UNTUNED),

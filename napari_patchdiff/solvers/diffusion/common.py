@@ -130,7 +130,8 @@ class ZTotalVariation:
         self.depth = _volume_depth(volume, batch)
         self.d = self.u = None
 
-    def solve(self, op, x0_hat, aty, gamma: float, iterations: int, **coupling):
+    def solve(self, op, x0_hat, aty, gamma: float, iterations: int, start=None, **coupling):
+        """One ADMM iteration; CG starts at ``start`` (default ``x0_hat``)."""
         if gamma == float("inf"):
             raise InputError("z_tv needs a finite data weight (noisy data)")
         depth, rho = self.depth, self.rho
@@ -138,7 +139,8 @@ class ZTotalVariation:
             self.d = shrink(gradient_z(x0_hat, depth), self.weight / rho)
             self.u = torch.zeros_like(x0_hat)
         rhs = x0_hat + rho * gradient_z_adjoint(self.d - self.u, depth)
-        x = op.solve(rhs, aty, gamma, iterations=iterations, start=x0_hat,
+        x = op.solve(rhs, aty, gamma, iterations=iterations,
+                     start=x0_hat if start is None else start,
                      penalty=lambda v: v + rho * laplacian_z(v, depth),
                      **{**coupling, "per_item": False})
         g = gradient_z(x, depth)

@@ -9,18 +9,21 @@ import torch
 from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
-from .common import OBJECTS, SEED, Z_WEIGHT, check_cancel, denoise, setup, z_coupling, z_weight
+from .common import (OBJECTS, SEED, Z_TV, Z_WEIGHT, ZTotalVariation, check_cancel, denoise, setup,
+                     z_coupling, z_tv, z_weight)
 
 
 def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_std, z_weight,
-              seed, noise_source=None, volume=None, cancel=None):
+              z_tv, seed, noise_source=None, volume=None, cancel=None):
     """For ``min_x ||y - A x||^2 / (2 data_std^2) + R(x)`` with the split ``x = z`` and penalty
     ``1 / sigma^2``, start at ``x = z = op.initial(y)``, ``u = 0`` and per iteration at the level
     ``sigma_k`` (geometric from ``sigma_start`` to ``sigma_end`` over ``nfe`` iterations):
 
     1. ``x = op.solve(z - u, A^T y, gamma)``, ``gamma = (sigma_k / data_std)^2``:
        ``cg_iterations`` CG steps warm-started at the previous ``x`` (0: exact); for a volume
-       with ``z_weight > 0`` a smoothness term along z joins the data term (see DDS);
+       with ``z_weight > 0`` a smoothness term along z joins the data term (see DDS), with
+       ``z_tv > 0`` total variation along z, by one ADMM iteration per step with its split
+       variables carried over (:class:`~.common.ZTotalVariation`, as in DDS);
     2. ``z = D(x + u, sigma_k)``;
     3. ``u <- u + x - z``.
 
@@ -34,6 +37,7 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
     ratio = (sigma_end / sigma_start) ** (1.0 / max(nfe - 1, 1))
     aty = op.adjoint(y)
     couple = z_coupling(op, z_weight, volume, shape[0])
+    ztv = ZTotalVariation(z_tv, volume, shape[0]) if z_tv > 0 and shape[0] > 1 else None
     with torch.no_grad():
         x = op.initial(y).to(op.dtype).expand(shape).clone()
     z, u = x.clone(), torch.zeros_like(x)
@@ -41,8 +45,11 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
         check_cancel(cancel, z)
         s = sigma_start * ratio**k
         with torch.no_grad():
-            x = op.solve(z - u, aty, (s / data_std) ** 2, iterations=cg_iterations, start=x,
-                         **couple)
+            gamma = (s / data_std) ** 2
+            if ztv is not None:
+                x = ztv.solve(op, z - u, aty, gamma, cg_iterations, start=x, **couple)
+            else:
+                x = op.solve(z - u, aty, gamma, iterations=cg_iterations, start=x, **couple)
             z = denoise(prior, x + u, s, noise)
             u = u + x - z
         yield StepEvent(k + 1, nfe, z, z, nfe=used(), info={"sigma": s})
@@ -55,7 +62,7 @@ def _rule(ctx, values, tuned):
     (a floor in measurement units, 1e-3, lost 11 dB on noiseless 20-view CT)."""
     floor = tuned["noise_floor"] * math.sqrt(ctx.op.norm())
     return {"data_std": tuned["data_scale"] * max(ctx.noise_std, floor),
-            "z_weight": z_weight(ctx, tuned)}
+            "z_weight": z_weight(ctx, tuned), "z_tv": z_tv(ctx, tuned)}
 
 
 pnp_admm = register(Method(
@@ -69,7 +76,7 @@ pnp_admm = register(Method(
               low=0),
         Param("data_std", float, None, "noise std of the data term (default: data_scale times "
               "the noise, at least a floor for noiseless data)", low=0, open_low=True),
-        Z_WEIGHT, SEED,
+        Z_WEIGHT, Z_TV, SEED,
     ), rule=_rule,
     objects=OBJECTS, kind="diffusion",
     doc="plug-and-play ADMM with the prior's denoiser as the proximal step (50 evaluations)"))
