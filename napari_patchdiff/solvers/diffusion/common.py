@@ -130,10 +130,14 @@ class ZTotalVariation:
         self.depth = _volume_depth(volume, batch)
         self.d = self.u = None
 
-    def solve(self, op, x0_hat, aty, gamma: float, iterations: int, start=None, **coupling):
-        """One ADMM iteration; CG starts at ``start`` (default ``x0_hat``)."""
+    def solve(self, op, x0_hat, aty, gamma: float, iterations: int, start=None,
+              weight: float | None = None, **coupling):
+        """One ADMM iteration; CG starts at ``start`` (default ``x0_hat``); ``weight``
+        replaces the TV weight from this step on."""
         if gamma == float("inf"):
             raise InputError("z_tv needs a finite data weight (noisy data)")
+        if weight is not None:
+            self.weight = float(weight)
         depth, rho = self.depth, self.rho
         if self.d is None:  # ADMM from x = x0_hat
             self.d = shrink(gradient_z(x0_hat, depth), self.weight / rho)

@@ -23,7 +23,9 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
        ``cg_iterations`` CG steps warm-started at the previous ``x`` (0: exact); for a volume
        with ``z_weight > 0`` a smoothness term along z joins the data term (see DDS), with
        ``z_tv > 0`` total variation along z, by one ADMM iteration per step with its split
-       variables carried over (:class:`~.common.ZTotalVariation`, as in DDS);
+       variables carried over (:class:`~.common.ZTotalVariation`, as in DDS), at the weight
+       ``z_tv (sigma_k / sigma_start)^2``: a fixed TV term of the objective, scaled as the
+       data term is in this step;
     2. ``z = D(x + u, sigma_k)``;
     3. ``u <- u + x - z``.
 
@@ -47,7 +49,8 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
         with torch.no_grad():
             gamma = (s / data_std) ** 2
             if ztv is not None:
-                x = ztv.solve(op, z - u, aty, gamma, cg_iterations, start=x, **couple)
+                x = ztv.solve(op, z - u, aty, gamma, cg_iterations, start=x,
+                              weight=z_tv * (s / sigma_start) ** 2, **couple)
             else:
                 x = op.solve(z - u, aty, gamma, iterations=cg_iterations, start=x, **couple)
             z = denoise(prior, x + u, s, noise)
