@@ -56,8 +56,10 @@ from torch import nn
 __all__ = ["UNet", "EDMDenoiser", "CONFIGS", "build_unet", "count_parameters", "unet_config"]
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
-#: values per chunk of :func:`norm_act`'s sums on one thread (512 KiB in float32: cache-sized)
+#: values per chunk of :func:`norm_act`'s sums (512 KiB in float32: cache-sized), used up to
+#: this many torch threads (``benchmarks/norm_act_threads.py`` measured both sides)
 _CHUNK = 1 << 17
+_CHUNK_MAX_THREADS = 1
 
 
 def _groups(channels: int) -> int:
@@ -106,10 +108,10 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, norm.weight, scale, shift))
     # on one thread and outside autograd, the sums a few samples at a time (2^17 values) so that
-    # each pass over a chunk finds it in the cache (8% faster evaluations); on several threads
-    # each call on a chunk pays the threads' synchronisation, and whole-batch calls are faster
-    # (20% on two threads)
-    k = max(1, _CHUNK // (h * w * c)) if not grad and torch.get_num_threads() == 1 else n
+    # each pass over a chunk finds it in the cache; on several threads each call on a chunk
+    # pays the threads' synchronisation, and whole-batch calls are faster
+    chunked = not grad and torch.get_num_threads() <= _CHUNK_MAX_THREADS
+    k = max(1, _CHUNK // (h * w * c)) if chunked else n
     s1, s2 = [], []
     for i in range(0, n, k):
         if v.dtype == acc:
