@@ -12,8 +12,8 @@ Precision: ``prior.precision`` is ``"float32"`` (the default) or ``"bfloat16"``,
 network's convolutions and matrix products run in bfloat16 (``torch.autocast``) while the EDM
 skip connection, the patch assembly and the samplers stay in float32; :meth:`Prior.with_precision`
 gives a copy that shares the network. On a CPU with AVX-512 BF16 (or AMX) whole DDS and
-PnP-ADMM runs are 1.7 times as fast as in float32, at the same PSNR within 0.02 dB
-(``benchmarks/results/speed_compare.md``); on CPUs without bfloat16 instructions it can be
+PnP-ADMM runs are 1.6-1.7 times as fast as in float32, at the same PSNR within 0.02 dB
+(``benchmarks/results/speed_compare*.md``); on CPUs without bfloat16 instructions it can be
 slower.
 """
 from __future__ import annotations
