@@ -173,8 +173,9 @@ def tune_z(weights) -> None:
         path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
 
 
-#: the validation-gap tasks ``--tune-ztv`` runs (keys of TASKS' operators and noise)
-ZTV_TASKS = ("CT limited 90", "CT 8 views")
+#: the validation-gap tasks ``--tune-ztv`` can run (keys of TASKS' operators and noise; the first
+#: two by default)
+ZTV_TASKS = ("CT limited 90", "CT 8 views", "CT limited 120")
 
 
 def tune_ztv(weights, tasks, method="dds") -> None:
@@ -271,7 +272,7 @@ def main() -> None:
                     help="tune z_weight_ref over these weights (default 0 0.03 0.1 0.3)")
     ap.add_argument("--tune-ztv", nargs="*", type=float, metavar="W",
                     help="tune z_tv_ref over these weights (default 0 0.01 0.03)")
-    ap.add_argument("--tune-tasks", nargs="*", default=list(ZTV_TASKS), choices=ZTV_TASKS,
+    ap.add_argument("--tune-tasks", nargs="*", default=list(ZTV_TASKS[:2]), choices=ZTV_TASKS,
                     help="with --tune-ztv: the tasks")
     ap.add_argument("--tune-method", default="dds", choices=("dds", "pnp-admm"),
                     help="with --tune-ztv: the method")
