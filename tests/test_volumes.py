@@ -78,6 +78,23 @@ def test_z_coupling_smooths_along_z_and_helps_a_smooth_volume(method, extra, nam
     assert coupled.report["method_params"][name] == weight
 
 
+def test_z_tv_default_tells_limited_angle_from_full_range_ct():
+    from napari_patchdiff.operators import make_operator
+    from napari_patchdiff.solvers.defaults import overridden
+
+    dds = get_solver("dds")
+    volume = Volume(8, 2.5)
+    full = make_operator("ct-parallel", (N, N), views=8)
+    limited = make_operator("ct-parallel", (N, N), views=30, angular_range=90.0)
+    fan_short = make_operator("ct-fan", (N, N), views=30, angular_range=200.0)
+    assert (full.coverage, limited.coverage) == (1.0, 0.5) and fan_short.coverage < 1
+    with overridden(full.name, {"dds.z_tv_ref": 0.03, "dds.z_tv_ref_limited_angle": 0.1}):
+        assert dds.resolve(full, 0.1, volume)["z_tv"] == pytest.approx(0.06)
+        assert dds.resolve(limited, 0.1, volume)["z_tv"] == pytest.approx(0.2)
+    with overridden(fan_short.name, {"dds.z_tv_ref": 0.03, "dds.z_tv_ref_limited_angle": 0.1}):
+        assert dds.resolve(fan_short, 0.1, volume)["z_tv"] == pytest.approx(0.2)
+
+
 @pytest.mark.parametrize("method", ["dds", "pnp-admm"])
 @pytest.mark.parametrize("name,power", [("z_weight", 2), ("z_tv", 1)])
 def test_z_coupling_default_follows_the_slice_spacing(method, name, power):

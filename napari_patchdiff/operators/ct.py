@@ -187,13 +187,19 @@ class _CTBase(Operator):
         return self._meas_shape
 
     @property
+    def coverage(self) -> float:
+        """The fraction of a complete scan's angular range the views cover (below 1: limited
+        angle)."""
+        return min(self.params["angular_range"], self.full_range) / self.full_range
+
+    @property
     def undersampling_factor(self) -> float:
-        """``(60 / views) / coverage^3``, with ``coverage`` the fraction of a complete scan's
-        angular range: on the validation slices (``benchmarks/classical.py --tune``) the best TV
-        weight grew like ``60 / views`` for sparse-view CT (reference: 60 views over the full
-        range) and about like the cube of the missing-angle ratio for limited angle."""
-        coverage = min(self.params["angular_range"], self.full_range) / self.full_range
-        return (60.0 / self.params["views"]) / coverage**3
+        """``(60 / views) / coverage^3``, with :attr:`coverage` the fraction of a complete
+        scan's angular range: on the validation slices (``benchmarks/classical.py --tune``) the
+        best TV weight grew like ``60 / views`` for sparse-view CT (reference: 60 views over
+        the full range) and about like the cube of the missing-angle ratio for limited
+        angle."""
+        return (60.0 / self.params["views"]) / self.coverage**3
 
     def forward(self, x):
         x = self.check_image(x)

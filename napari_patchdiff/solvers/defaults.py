@@ -49,10 +49,14 @@ _CT = {
                                   "by 0.7 dB (at 1: +0.4 dB)"),
     "dds.sigma_max": Tuned(0.3, "dds_tuning.md, with the warm start above"),
     "dds.z_tv_ref": Tuned(0.03, "volumes_ztv_tuning.json (volumes.py --tune-ztv, lung2 45-49, "
-                                "5 mm, noise 0.2): against 0, 0.03 gained +0.17/+0.29/+0.22 dB "
-                                "(axial/coronal/sagittal) under limited angle 90 and "
-                                "+0.64/+0.53/+0.70 under 8 views; 0.1 gained more under limited "
-                                "angle but lost 0.23 dB coronal under 8 views; 0.01 less"),
+                                "5 mm, noise 0.2), scans of the full angular range: against 0, "
+                                "0.03 gained +0.64/+0.53/+0.70 dB (axial/coronal/sagittal) under "
+                                "8 views; 0.1 lost 0.23 dB coronal there; 0.01 less"),
+    "dds.z_tv_ref_limited_angle": Tuned(0.1, "volumes_ztv_tuning.json (same runs), views over "
+                                             "less than the full range: against 0, 0.1 gained "
+                                             "+0.37/+0.56/+0.46 dB under limited angle 90 and "
+                                             "+0.28/+0.54/+0.35 under 120, 0.03 about half "
+                                             "that (+0.17/+0.29/+0.22, +0.15/+0.32/+0.20)"),
     "adapt.steps": Tuned(1, "adapt_tuning.md (phantom prior, lung2 47): 1 Adam step per call at "
                             "lr 1e-3 +0.14 dB over no adaptation; 2 at 3e-3 -0.37 dB"),
     "adapt.lr": Tuned(1e-3, "adapt_tuning.md: 1e-4 +0.02 dB, 1e-3 +0.14 dB"),
@@ -158,11 +162,14 @@ FALLBACK: dict[str, Tuned] = {
                               "orientation against 0, so volumes run slice by slice"),
     "pnp-admm.z_weight_ref": Tuned(0.0, "untuned; 0 as for DDS (volumes_z_tuning.json)"),
     "dds.z_tv_ref": Tuned(0.0, "untuned: off until a tuning run shows a gain"),
+    "dds.z_tv_ref_limited_angle": Tuned(0.0, "untuned: off until a tuning run shows a gain"),
     "pnp-admm.z_tv_ref": Tuned(0.0, "volumes_ztv_tuning_pnp-admm.json (volumes.py --tune-ztv "
                                     "--tune-method pnp-admm, lung2 45-49, 5 mm, noise 0.2): 0.1 "
                                     "lost 0.16-0.23 dB under limited angle 90 and gained "
                                     "+0.08/+0.27/-0.04 (axial/coronal/sagittal) under 8 views, "
                                     "0.3 lost under 8 views; off"),
+    "pnp-admm.z_tv_ref_limited_angle": Tuned(0.0, "as pnp-admm.z_tv_ref (limited angle 90 "
+                                                  "included): off"),
     "dds.start": Tuned("noise", "EDM's pure-noise start"),
     "dds.sigma_max": Tuned(10.0, "EDM's sigma_max"),
     "dps.zeta_rel": Tuned(0.5, _UNTUNED),
