@@ -81,6 +81,16 @@ def val_slices(task: Task) -> np.ndarray:
     return mri_slices("brain1", MRI_VAL) if task.data == "mri" else ct_slices(CT_VAL)
 
 
+def slice_by_slice(method: str) -> dict:
+    """Parameters that keep ``method`` from coupling a stack's slices along z (0 for
+    ``z_weight`` and ``z_tv`` where it has them): the quality benchmarks solve stacks of test
+    slices in one batch, which the defaults would treat as a volume, and report them per slice,
+    as they were measured before couplings along z existed."""
+    from napari_patchdiff.solvers import get_solver
+
+    return {k: 0.0 for k in ("z_weight", "z_tv") if k in get_solver(method).names}
+
+
 def machine(device="cpu") -> str:
     """The machine in words; with a CUDA device, its GPU's name too."""
     cpu = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -19,7 +19,8 @@ import time
 import numpy as np
 import torch
 
-from common import CT_TEST, EXTRA_TASKS, RESULTS, TASKS, Task, ct_slices, machine, mri_slices
+from common import (CT_TEST, EXTRA_TASKS, RESULTS, TASKS, Task, ct_slices, machine, mri_slices,
+                    slice_by_slice)
 from napari_patchdiff import api
 from napari_patchdiff.metrics import psnr, ssim
 from napari_patchdiff.priors import load_prior
@@ -43,7 +44,7 @@ def run_cell(task: Task, noise: float, method: str, x: np.ndarray, priors: dict)
     problem = api.simulate(truth, task.operator, noise_std=noise, seed=0, **task.params)
     kw = {"prior": priors[task.data]} if api.needs_prior(method) else {}
     t0 = time.perf_counter()
-    result = api.solve(problem, method, **kw)
+    result = api.solve(problem, method, **kw, **slice_by_slice(method))
     sec = (time.perf_counter() - t0) / x.shape[0]
     return {"psnr": float(np.mean([psnr(a, b) for a, b in zip(result.recon, x)])),
             "ssim": float(np.mean([ssim(a, b) for a, b in zip(result.recon, x)])),

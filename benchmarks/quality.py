@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from common import RESULTS, TASKS, machine, test_slices
+from common import RESULTS, TASKS, machine, slice_by_slice, test_slices
 from napari_patchdiff import api
 from napari_patchdiff.metrics import psnr, ssim
 from napari_patchdiff.priors import load_prior
@@ -67,7 +67,8 @@ def run_cell(row: str, task, n_slices: int | None, device="cpu") -> dict:
                            **task.params)
     t0 = time.perf_counter()
     kw = {"prior": prior} if prior is not None else {}
-    result = api.solve(problem, method, **kw, **overrides)  # all slices in one batch
+    # all slices in one batch, each on its own (no coupling along z)
+    result = api.solve(problem, method, **kw, **{**slice_by_slice(method), **overrides})
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     recon, nfe = result.recon, result.report["nfe"]
