@@ -72,9 +72,10 @@ ROWS = {
     # total variation along z (volumes_ztv_tuning.json: --tune-ztv on lung2 45-49)
     "DDS z-TV (z_tv 0.03)": ("dds", {"z_tv": 0.03}),
     "DDS z-TV (z_tv 0.1)": ("dds", {"z_tv": 0.1}),
-    # the thin synthetic volume: the default 0.03 scaled to its spacing by the default rule,
-    # 0.03 * 5 / 0.714
+    # the thin synthetic volume: 0.03 and the limited-angle default 0.1 scaled to its spacing
+    # by the default rule, times 5 / 0.714
     "DDS z-TV (z_tv 0.21)": ("dds", {"z_tv": 0.21}),
+    "DDS z-TV (z_tv 0.7)": ("dds", {"z_tv": 0.7}),
     # PnP-ADMM (its TV along z is off by default: volumes_ztv_tuning_pnp-admm.json)
     "PnP-ADMM slice by slice": ("pnp-admm", {"z_weight": 0.0, "z_tv": 0.0}),
 }
