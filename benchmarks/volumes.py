@@ -12,7 +12,8 @@ volume (23 slices, 6.5 mm) under 4x MRI (noise 0.005); PSNR / SSIM per axial sli
 and per coronal plane (DiffusionBlend's tables). Rows: ADMM-TV slice by slice (2D) and with TV
 along z (3D), DDS slice by slice and z-coupled, PnP-ADMM slice by slice and with TV along z
 (the shipped CT / MRI priors, 50 evaluations).
-The slab prior row is absent: no slab prior is shipped (see the README). Memory: seconds and
+The slab prior row is absent: no slab prior is shipped (see the README;
+slab_feasibility.py measures what a fine-tuned one gains on the validation gap). Memory: seconds and
 peak resident memory of DDS (z-coupled, a few evaluations, 64 x 64 slices of a synthetic stack)
 at depths 16, 64 and 256, each in its own process. ``--tune-z`` chooses the z weight on the
 validation gap lung2 45-49 (limited angle 90, noise 0.2; slices never trained on) and prints the runs.
