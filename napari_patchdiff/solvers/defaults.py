@@ -57,7 +57,7 @@ _CT = {
                                              "+0.38/+0.56/+0.46 dB under limited angle 90 and "
                                              "+0.28/+0.54/+0.35 under 120, 0.03 about half "
                                              "that; 0.2 +0.49/+0.69/+0.57 and +0.28/+0.52/+0.32 "
-                                             "(0.3 lost under 120), but on the test volume "
+                                             "(0.3 gained less under 120), but on the test volume "
                                              "(volumes.md) 0.2 against 0.1 gained only "
                                              "+0.02/+0.09/+0.02 under 90 and lost "
                                              "0.08/0.07/0.14 under 120, so 0.1 stays"),
