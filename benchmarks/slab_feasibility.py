@@ -3,7 +3,7 @@
 
     python benchmarks/slab_feasibility.py [--minutes 60] [--threads 1] [--save FOLDER]
     python benchmarks/slab_feasibility.py --dds FOLDER [--networks control slab]
-                                          [--z-tv 0 0.2] [--task "CT limited 90"]
+                                          [--z-tv 0 0.1] [--task "CT limited 90"]
 
 DiffusionBlend's slab prior sees adjacent slices as channels. Training one from scratch needs a
 GPU; this asks the cheaper question first: given the shipped slice prior ``ct``, does a network
@@ -204,7 +204,9 @@ def main() -> None:
     ap.add_argument("--dds", metavar="FOLDER", help="DDS on the validation gap with the "
                     "networks saved in FOLDER (by --save) instead of training")
     ap.add_argument("--networks", nargs="*", default=["control", "slab"])
-    ap.add_argument("--z-tv", nargs="*", type=float, default=[0.0, 0.2])
+    ap.add_argument("--z-tv", nargs="*", type=float, default=[0.0, 0.1],
+                    help="the z_tv weights of the DDS runs (default: 0 and the limited-angle "
+                    "default 0.1)")
     ap.add_argument("--task", default="CT limited 90")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -13,8 +13,8 @@ and per coronal plane (DiffusionBlend's tables). Rows: ADMM-TV slice by slice (2
 along z (3D), DDS slice by slice and z-coupled, PnP-ADMM slice by slice and with TV along z
 (the shipped CT / MRI priors, 50 evaluations).
 The slab prior row is absent: no slab prior is shipped (see the README;
-slab_feasibility.py measures what a fine-tuned one gains on the validation gap). Memory: seconds and
-peak resident memory of DDS (z-coupled, a few evaluations, 64 x 64 slices of a synthetic stack)
+slab_feasibility.py measures what a fine-tuned one gains on the validation gap). Memory: seconds
+and peak resident memory of DDS (z-coupled, a few evaluations, 64 x 64 slices of a synthetic stack)
 at depths 16, 64 and 256, each in its own process. ``--tune-z`` chooses the z weight on the
 validation gap lung2 45-49 (limited angle 90, noise 0.2; slices never trained on) and prints the runs.
 """
@@ -214,7 +214,8 @@ def table(data: dict) -> None:
              "the axial slices, the coronal and the sagittal planes that hold the object "
              "(SSIM needs 11 rows: the lung volume's planes have exactly that many); seconds per "
              "volume on one CPU thread, except the 20-CG-step row of the lung volume and the "
-             "limited-angle-120 z-TV 0.1 row (two threads); rows ran at different times beside other jobs, so seconds are indicative "
+             "limited-angle-120 z-TV 0.1 row (two threads); rows ran at different times beside "
+             "other jobs, so seconds are indicative "
              "(the thin synthetic rows at lower priority). The 20-CG-step rows test whether the "
              "stiff z-term uses up DDS's 5 early-stopped CG steps. `--tune-z` on lung2 45-49 (5 mm, the validation gap) chose "
              "the default z weight 0: every weight tried lost in every orientation "

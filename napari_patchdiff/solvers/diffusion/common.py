@@ -125,7 +125,8 @@ class ZTotalVariation:
     step with ``d`` and the scaled dual ``u`` carried from step to step (as DiffusionMBIR
     does; at the first step ADMM starts from ``x = x0_hat``): the data step becomes the solve
     of ``(I + rho D_z^T D_z + gamma A^T A) x = x0_hat + rho D_z^T (d - u) + gamma A^T y`` (CG
-    from ``x0_hat``, or from the ``start`` a sampler gives), then ``d = shrink(D_z x + u, weight / rho)`` and ``u += D_z x - d``.
+    from ``x0_hat``, or from the ``start`` a sampler gives), then
+    ``d = shrink(D_z x + u, weight / rho)`` and ``u += D_z x - d``.
     Slices of different volumes in the batch are not coupled."""
 
     def __init__(self, weight: float, volume, batch: int, rho: float = 1.0):
