@@ -16,7 +16,8 @@ The slab prior row is absent: no slab prior is shipped (see the README;
 slab_feasibility.py measures what a fine-tuned one gains on the validation gap). Memory: seconds
 and peak resident memory of DDS (z-coupled, a few evaluations, 64 x 64 slices of a synthetic stack)
 at depths 16, 64 and 256, each in its own process. ``--tune-z`` chooses the z weight on the
-validation gap lung2 45-49 (limited angle 90, noise 0.2; slices never trained on) and prints the runs.
+validation gap lung2 45-49 (limited angle 90, noise 0.2; slices never trained on) and prints the
+runs; ``--tune-ztv`` the z-TV weight there, and for MRI on brain1 13-17.
 """
 from __future__ import annotations
 
@@ -231,7 +232,8 @@ def table(data: dict) -> None:
              "limited-angle-120 z-TV 0.1 row (two threads); rows ran at different times beside "
              "other jobs, so seconds are indicative "
              "(the thin synthetic rows at lower priority). The 20-CG-step rows test whether the "
-             "stiff z-term uses up DDS's 5 early-stopped CG steps. `--tune-z` on lung2 45-49 (5 mm, the validation gap) chose "
+             "stiff z-term uses up DDS's 5 early-stopped CG steps. `--tune-z` on lung2 45-49 "
+             "(5 mm, the validation gap) chose "
              "the default z weight 0: every weight tried lost in every orientation "
              "(volumes_z_tuning.json); the z-coupled row shows the smallest weight tried, 0.03. "
              "The z-TV rows add total variation along z instead (DDS's `z_tv`); `--tune-ztv` on "
@@ -293,7 +295,8 @@ def main() -> None:
     ap.add_argument("--tune-z", nargs="*", type=float, metavar="W",
                     help="tune z_weight_ref over these weights (default 0 0.03 0.1 0.3)")
     ap.add_argument("--tune-ztv", nargs="*", type=float, metavar="W",
-                    help="tune z_tv_ref over these weights (default 0 0.01 0.03)")
+                    help="tune z_tv over these weights, given as is at the validation volume's "
+                         "spacing (default 0 0.01 0.03)")
     ap.add_argument("--tune-tasks", nargs="*", default=list(ZTV_TASKS[:2]), choices=ZTV_TASKS,
                     help="with --tune-ztv: the tasks")
     ap.add_argument("--tune-method", default="dds", choices=("dds", "pnp-admm"),

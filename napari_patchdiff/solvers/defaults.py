@@ -91,9 +91,10 @@ TUNED: dict[str, dict[str, Tuned]] = {
         "dds.sigma_max": Tuned(0.3, "dds_tuning_mri.md, with the warm start above"),
         "dds.z_tv_ref": Tuned(0.0, "volumes_ztv_tuning.json (volumes.py --tune-ztv 0 0.03 0.1 "
                                    "and 0.003 0.01 --tune-tasks 'MRI 4x'; brain1 13-17, 6.5 mm, "
-                                   "noise 0.005): every weight lost in every orientation, "
-                                   "0.003 -0.62/-0.52/-0.53 dB (axial/coronal/sagittal), 0.03 "
-                                   "-4.3 dB, 0.1 -6.8 dB; so volumes run slice by slice"),
+                                   "noise 0.005; weights as given at 6.5 mm): every weight lost "
+                                   "in every orientation, 0.003 -0.62/-0.52/-0.53 dB "
+                                   "(axial/coronal/sagittal), 0.03 -4.3 dB, 0.1 -6.8 dB; so "
+                                   "volumes run slice by slice"),
         "pnp-admm.sigma_start": Tuned(0.2, "pnp_tuning_mri.md (brain1 15): 0.2 ties with 0.1 "
                                            "and 0.4 to 0.02 dB, 0.05 loses 0.8 dB"),
         "pnp-admm.data_scale": Tuned(1.0, "pnp_tuning_mri.md: 1 beats 0.5 and 2 by 0.16 dB"),
