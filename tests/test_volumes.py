@@ -156,6 +156,34 @@ def test_z_tv_data_step_converges_to_the_minimiser():
     torch.testing.assert_close(x, op.solve(x0, aty, gamma), atol=1e-6, rtol=0)
 
 
+def test_z_tv_iterations_per_step_are_the_admm_iterations_continued():
+    """``iterations = k`` runs k ADMM iterations in one data step, each CG from the previous
+    one's ``x``: the same as k one-iteration steps on the same ``x0_hat`` (float64, exact), and
+    DDS passes ``z_tv_iterations`` through (a different run, reported)."""
+    from napari_patchdiff.solvers.diffusion.common import ZTotalVariation
+
+    prior, problem = _volume_problem(depth=6, noise=0.05)
+    op, y = problem.op, problem.y
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand((6, 1, N, N), generator=g, dtype=DT)
+    aty, gamma = op.adjoint(y), 2.0
+    several = ZTotalVariation(0.05, Volume(6, 5.0), 6, iterations=3)
+    one = ZTotalVariation(0.05, Volume(6, 5.0), 6)
+    for _ in range(2):  # carried over from step to step in both
+        x3 = several.solve(op, x0, aty, gamma, 2)
+        x1 = None
+        for _ in range(3):
+            x1 = one.solve(op, x0, aty, gamma, 2, start=x1)
+        torch.testing.assert_close(x3, x1, atol=0, rtol=0)
+        torch.testing.assert_close(several.u, one.u, atol=0, rtol=0)
+    runs = [api.solve(problem, "dds", prior=prior, nfe=3, z_tv=0.05, z_tv_iterations=k, seed=1)
+            for k in (1, 3)]
+    assert [r.report["method_params"]["z_tv_iterations"] for r in runs] == [1, 3]
+    assert not np.array_equal(runs[0].recon, runs[1].recon)
+    with pytest.raises(Exception, match="z_tv_iterations"):
+        api.solve(problem, "dds", prior=prior, nfe=2, z_tv=0.05, z_tv_iterations=0)
+
+
 def test_z_tv_refuses_noiseless_data():
     """Noiseless data have no finite data weight for the ADMM step: a clear error."""
     prior, problem = _volume_problem(noise=0.1)

@@ -14,7 +14,7 @@ from ...priors.sampling import edm_sigmas
 from ..tv import gradient_z, gradient_z_adjoint, laplacian_z, shrink
 
 __all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "Z_WEIGHT", "Z_TV",
-           "Z_REFERENCE_MM", "ZTotalVariation", "check_budget", "check_cancel", "denoise",
+           "Z_TV_ITERATIONS", "Z_REFERENCE_MM", "ZTotalVariation", "check_budget", "check_cancel", "denoise",
            "edm_sigmas", "first_iterate", "grad_residual", "setup", "z_coupling", "z_tv",
            "z_weight"]
 
@@ -28,8 +28,11 @@ Z_WEIGHT = Param("z_weight", float, None, "smoothness along z coupling the slice
                  "relative to the data term (0: slice by slice; default: tuned, scaled by the "
                  "slice spacing)", low=0)
 Z_TV = Param("z_tv", float, None, "total variation along z coupling the slices of a volume "
-             "(edge-preserving; one ADMM iteration per sampling step; 0: none; default: "
-             "tuned, scaled by the slice spacing)", low=0)
+             "(edge-preserving; ADMM inside the data step; 0: none; default: tuned, scaled by "
+             "the slice spacing)", low=0)
+Z_TV_ITERATIONS = Param("z_tv_iterations", int, 1, "ADMM iterations of the z-TV term per "
+                        "sampling step, each a data-step solve (more: closer to the z-TV "
+                        "solution at that step)", low=1)
 #: the slice spacing (mm) the tuned z weights refer to; other spacings scale them by
 #: ``(Z_REFERENCE_MM / spacing)^2`` (a finite difference along z shrinks with the spacing)
 Z_REFERENCE_MM = 5.0
@@ -121,23 +124,25 @@ def _volume_depth(volume, batch: int) -> int:
 
 class ZTotalVariation:
     """``weight ||D_z x||_1`` (anisotropic TV along z) added to a sampler's data step and
-    handled by ADMM with the split ``d = D_z x`` (penalty ``rho``), one iteration per sampling
-    step with ``d`` and the scaled dual ``u`` carried from step to step (as DiffusionMBIR
-    does; at the first step ADMM starts from ``x = x0_hat``): the data step becomes the solve
-    of ``(I + rho D_z^T D_z + gamma A^T A) x = x0_hat + rho D_z^T (d - u) + gamma A^T y`` (CG
-    from ``x0_hat``, or from the ``start`` a sampler gives), then
-    ``d = shrink(D_z x + u, weight / rho)`` and ``u += D_z x - d``.
-    Slices of different volumes in the batch are not coupled."""
+    handled by ADMM with the split ``d = D_z x`` (penalty ``rho``), ``iterations`` iterations
+    per sampling step (one, as DiffusionMBIR does, by default) with ``d`` and the scaled dual
+    ``u`` carried from step to step (at the first step ADMM starts from ``x = x0_hat``): each
+    iteration is the solve of ``(I + rho D_z^T D_z + gamma A^T A) x = x0_hat + rho D_z^T (d - u)
+    + gamma A^T y`` (CG from ``x0_hat``, or from the ``start`` a sampler gives, then from the
+    previous iteration's ``x``), then ``d = shrink(D_z x + u, weight / rho)`` and
+    ``u += D_z x - d``. Slices of different volumes in the batch are not coupled."""
 
-    def __init__(self, weight: float, volume, batch: int, rho: float = 1.0):
+    def __init__(self, weight: float, volume, batch: int, rho: float = 1.0,
+                 iterations: int = 1):
         self.weight, self.rho = float(weight), float(rho)
+        self.iterations = int(iterations)
         self.depth = _volume_depth(volume, batch)
         self.d = self.u = None
 
     def solve(self, op, x0_hat, aty, gamma: float, iterations: int, start=None,
               weight: float | None = None, **coupling):
-        """One ADMM iteration; CG starts at ``start`` (default ``x0_hat``); ``weight``
-        replaces the TV weight from this step on."""
+        """This step's ADMM iterations, each with ``iterations`` CG steps; CG starts at
+        ``start`` (default ``x0_hat``); ``weight`` replaces the TV weight from this step on."""
         if gamma == float("inf"):
             raise InputError("z_tv needs a finite data weight (noisy data)")
         if weight is not None:
@@ -146,14 +151,15 @@ class ZTotalVariation:
         if self.d is None:  # ADMM from x = x0_hat
             self.d = shrink(gradient_z(x0_hat, depth), self.weight / rho)
             self.u = torch.zeros_like(x0_hat)
-        rhs = x0_hat + rho * gradient_z_adjoint(self.d - self.u, depth)
-        x = op.solve(rhs, aty, gamma, iterations=iterations,
-                     start=x0_hat if start is None else start,
-                     penalty=lambda v: v + rho * laplacian_z(v, depth),
-                     **{**coupling, "per_item": False})
-        g = gradient_z(x, depth)
-        self.d = shrink(g + self.u, self.weight / rho)
-        self.u = self.u + g - self.d
+        x = x0_hat if start is None else start
+        for _ in range(self.iterations):
+            rhs = x0_hat + rho * gradient_z_adjoint(self.d - self.u, depth)
+            x = op.solve(rhs, aty, gamma, iterations=iterations, start=x,
+                         penalty=lambda v: v + rho * laplacian_z(v, depth),
+                         **{**coupling, "per_item": False})
+            g = gradient_z(x, depth)
+            self.d = shrink(g + self.u, self.weight / rho)
+            self.u = self.u + g - self.d
         return x
 
 
