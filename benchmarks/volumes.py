@@ -80,6 +80,11 @@ ROWS = {
     # by the default rule, times 5 / 0.714
     "DDS z-TV (z_tv 0.21)": ("dds", {"z_tv": 0.21}),
     "DDS z-TV (z_tv 0.7)": ("dds", {"z_tv": 0.7}),
+    # three ADMM iterations of the z-TV term per step (each 5 CG steps), and its control:
+    # slice by slice with the same 15 CG steps per data step
+    "DDS z-TV (z_tv 0.1, 3 ADMM iterations)": ("dds", {"z_tv": 0.1, "z_tv_iterations": 3}),
+    "DDS slice by slice (15 CG steps)": ("dds", {"z_weight": 0.0, "z_tv": 0.0,
+                                                 "cg_iterations": 15}),
     # MRI (brain2): off by default; every weight tried lost on brain1 13-17
     # (volumes_ztv_tuning.json), the smallest to show its effect on the test volume
     "DDS z-TV (z_tv 0.003)": ("dds", {"z_tv": 0.003}),
