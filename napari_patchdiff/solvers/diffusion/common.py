@@ -14,9 +14,9 @@ from ...priors.sampling import edm_sigmas
 from ..tv import gradient_z, gradient_z_adjoint, laplacian_z, shrink
 
 __all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "Z_WEIGHT", "Z_TV",
-           "Z_TV_ITERATIONS", "Z_REFERENCE_MM", "ZTotalVariation", "check_budget", "check_cancel", "denoise",
-           "edm_sigmas", "first_iterate", "grad_residual", "setup", "z_coupling", "z_tv",
-           "z_weight"]
+           "Z_TV_ITERATIONS", "Z_REFERENCE_MM", "ZTotalVariation", "check_budget",
+           "check_cancel", "denoise", "edm_sigmas", "first_iterate", "grad_residual", "setup",
+           "z_coupling", "z_tv", "z_weight"]
 
 #: keyword arguments of every sampler that are objects, not parameters (``volume``: the batch's
 #: slices form volumes of ``volume.depth`` slices, see :class:`~napari_patchdiff.solvers.Volume`)

@@ -10,8 +10,8 @@ from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
 from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, STARTS, Z_TV, Z_TV_ITERATIONS,
-                     Z_WEIGHT, ZTotalVariation, check_cancel, denoise, edm_sigmas, first_iterate, setup,
-                     z_coupling, z_tv, z_weight)
+                     Z_WEIGHT, ZTotalVariation, check_cancel, denoise, edm_sigmas, first_iterate,
+                     setup, z_coupling, z_tv, z_weight)
 
 
 def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight, z_tv,
