@@ -130,6 +130,14 @@ def test_a_cancelled_volume_keeps_its_finished_slices():
     assert all(ev.estimate.shape[0] == 7 for ev in seen)
 
 
+def _data_step(seed: int):
+    """One data step's inputs on a 6-slice volume: ``(prior, problem, x0_hat, A^T y, gamma)``."""
+    prior, problem = _volume_problem(depth=6, noise=0.05)
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand((6, 1, N, N), generator=g, dtype=DT)
+    return prior, problem, x0, problem.op.adjoint(problem.y), 2.0
+
+
 def test_z_tv_data_step_converges_to_the_minimiser():
     """The ADMM of :class:`ZTotalVariation`, iterated on one data step, reaches the minimiser of
     ``||x - x0||^2 / 2 + gamma ||A x - y||^2 / 2 + w ||D_z x||_1``: with a weight beyond every
@@ -137,11 +145,8 @@ def test_z_tv_data_step_converges_to_the_minimiser():
     minimiser of the sum of the slices' terms; slices of two volumes in a batch stay apart."""
     from napari_patchdiff.solvers.diffusion.common import ZTotalVariation
 
-    _, problem = _volume_problem(depth=6, noise=0.05)
-    op, y = problem.op, problem.y
-    g = torch.Generator().manual_seed(4)
-    x0 = torch.rand((6, 1, N, N), generator=g, dtype=DT)
-    aty, gamma = op.adjoint(y), 2.0
+    _, problem, x0, aty, gamma = _data_step(seed=4)
+    op = problem.op
     ztv = ZTotalVariation(1e3, Volume(3, 5.0), 6, rho=1.0)
     for _ in range(400):
         x = ztv.solve(op, x0, aty, gamma, iterations=0)
@@ -162,11 +167,8 @@ def test_z_tv_iterations_per_step_are_the_admm_iterations_continued():
     DDS passes ``z_tv_iterations`` through (a different run, reported)."""
     from napari_patchdiff.solvers.diffusion.common import ZTotalVariation
 
-    prior, problem = _volume_problem(depth=6, noise=0.05)
-    op, y = problem.op, problem.y
-    g = torch.Generator().manual_seed(5)
-    x0 = torch.rand((6, 1, N, N), generator=g, dtype=DT)
-    aty, gamma = op.adjoint(y), 2.0
+    prior, problem, x0, aty, gamma = _data_step(seed=5)
+    op = problem.op
     several = ZTotalVariation(0.05, Volume(6, 5.0), 6, iterations=3)
     one = ZTotalVariation(0.05, Volume(6, 5.0), 6)
     for _ in range(2):  # carried over from step to step in both
