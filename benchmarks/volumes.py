@@ -202,10 +202,13 @@ def validation_volume(task: Task) -> tuple[np.ndarray, str]:
     return ct_slices(list(range(45, 50))), "ct"
 
 
-def tune_ztv(weights, tasks, method="dds") -> None:
+def tune_ztv(weights, tasks, method="dds", extra=None) -> None:
     """``z_tv`` of ``method`` (DDS or PnP-ADMM), given as is (not scaled by the spacing), on the
-    validation volume of each task (:func:`validation_volume`) -> volumes_ztv_tuning.json (DDS)
-    / volumes_ztv_tuning_{method}.json."""
+    validation volume of each task (:func:`validation_volume`), with the further parameters
+    ``extra`` (``{"cg_iterations": 15}``: recorded in the run's key) ->
+    volumes_ztv_tuning.json (DDS) / volumes_ztv_tuning_{method}.json."""
+    extra = dict(extra or {})
+    suffix = "".join(f" | {k}={v}" for k, v in sorted(extra.items()))
     from napari_patchdiff import api
 
     path = RESULTS / ("volumes_ztv_tuning.json" if method == "dds"
@@ -216,11 +219,12 @@ def tune_ztv(weights, tasks, method="dds") -> None:
         problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0,
                                **task.params)
         for w in weights:
-            r = api.solve(problem, method, prior=prior, z_tv=w)
+            r = api.solve(problem, method, prior=prior, z_tv=w, **extra)
             runs = json.loads(path.read_text()) if path.exists() else {}
-            runs[f"{task.key} | {w}"] = orientations(r.recon, x)
-            print(task.key, w, {k: round(v, 3) for k, v in runs[f"{task.key} | {w}"].items()
-                                if v is not None}, flush=True)
+            key = f"{task.key} | {w}{suffix}"
+            runs[key] = orientations(r.recon, x)
+            print(key, {k: round(v, 3) for k, v in runs[key].items() if v is not None},
+                  flush=True)
             path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
 
 
@@ -307,6 +311,9 @@ def main() -> None:
                          "spacing (default 0 0.01 0.03)")
     ap.add_argument("--tune-tasks", nargs="*", default=list(ZTV_TASKS[:2]), choices=ZTV_TASKS,
                     help="with --tune-ztv: the tasks")
+    ap.add_argument("--tune-with", nargs="*", default=[], metavar="NAME=INT",
+                    help="with --tune-ztv: integer parameters of the method for every run "
+                         "(cg_iterations=15, z_tv_iterations=3)")
     ap.add_argument("--tune-method", default="dds", choices=("dds", "pnp-admm"),
                     help="with --tune-ztv: the method")
     ap.add_argument("--threads", type=int, default=1)
@@ -324,7 +331,8 @@ def main() -> None:
         tune_z(args.tune_z or [0.0, 0.03, 0.1, 0.3])
         return
     if args.tune_ztv is not None:
-        tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks, args.tune_method)
+        extra = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.tune_with)}
+        tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks, args.tune_method, extra)
         return
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
     if not args.table:
