@@ -8,6 +8,7 @@ results/tv_tuning.md were tuned earlier on brain1 slice 12).
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 from dataclasses import dataclass, field
@@ -25,6 +26,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 CT_TEST = list(range(50, 61))
 CT_VAL = [47]
 MRI_VAL = [15]
+
+
+def record(path: Path, key: str, value) -> None:
+    """Store ``value`` under ``key`` in the JSON file ``path`` (created if missing), keeping the
+    runs recorded there before; written after every run, so a stopped tuning keeps its runs."""
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs[key] = value
+    path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
 
 
 def _downsample(vol: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import RESULTS, ct_slices, machine
+from common import RESULTS, ct_slices, machine, record
 
 from napari_patchdiff.priors import load_prior
 from napari_patchdiff.priors.network import EDMDenoiser, UNet
@@ -173,25 +173,19 @@ def load_networks(folder) -> dict:
 
 def dds_runs(folder, names, z_tvs, task_key) -> None:
     """DDS on the validation gap (lung2 45-49) with each network -> slab_feasibility_dds.json."""
-    from volumes import TASKS, orientations
+    from volumes import TASKS, orientations, validation_problem
 
     from napari_patchdiff import api
 
     priors = load_networks(folder)
-    x = ct_slices(list(range(45, 50)))
-    truth = api.truth_from_array(x, {"spacing": (5.0, 1.0, 1.0)}, modality="unit")
-    task = next(t for t in TASKS if t.key == task_key)
-    problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0, **task.params)
-    path = RESULTS / "slab_feasibility_dds.json"
+    x, _, problem = validation_problem(next(t for t in TASKS if t.key == task_key))
     for name in names:
         for z in z_tvs:
             t0 = time.perf_counter()
             r = api.solve(problem, "dds", prior=priors[name], z_tv=z)
-            runs = json.loads(path.read_text()) if path.exists() else {}
-            runs[f"{task_key} | {name} | z_tv {z}"] = {**orientations(r.recon, x),
-                                                        "seconds": time.perf_counter() - t0}
-            print(name, z, runs[f"{task_key} | {name} | z_tv {z}"], flush=True)
-            path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+            out = {**orientations(r.recon, x), "seconds": time.perf_counter() - t0}
+            record(RESULTS / "slab_feasibility_dds.json", f"{task_key} | {name} | z_tv {z}", out)
+            print(name, z, out, flush=True)
 
 
 def main() -> None:

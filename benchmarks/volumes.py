@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, ct_slices, machine, mri_slices
+from common import RESULTS, ct_slices, machine, mri_slices, record
 
 JSON = RESULTS / "volumes.json"
 HERE = Path(__file__).resolve().parent
@@ -173,17 +173,12 @@ def tune_z(weights) -> None:
     """DDS's ``z_weight_ref`` on the CT validation gap (lung2 45-49, never trained on, 5 mm)."""
     from napari_patchdiff import api
 
-    x = ct_slices(list(range(45, 50)))
-    truth = api.truth_from_array(x, {"spacing": (5.0, 1.0, 1.0)}, modality="unit")
-    problem = api.simulate(truth, "ct-parallel", noise_std=0.2, seed=0, views=60,
-                           angular_range=90.0)
-    path = RESULTS / "volumes_z_tuning.json"
-    runs = json.loads(path.read_text()) if path.exists() else {}
+    x, prior, problem = validation_problem(TASKS[0])  # limited angle 90
     for w in weights:
-        r = api.solve(problem, "dds", prior="ct", z_weight=w)
-        runs[str(w)] = orientations(r.recon, x)
-        print(w, {k: round(v, 3) for k, v in runs[str(w)].items() if v is not None}, flush=True)
-        path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+        r = api.solve(problem, "dds", prior=prior, z_weight=w)
+        out = orientations(r.recon, x)
+        record(RESULTS / "volumes_z_tuning.json", str(w), out)
+        print(w, {k: round(v, 3) for k, v in out.items() if v is not None}, flush=True)
 
 
 #: the validation tasks ``--tune-ztv`` can run (keys of TASKS' operators and noise; the first
@@ -191,20 +186,27 @@ def tune_z(weights) -> None:
 ZTV_TASKS = ("CT limited 90", "CT 8 views", "CT limited 120", "MRI 4x")
 
 
-def validation_volume(task: Task) -> tuple[np.ndarray, str]:
-    """The slices ``--tune-ztv`` tunes on and their prior: for CT the validation gap lung2 45-49
-    (never trained on, 5 mm); for MRI brain1 13-17 (6.5 mm) around the MRI prior's held-out
-    slice 15: the other four are training slices (brain1 has no held-out run of slices), on
-    which the prior generalises rather than recalls (memorisation.md: gap 1.09 on brain1 against
-    1.04 on brain2), and brain2 stays the test volume."""
+def validation_problem(task: Task):
+    """``(slices, prior name, problem)``: the slices the tunings run on, measured as ``task``
+    measures its test volume. For CT the validation gap lung2 45-49 (never trained on, 5 mm);
+    for MRI brain1 13-17 (6.5 mm) around the MRI prior's held-out slice 15: the other four are
+    training slices (brain1 has no held-out run of slices), on which the prior generalises
+    rather than recalls (memorisation.md: gap 1.09 on brain1 against 1.04 on brain2), and
+    brain2 stays the test volume."""
+    from napari_patchdiff import api
+
     if task.data == "brain2":
-        return mri_slices("brain1", list(range(13, 18))), "mri"
-    return ct_slices(list(range(45, 50))), "ct"
+        x, prior = mri_slices("brain1", list(range(13, 18))), "mri"
+    else:
+        x, prior = ct_slices(list(range(45, 50))), "ct"
+    truth = api.truth_from_array(x, {"spacing": (task.spacing, 1.0, 1.0)}, modality="unit")
+    return x, prior, api.simulate(truth, task.operator, noise_std=task.noise, seed=0,
+                                  **task.params)
 
 
 def tune_ztv(weights, tasks, method="dds", extra=None) -> None:
     """``z_tv`` of ``method`` (DDS or PnP-ADMM), given as is (not scaled by the spacing), on the
-    validation volume of each task (:func:`validation_volume`), with the further parameters
+    validation volume of each task (:func:`validation_problem`), with the further parameters
     ``extra`` (``{"cg_iterations": 15}``: recorded in the run's key) ->
     volumes_ztv_tuning.json (DDS) / volumes_ztv_tuning_{method}.json."""
     extra = dict(extra or {})
@@ -214,18 +216,12 @@ def tune_ztv(weights, tasks, method="dds", extra=None) -> None:
     path = RESULTS / ("volumes_ztv_tuning.json" if method == "dds"
                       else f"volumes_ztv_tuning_{method}.json")
     for task in [t for t in TASKS if t.key in tasks]:
-        x, prior = validation_volume(task)
-        truth = api.truth_from_array(x, {"spacing": (task.spacing, 1.0, 1.0)}, modality="unit")
-        problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0,
-                               **task.params)
+        x, prior, problem = validation_problem(task)
         for w in weights:
             r = api.solve(problem, method, prior=prior, z_tv=w, **extra)
-            runs = json.loads(path.read_text()) if path.exists() else {}
-            key = f"{task.key} | {w}{suffix}"
-            runs[key] = orientations(r.recon, x)
-            print(key, {k: round(v, 3) for k, v in runs[key].items() if v is not None},
-                  flush=True)
-            path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+            key, out = f"{task.key} | {w}{suffix}", orientations(r.recon, x)
+            record(path, key, out)
+            print(key, {k: round(v, 3) for k, v in out.items() if v is not None}, flush=True)
 
 
 def table(data: dict) -> None:

@@ -162,14 +162,14 @@ def test_z_tv_data_step_converges_to_the_minimiser():
 
 
 def test_z_tv_iterations_per_step_are_the_admm_iterations_continued():
-    """``iterations = k`` runs k ADMM iterations in one data step, each CG from the previous
+    """``admm_iterations = k`` runs k ADMM iterations in one data step, each CG from the previous
     one's ``x``: the same as k one-iteration steps on the same ``x0_hat`` (float64, exact), and
     DDS passes ``z_tv_iterations`` through (a different run, reported)."""
     from napari_patchdiff.solvers.diffusion.common import ZTotalVariation
 
     prior, problem, x0, aty, gamma = _data_step(seed=5)
     op = problem.op
-    several = ZTotalVariation(0.05, Volume(6, 5.0), 6, iterations=3)
+    several = ZTotalVariation(0.05, Volume(6, 5.0), 6, admm_iterations=3)
     one = ZTotalVariation(0.05, Volume(6, 5.0), 6)
     for _ in range(2):  # carried over from step to step in both
         x3 = several.solve(op, x0, aty, gamma, 2)

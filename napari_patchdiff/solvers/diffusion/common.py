@@ -124,18 +124,19 @@ def _volume_depth(volume, batch: int) -> int:
 
 class ZTotalVariation:
     """``weight ||D_z x||_1`` (anisotropic TV along z) added to a sampler's data step and
-    handled by ADMM with the split ``d = D_z x`` (penalty ``rho``), ``iterations`` iterations
-    per sampling step (one, as DiffusionMBIR does, by default) with ``d`` and the scaled dual
-    ``u`` carried from step to step (at the first step ADMM starts from ``x = x0_hat``): each
-    iteration is the solve of ``(I + rho D_z^T D_z + gamma A^T A) x = x0_hat + rho D_z^T (d - u)
-    + gamma A^T y`` (CG from ``x0_hat``, or from the ``start`` a sampler gives, then from the
-    previous iteration's ``x``), then ``d = shrink(D_z x + u, weight / rho)`` and
-    ``u += D_z x - d``. Slices of different volumes in the batch are not coupled."""
+    handled by ADMM with the split ``d = D_z x`` (penalty ``rho``), ``admm_iterations``
+    iterations per sampling step (one, as DiffusionMBIR does, by default) with ``d`` and the
+    scaled dual ``u`` carried from step to step (at the first step ADMM starts from
+    ``x = x0_hat``): each iteration is the solve of ``(I + rho D_z^T D_z + gamma A^T A) x =
+    x0_hat + rho D_z^T (d - u) + gamma A^T y`` (CG from ``x0_hat``, or from the ``start`` a
+    sampler gives, then from the previous iteration's ``x``), then
+    ``d = shrink(D_z x + u, weight / rho)`` and ``u += D_z x - d``. Slices of different volumes
+    in the batch are not coupled."""
 
     def __init__(self, weight: float, volume, batch: int, rho: float = 1.0,
-                 iterations: int = 1):
+                 admm_iterations: int = 1):
         self.weight, self.rho = float(weight), float(rho)
-        self.iterations = int(iterations)
+        self.admm_iterations = int(admm_iterations)
         self.depth = _volume_depth(volume, batch)
         self.d = self.u = None
 
@@ -152,7 +153,7 @@ class ZTotalVariation:
             self.d = shrink(gradient_z(x0_hat, depth), self.weight / rho)
             self.u = torch.zeros_like(x0_hat)
         x = x0_hat if start is None else start
-        for _ in range(self.iterations):
+        for _ in range(self.admm_iterations):
             rhs = x0_hat + rho * gradient_z_adjoint(self.d - self.u, depth)
             x = op.solve(rhs, aty, gamma, iterations=iterations, start=x,
                          penalty=lambda v: v + rho * laplacian_z(v, depth),

@@ -41,7 +41,7 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight
     sigmas = edm_sigmas(nfe, sigma_min, sigma_max).tolist()
     aty = op.adjoint(y)
     couple = z_coupling(op, z_weight, volume, shape[0])
-    ztv = (ZTotalVariation(z_tv, volume, shape[0], iterations=z_tv_iterations)
+    ztv = (ZTotalVariation(z_tv, volume, shape[0], admm_iterations=z_tv_iterations)
            if z_tv > 0 and shape[0] > 1 else None)
     x = first_iterate(op, y, start, sigma_max, noise, shape)
     for i in range(nfe):
