@@ -42,7 +42,7 @@ from napari_patchdiff.solvers.defaults import overridden
 GRIDS = {
     "dds": {
         "prior_std": (0.01, 0.02, 0.05, 0.1, 0.2),
-        "cg_iterations": (2, 5, 10),
+        "cg_iterations": (2, 5, 10, 15, 25, 40),
         "eta": (0.0, 0.15, 0.5, 0.8, 1.0),
         "start": ("noise/10", "initial/1", "initial/0.5", "initial/0.3", "initial/0.15"),
         "anneal_sigma": (0.0, 0.05, 0.1),

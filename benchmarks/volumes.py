@@ -91,6 +91,12 @@ ROWS = {
     # PnP-ADMM (its TV along z is off by default: volumes_ztv_tuning_pnp-admm.json)
     "PnP-ADMM slice by slice": ("pnp-admm", {"z_weight": 0.0, "z_tv": 0.0}),
 }
+#: the DDS rows as the limited-angle cells ran before limited-angle CT had its own data step:
+#: the full-range values, 5 CG steps (where the row does not say otherwise) at gamma 0.25, that
+#: is prior_std 0.1 at noise 0.2
+FORMER = " (former data step)"
+ROWS.update({row + FORMER: (m, {"cg_iterations": 5, "gamma": 0.25, **p})
+             for row, (m, p) in list(ROWS.items()) if m == "dds"})
 
 
 def volume(task: Task) -> np.ndarray:
@@ -143,10 +149,14 @@ def run_cell(task: Task, row: str) -> dict:
     t0 = time.perf_counter()
     result = api.solve(problem, method, **kw, **params)
     out = orientations(result.recon, x)
+    used = result.report["method_params"]
     out.update(seconds=time.perf_counter() - t0, slices=int(x.shape[0]),
-               z_weight=result.report["method_params"].get("z_weight"),
-               z_tv=result.report["method_params"].get("z_tv"))
+               **{k: used.get(k) for k in DATA_STEP})
     return out
+
+
+#: the method parameters each cell and tuning run records beside its scores
+DATA_STEP = ("z_weight", "z_tv", "z_tv_iterations", "cg_iterations", "gamma")
 
 
 def memory_child(depth: int) -> dict:
@@ -208,7 +218,9 @@ def tune_ztv(weights, tasks, method="dds", extra=None) -> None:
     """``z_tv`` of ``method`` (DDS or PnP-ADMM), given as is (not scaled by the spacing), on the
     validation volume of each task (:func:`validation_problem`), with the further parameters
     ``extra`` (``{"cg_iterations": 15}``: recorded in the run's key) ->
-    volumes_ztv_tuning.json (DDS) / volumes_ztv_tuning_{method}.json."""
+    volumes_ztv_tuning.json (DDS) / volumes_ztv_tuning_{method}.json. Each run records its
+    data step (:data:`DATA_STEP`); runs without that record ran at the defaults of their time
+    (limited angle: 5 CG steps at gamma 0.25, the full-range values)."""
     extra = dict(extra or {})
     suffix = "".join(f" | {k}={v}" for k, v in sorted(extra.items()))
     from napari_patchdiff import api
@@ -220,6 +232,7 @@ def tune_ztv(weights, tasks, method="dds", extra=None) -> None:
         for w in weights:
             r = api.solve(problem, method, prior=prior, z_tv=w, **extra)
             key, out = f"{task.key} | {w}{suffix}", orientations(r.recon, x)
+            out.update({k: r.report["method_params"].get(k) for k in DATA_STEP})
             record(path, key, out)
             print(key, {k: round(v, 3) for k, v in out.items() if v is not None}, flush=True)
 
@@ -307,9 +320,9 @@ def main() -> None:
                          "spacing (default 0 0.01 0.03)")
     ap.add_argument("--tune-tasks", nargs="*", default=list(ZTV_TASKS[:2]), choices=ZTV_TASKS,
                     help="with --tune-ztv: the tasks")
-    ap.add_argument("--tune-with", nargs="*", default=[], metavar="NAME=INT",
-                    help="with --tune-ztv: integer parameters of the method for every run "
-                         "(cg_iterations=15, z_tv_iterations=3)")
+    ap.add_argument("--tune-with", nargs="*", default=[], metavar="NAME=NUMBER",
+                    help="with --tune-ztv: numeric parameters of the method for every run "
+                         "(cg_iterations=15, z_tv_iterations=3, gamma=0.0625)")
     ap.add_argument("--tune-method", default="dds", choices=("dds", "pnp-admm"),
                     help="with --tune-ztv: the method")
     ap.add_argument("--threads", type=int, default=1)
@@ -327,7 +340,8 @@ def main() -> None:
         tune_z(args.tune_z or [0.0, 0.03, 0.1, 0.3])
         return
     if args.tune_ztv is not None:
-        extra = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.tune_with)}
+        extra = {k: float(v) if "." in v else int(v)
+                 for k, v in (kv.split("=", 1) for kv in args.tune_with)}
         tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks, args.tune_method, extra)
         return
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}

@@ -103,7 +103,7 @@ class Method:
                              f"it takes {sorted(declared) or 'none'}")
         noise_std = NOISE_STD.check(noise_std)
         values = {k: declared[k].check(v, self.name) for k, v in given.items() if v is not None}
-        tuned = knobs(op.name, self.name)
+        tuned = knobs(op.name, self.name, getattr(op, "coverage", 1.0) < 1.0)
         for name in declared:
             if name not in values and name in tuned:
                 values[name] = tuned[name]

@@ -100,16 +100,14 @@ def z_weight(ctx, tuned) -> float:
 
 def z_tv(ctx, tuned) -> float:
     """The default ``z_tv``: 0 for a single image or noiseless data, else the tuned weight at
-    :data:`Z_REFERENCE_MM` (``z_tv_ref_limited_angle`` for an operator whose views cover less
-    than a complete scan, ``z_tv_ref`` otherwise) scaled by ``Z_REFERENCE_MM / spacing`` (a
+    :data:`Z_REFERENCE_MM` (``z_tv_ref``; limited-angle CT has its own, see
+    :func:`~napari_patchdiff.solvers.defaults.knobs`) scaled by ``Z_REFERENCE_MM / spacing`` (a
     difference along z shrinks like the spacing, and the penalty is linear in it)."""
     volume = ctx.volume
     if volume is None or volume.depth < 2 or ctx.noise_std == 0:
         return 0.0
     spacing = volume.spacing or Z_REFERENCE_MM
-    limited = getattr(ctx.op, "coverage", 1.0) < 1.0
-    ref = tuned["z_tv_ref_limited_angle" if limited else "z_tv_ref"]
-    return float(ref) * (Z_REFERENCE_MM / spacing)
+    return float(tuned["z_tv_ref"]) * (Z_REFERENCE_MM / spacing)
 
 
 def _volume_depth(volume, batch: int) -> int:
