@@ -71,7 +71,8 @@ def run_cell(row: str, task, n_slices: int | None, device="cpu") -> dict:
     result = api.solve(problem, method, **kw, **{**slice_by_slice(method), **overrides})
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
-    recon, nfe = result.recon, result.report["nfe"]
+    # evaluations per slice: the report counts the network's calls, one per window of slices
+    recon, nfe = result.recon, result.report["method_params"].get("nfe", result.report["nfe"])
     sec = (time.perf_counter() - t0) / x.shape[0]
     per_slice = [psnr(a, b) for a, b in zip(recon, x)]
     return {"psnr": float(np.mean(per_slice)), "psnr_per_slice": per_slice,
@@ -87,8 +88,25 @@ def load() -> dict:
     return json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
 
 
+def stale(row: str, task, cell: dict) -> dict:
+    """``{name: (the cell's value, today's default)}`` for the parameters a diffusion cell ran
+    with that its row no longer runs with: a cell computed before a default changed."""
+    from napari_patchdiff.operators import make_operator
+    from napari_patchdiff.solvers import get_solver
+
+    method, kind, _, overrides = ROWS[row]
+    if kind is None or not cell.get("params"):
+        return {}
+    op = make_operator(task.operator, (256, 256), **task.params)
+    now = get_solver(method).resolve(op, task.noise, **{**slice_by_slice(method), **overrides})
+    return {k: (v, now[k]) for k, v in cell["params"].items()
+            if k in now and v != now[k] and not (isinstance(v, float) and isinstance(now[k], float)
+                                               and np.isclose(v, now[k]))}
+
+
 def table(data: dict) -> None:
     tasks = [t.key for t in TASKS]
+    former = []
     lines = [
         "# Reconstruction quality on the held-out test slices",
         "",
@@ -126,8 +144,17 @@ def table(data: dict) -> None:
                     s += f", {c['nfe']} ev"
                 if c["slices"] < c["all_slices"]:
                     s += f" [{c['slices']} slices]"
+                changed = stale(row, next(t for t in TASKS if t.key == key), c)
+                if changed:
+                    s += " *"
+                    former.append(f"{row}, {key}: " + ", ".join(
+                        f"{k} {a:.4g} (now {b:.4g})" if isinstance(b, float)
+                        else f"{k} {a} (now {b})" for k, (a, b) in changed.items()))
                 cells.append(s)
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if former:
+        lines += ["", "Cells marked * ran before a default they use changed (not re-run yet): "
+                  + "; ".join(former) + "."]
     lines += ["", "CT 20 views, rows run on all test slices, against ADMM-TV:", ""]
     tv20 = data["cells"].get("ADMM-TV", {}).get("CT 20 views")
     for row in ROWS:
