@@ -70,15 +70,16 @@ _CT = {
                                 "5 mm, noise 0.2), scans of the full angular range: against 0, "
                                 "0.03 gained +0.64/+0.53/+0.70 dB (axial/coronal/sagittal) under "
                                 "8 views; 0.1 lost 0.23 dB coronal there; 0.01 less"),
-    "dds.z_tv_ref_limited_angle": Tuned(0.1, "volumes_ztv_tuning.json (same runs), views over "
-                                             "less than the full range: against 0, 0.1 gained "
-                                             "+0.38/+0.56/+0.46 dB under limited angle 90 and "
-                                             "+0.28/+0.54/+0.35 under 120, 0.03 about half "
-                                             "that; 0.2 +0.49/+0.69/+0.57 and +0.28/+0.52/+0.32 "
-                                             "(0.3 gained less under 120), but on the test volume "
-                                             "(volumes.md) 0.2 against 0.1 gained only "
-                                             "+0.02/+0.09/+0.02 under 90 and lost "
-                                             "0.08/0.07/0.14 under 120, so 0.1 stays"),
+    "dds.z_tv_ref_limited_angle": Tuned(0.0, "volumes_ztv_tuning.json (lung2 45-49, 5 mm, "
+                                             "noise 0.2) at the limited-angle data step (40 CG "
+                                             "steps, gamma 0.0625): against 0, 0.03 gained "
+                                             "+0.49/+0.98/+0.45 dB (axial/coronal/sagittal) "
+                                             "under limited angle 90 but lost "
+                                             "0.58/0.25/0.62 under 120; 0.1 lost 1.3/0.7/1.5 "
+                                             "under 120 (3 ADMM iterations of 13 CG steps "
+                                             "lost as well); off. "
+                                             "(With the former 5-step data step 0.1 had gained "
+                                             "+0.3-0.6 dB under both.)"),
     "adapt.steps": Tuned(1, "adapt_tuning.md (phantom prior, lung2 47): 1 Adam step per call at "
                             "lr 1e-3 +0.14 dB over no adaptation; 2 at 3e-3 -0.37 dB"),
     "adapt.lr": Tuned(1e-3, "adapt_tuning.md: 1e-4 +0.02 dB, 1e-3 +0.14 dB"),
