@@ -5,7 +5,8 @@ A method's parameters are declared once (:class:`~napari_patchdiff.params.Param`
 bounds, meaning) and :meth:`Method.resolve` checks and fills them once, in this order:
 
 1. the values the caller gave (``None`` means "not given");
-2. the per-operator tuned value of that name (:mod:`napari_patchdiff.solvers.defaults`);
+2. the per-operator tuned value of that name (:mod:`napari_patchdiff.solvers.defaults`; an
+   operator whose views cover less than a complete scan takes the limited-angle values);
 3. the declared default;
 4. for parameters declared without a default (automatic), the method's ``rule``: values that
    follow the operator norm, the noise level, a tuned knob or another parameter (ADMM-TV's
