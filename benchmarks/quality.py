@@ -15,6 +15,7 @@ quality.json as soon as it is done, so long runs can be split over several invoc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -88,17 +89,26 @@ def load() -> dict:
     return json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
 
 
+@functools.lru_cache(maxsize=None)
+def _operator(task_key: str):
+    """The operator of a task at the test slices' size, built once per table (its norm, which
+    some default rules need, is computed once too)."""
+    from napari_patchdiff.operators import make_operator
+
+    task = next(t for t in TASKS if t.key == task_key)
+    return make_operator(task.operator, (256, 256), **task.params)
+
+
 def stale(row: str, task, cell: dict) -> dict:
     """``{name: (the cell's value, today's default)}`` for the parameters a diffusion cell ran
     with that its row no longer runs with: a cell computed before a default changed."""
-    from napari_patchdiff.operators import make_operator
     from napari_patchdiff.solvers import get_solver
 
     method, kind, _, overrides = ROWS[row]
     if kind is None or not cell.get("params"):
         return {}
-    op = make_operator(task.operator, (256, 256), **task.params)
-    now = get_solver(method).resolve(op, task.noise, **{**slice_by_slice(method), **overrides})
+    now = get_solver(method).resolve(_operator(task.key), task.noise,
+                                     **{**slice_by_slice(method), **overrides})
     return {k: (v, now[k]) for k, v in cell["params"].items()
             if k in now and v != now[k] and not (isinstance(v, float) and isinstance(now[k], float)
                                                and np.isclose(v, now[k]))}

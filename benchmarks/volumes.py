@@ -95,6 +95,8 @@ ROWS = {
 #: the full-range values, 5 CG steps (where the row does not say otherwise) at gamma 0.25, that
 #: is prior_std 0.1 at noise 0.2
 FORMER = " (former data step)"
+#: the method parameters each cell and tuning run records beside its scores
+DATA_STEP = ("z_weight", "z_tv", "z_tv_iterations", "cg_iterations", "gamma")
 ROWS.update({row + FORMER: (m, {"cg_iterations": 5, "gamma": 0.25, **p})
              for row, (m, p) in list(ROWS.items()) if m == "dds"})
 
@@ -153,10 +155,6 @@ def run_cell(task: Task, row: str) -> dict:
     out.update(seconds=time.perf_counter() - t0, slices=int(x.shape[0]),
                **{k: used.get(k) for k in DATA_STEP})
     return out
-
-
-#: the method parameters each cell and tuning run records beside its scores
-DATA_STEP = ("z_weight", "z_tv", "z_tv_iterations", "cg_iterations", "gamma")
 
 
 def memory_child(depth: int) -> dict:
