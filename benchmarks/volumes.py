@@ -71,23 +71,29 @@ ROWS = {
     "DDS z-coupled (z_weight 1.5, 20 CG steps)": ("dds", {"z_weight": 1.5, "cg_iterations": 20}),
     "DDS z-coupled (z_weight 0.03, 20 CG steps)": ("dds", {"z_weight": 0.03,
                                                            "cg_iterations": 20}),
-    # total variation along z (volumes_ztv_tuning.json: --tune-ztv on lung2 45-49)
-    "DDS z-TV (z_tv 0.03)": ("dds", {"z_tv": 0.03}),
-    "DDS z-TV (z_tv 0.1)": ("dds", {"z_tv": 0.1}),
+    # total variation along z by ADMM inside the data step (volumes_ztv_tuning.json: --tune-ztv
+    # on lung2 45-49)
+    "DDS z-TV (z_tv 0.03)": ("dds", {"z_tv": 0.03, "z_tv_step": "admm"}),
+    "DDS z-TV (z_tv 0.1)": ("dds", {"z_tv": 0.1, "z_tv_step": "admm"}),
     # validation preferred 0.2 slightly under limited angle: measured on the test volume too
-    "DDS z-TV (z_tv 0.2)": ("dds", {"z_tv": 0.2}),
+    "DDS z-TV (z_tv 0.2)": ("dds", {"z_tv": 0.2, "z_tv_step": "admm"}),
     # the thin synthetic volume: 0.03 and the limited-angle default 0.1 scaled to its spacing
     # by the default rule, times 5 / 0.714
-    "DDS z-TV (z_tv 0.21)": ("dds", {"z_tv": 0.21}),
-    "DDS z-TV (z_tv 0.7)": ("dds", {"z_tv": 0.7}),
+    "DDS z-TV (z_tv 0.21)": ("dds", {"z_tv": 0.21, "z_tv_step": "admm"}),
+    "DDS z-TV (z_tv 0.7)": ("dds", {"z_tv": 0.7, "z_tv_step": "admm"}),
     # three ADMM iterations of the z-TV term per step (each 5 CG steps), and its control:
     # slice by slice with the same 15 CG steps per data step
-    "DDS z-TV (z_tv 0.1, 3 ADMM iterations)": ("dds", {"z_tv": 0.1, "z_tv_iterations": 3}),
+    "DDS z-TV (z_tv 0.1, 3 ADMM iterations)": ("dds", {"z_tv": 0.1, "z_tv_iterations": 3,
+                                                       "z_tv_step": "admm"}),
     "DDS slice by slice (15 CG steps)": ("dds", {"z_weight": 0.0, "z_tv": 0.0,
                                                  "cg_iterations": 15}),
+    # the proximal z-TV step (z_tv_step "prox": the slice-by-slice data step, then the exact
+    # proximal map of z_tv ||D_z x||_1; volumes_ztv_tuning.json, "| z_tv_step=prox")
+    "DDS z-TV, proximal step (z_tv 0.01)": ("dds", {"z_tv": 0.01, "z_tv_step": "prox"}),
+    "DDS z-TV, proximal step (z_tv 0.005)": ("dds", {"z_tv": 0.005, "z_tv_step": "prox"}),
     # MRI (brain2): off by default; every weight tried lost on brain1 13-17
     # (volumes_ztv_tuning.json), the smallest to show its effect on the test volume
-    "DDS z-TV (z_tv 0.003)": ("dds", {"z_tv": 0.003}),
+    "DDS z-TV (z_tv 0.003)": ("dds", {"z_tv": 0.003, "z_tv_step": "admm"}),
     # PnP-ADMM (its TV along z is off by default: volumes_ztv_tuning_pnp-admm.json)
     "PnP-ADMM slice by slice": ("pnp-admm", {"z_weight": 0.0, "z_tv": 0.0}),
 }
@@ -96,7 +102,7 @@ ROWS = {
 #: is prior_std 0.1 at noise 0.2
 FORMER = " (former data step)"
 #: the method parameters each cell and tuning run records beside its scores
-DATA_STEP = ("z_weight", "z_tv", "z_tv_iterations", "cg_iterations", "gamma")
+DATA_STEP = ("z_weight", "z_tv", "z_tv_step", "z_tv_iterations", "cg_iterations", "gamma")
 ROWS.update({row + FORMER: (m, {"cg_iterations": 5, "gamma": 0.25, **p})
              for row, (m, p) in list(ROWS.items()) if m == "dds"})
 
@@ -232,7 +238,8 @@ def tune_ztv(weights, tasks, method="dds", extra=None) -> None:
             key, out = f"{task.key} | {w}{suffix}", orientations(r.recon, x)
             out.update({k: r.report["method_params"].get(k) for k in DATA_STEP})
             record(path, key, out)
-            print(key, {k: round(v, 3) for k, v in out.items() if v is not None}, flush=True)
+            print(key, {k: round(v, 3) for k, v in out.items() if isinstance(v, float)},
+                  flush=True)
 
 
 def table(data: dict) -> None:
@@ -309,6 +316,16 @@ def table(data: dict) -> None:
     print(f"wrote {RESULTS / 'volumes.md'}")
 
 
+def _value(text: str):
+    """A ``--tune-with`` value: an int, a float, or else the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -322,9 +339,9 @@ def main() -> None:
                          "spacing (default 0 0.01 0.03)")
     ap.add_argument("--tune-tasks", nargs="*", default=list(ZTV_TASKS[:2]), choices=ZTV_TASKS,
                     help="with --tune-ztv: the tasks")
-    ap.add_argument("--tune-with", nargs="*", default=[], metavar="NAME=NUMBER",
-                    help="with --tune-ztv: numeric parameters of the method for every run "
-                         "(cg_iterations=15, z_tv_iterations=3, gamma=0.0625)")
+    ap.add_argument("--tune-with", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="with --tune-ztv: parameters of the method for every run "
+                         "(cg_iterations=15, z_tv_iterations=3, gamma=0.0625, z_tv_step=prox)")
     ap.add_argument("--tune-method", default="dds", choices=("dds", "pnp-admm"),
                     help="with --tune-ztv: the method")
     ap.add_argument("--threads", type=int, default=1)
@@ -342,8 +359,7 @@ def main() -> None:
         tune_z(args.tune_z or [0.0, 0.03, 0.1, 0.3])
         return
     if args.tune_ztv is not None:
-        extra = {k: float(v) if "." in v else int(v)
-                 for k, v in (kv.split("=", 1) for kv in args.tune_with)}
+        extra = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.tune_with)}
         tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks, args.tune_method, extra)
         return
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}

@@ -10,13 +10,13 @@ from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
 from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, STARTS, Z_TV, Z_TV_ITERATIONS,
-                     Z_WEIGHT, ZTotalVariation, check_cancel, denoise, edm_sigmas, first_iterate,
-                     setup, z_coupling, z_tv, z_weight)
+                     Z_TV_STEP, Z_WEIGHT, ZTotalVariation, check_cancel, denoise, edm_sigmas,
+                     first_iterate, setup, z_coupling, z_tv, z_weight)
 
 
 def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight, z_tv,
-         z_tv_iterations, start, sigma_max, sigma_min, seed, noise_source=None, volume=None,
-         cancel=None):
+         z_tv_step, z_tv_iterations, start, sigma_max, sigma_min, seed, noise_source=None,
+         volume=None, cancel=None):
     """With ``sigma_0 > ... > sigma_{nfe-1}`` the EDM (rho = 7) schedule from ``sigma_max`` to
     ``sigma_min`` and ``sigma_nfe = 0``, start at ``x = sigma_max z`` (``start = 'initial'``:
     ``op.initial(y) + sigma_max z``, the "come closer, diffuse faster" warm start that lets a
@@ -30,8 +30,10 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight
        that level (the denoiser's error falls below the data's noise: the posterior weight);
        for a volume, ``z_weight > 0`` adds ``z_weight ||A^T A|| ||D_z x||^2`` to the data term,
        coupling neighbouring slices (DDS-3D / DiffusionMBIR, quadratic); ``z_tv > 0`` adds
-       ``z_tv ||D_z x||_1`` instead or as well, by ``z_tv_iterations`` ADMM iterations per
-       step (:class:`~.common.ZTotalVariation`; edge-preserving);
+       ``z_tv ||D_z x||_1`` instead or as well (edge-preserving; :class:`~.common.
+       ZTotalVariation`): with ``z_tv_step = 'admm'`` by ``z_tv_iterations`` ADMM iterations
+       per step inside a coupled data step, with ``'prox'`` by the exact proximal map of the
+       term after the slice-by-slice data step;
     3. ``x = x0' + sigma_{i+1} (eta z + sqrt(1 - eta^2) eps_hat)``, ``eps_hat = (x - x0_hat) /
        sigma_i`` (DDIM style); at the last step ``x = x0'``.
 
@@ -41,8 +43,8 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight
     sigmas = edm_sigmas(nfe, sigma_min, sigma_max).tolist()
     aty = op.adjoint(y)
     couple = z_coupling(op, z_weight, volume, shape[0])
-    ztv = (ZTotalVariation(z_tv, volume, shape[0], admm_iterations=z_tv_iterations)
-           if z_tv > 0 and shape[0] > 1 else None)
+    ztv = (ZTotalVariation(z_tv, volume, shape[0], admm_iterations=z_tv_iterations,
+                           step=z_tv_step) if z_tv > 0 and shape[0] > 1 else None)
     x = first_iterate(op, y, start, sigma_max, noise, shape)
     for i in range(nfe):
         check_cancel(cancel, x)
@@ -87,7 +89,7 @@ dds = register(Method(
               "noiseless data)", low=0, open_low=True, allow_inf=True),
         Param("anneal_sigma", float, None, "below this noise level the data weight shrinks like "
               "sigma^2 (0: a constant weight)", low=0),
-        Z_WEIGHT, Z_TV, Z_TV_ITERATIONS,
+        Z_WEIGHT, Z_TV, Z_TV_STEP, Z_TV_ITERATIONS,
         Param("start", str, None, "start from pure noise or from the direct reconstruction "
               "plus noise", STARTS),
         SIGMA_MAX, SIGMA_MIN, SEED,
