@@ -91,6 +91,9 @@ ROWS = {
     # proximal map of z_tv ||D_z x||_1; volumes_ztv_tuning.json, "| z_tv_step=prox")
     "DDS z-TV, proximal step (z_tv 0.01)": ("dds", {"z_tv": 0.01, "z_tv_step": "prox"}),
     "DDS z-TV, proximal step (z_tv 0.005)": ("dds", {"z_tv": 0.005, "z_tv_step": "prox"}),
+    "DDS z-TV, proximal step (z_tv 0.003)": ("dds", {"z_tv": 0.003, "z_tv_step": "prox"}),
+    # the thin synthetic volume: the limited-angle default 0.005 scaled to 0.714 mm
+    "DDS z-TV, proximal step (z_tv 0.035)": ("dds", {"z_tv": 0.035, "z_tv_step": "prox"}),
     # MRI (brain2): off by default; every weight tried lost on brain1 13-17
     # (volumes_ztv_tuning.json), the smallest to show its effect on the test volume
     "DDS z-TV (z_tv 0.003)": ("dds", {"z_tv": 0.003, "z_tv_step": "admm"}),
@@ -197,7 +200,7 @@ def tune_z(weights) -> None:
 
 #: the validation tasks ``--tune-ztv`` can run (keys of TASKS' operators and noise; the first
 #: two by default)
-ZTV_TASKS = ("CT limited 90", "CT 8 views", "CT limited 120", "MRI 4x")
+ZTV_TASKS = ("CT limited 90", "CT 8 views", "CT limited 120", "MRI 4x", "CT 20 views")
 
 
 def validation_problem(task: Task):
@@ -259,10 +262,12 @@ def table(data: dict) -> None:
              "(5 mm, the validation gap) chose "
              "the default z weight 0: every weight tried lost in every orientation "
              "(volumes_z_tuning.json); the z-coupled row shows the smallest weight tried, 0.03. "
-             "The z-TV rows add total variation along z instead (DDS's `z_tv`); `--tune-ztv` on "
-             "the same gap chose 0.03, now the default for full-range CT volumes "
-             "(volumes_ztv_tuning.json), and 0 for limited angle at its own data step (with "
-             "the former data step it chose 0.1); on the thin synthetic "
+             "The z-TV rows add total variation along z instead (DDS's `z_tv`), by ADMM inside "
+             "the data step (`z_tv_step` admm) or, in the 'proximal step' rows, by the exact "
+             "proximal map of the term after the slice-by-slice data step (`z_tv_step` prox); "
+             "`--tune-ztv` on the same gap chose ADMM at 0.03 for full-range CT volumes "
+             "(volumes_ztv_tuning.json) and the proximal step at 0.005 for limited angle at its "
+             "own data step (with the former data step ADMM at 0.1); on the thin synthetic "
              "volume its rows have 0.21 and 0.7, 0.03 and 0.1 scaled to that spacing by the "
              "default rule. The PnP-ADMM rows run slice by slice: "
              "its TV along z, tuned the same way (volumes_ztv_tuning_pnp-admm.json), gained "

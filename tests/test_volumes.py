@@ -191,8 +191,8 @@ def test_z_tv_iterations_per_step_are_the_admm_iterations_continued():
             x1 = one.solve(op, x0, aty, gamma, 2, start=x1)
         torch.testing.assert_close(x3, x1, atol=0, rtol=0)
         torch.testing.assert_close(several.u, one.u, atol=0, rtol=0)
-    runs = [api.solve(problem, "dds", prior=prior, nfe=3, z_tv=0.05, z_tv_iterations=k, seed=1)
-            for k in (1, 3)]
+    runs = [api.solve(problem, "dds", prior=prior, nfe=3, z_tv=0.05, z_tv_step="admm",
+                      z_tv_iterations=k, seed=1) for k in (1, 3)]
     assert [r.report["method_params"]["z_tv_iterations"] for r in runs] == [1, 3]
     assert not np.array_equal(runs[0].recon, runs[1].recon)
     with pytest.raises(Exception, match="z_tv_iterations"):

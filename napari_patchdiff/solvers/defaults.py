@@ -66,14 +66,21 @@ _CT = {
     "dds.start": Tuned("initial", "dds_tuning.md: FBP plus noise at 0.3 beat pure noise at 10 "
                                   "by 0.7 dB (at 1: +0.4 dB)"),
     "dds.sigma_max": Tuned(0.3, "dds_tuning.md, with the warm start above"),
-    "dds.z_tv_ref": Tuned(0.03, "volumes_ztv_tuning.json (volumes.py --tune-ztv, lung2 45-49, "
-                                "5 mm, noise 0.2), scans of the full angular range: against 0, "
-                                "0.03 gained +0.64/+0.53/+0.70 dB (axial/coronal/sagittal) under "
-                                "8 views; 0.1 lost 0.23 dB coronal there; 0.01 less"),
-    # limited angle at its own data step: TV along z by its proximal map after the data step;
-    # volumes_ztv_tuning.json (volumes.py --tune-ztv ... --tune-tasks "CT limited 90" "CT
-    # limited 120" [--tune-with z_tv_step=prox]; lung2 45-49, 5 mm, noise 0.2; against 0:
-    # 25.55/27.40/26.01 dB axial/coronal/sagittal under 90, 29.28/31.17/29.96 under 120)
+    # TV along z; volumes_ztv_tuning.json (volumes.py --tune-ztv ... [--tune-with
+    # z_tv_step=prox|admm]; lung2 45-49, 5 mm, noise 0.2), axial/coronal/sagittal dB
+    "dds.z_tv_step": Tuned("admm", "full range, the two splits tie: summed over 8 and 20 views "
+                                   "(slice by slice 26.56/29.24/26.77 and 33.83/35.17/34.32) "
+                                   "admm 0.03 27.20/29.77/27.47 and 34.12/35.53/34.63, prox "
+                                   "0.003 27.27/30.08/27.53 and 33.78/35.53/34.39 (-0.03 dB per "
+                                   "cell), prox 0.001 27.11/29.86/27.33 and 34.19/35.65/34.72 "
+                                   "(+0.02 dB per cell); admm stays"),
+    "dds.z_tv_step_limited_angle": Tuned("prox", "at 0.01 prox beat admm in every orientation "
+                                                 "under both 90 and 120 (+0.14 to +0.48 dB; "
+                                                 "axial SSIM 0.820/0.871 against 0.804/0.855)"),
+    "dds.z_tv_ref": Tuned(0.03, "admm, 8 views: against 0, 0.03 gained +0.64/+0.53/+0.70 dB; "
+                                "0.1 lost 0.23 dB coronal there; 0.01 less"),
+    # limited angle at its own data step (against 0: 25.55/27.40/26.01 under 90,
+    # 29.28/31.17/29.96 under 120; --tune-tasks "CT limited 90" "CT limited 120")
     "dds.z_tv_ref_limited_angle": Tuned(0.005, "prox: 0.003 26.44/28.54/26.98 (90) and "
                                                "29.83/32.02/30.64 (120), 0.005 26.50/28.76/"
                                                "27.03 and 29.68/32.00/30.49 (mean PSNR tied to "
@@ -82,9 +89,6 @@ _CT = {
                                                "29.32/31.85/30.11; admm: 0.01 26.31/28.49/26.78 "
                                                "and 29.22/31.37/29.92, 0.03 26.04/28.38/26.46 "
                                                "and 28.69/30.92/29.34, 0.1 lost under 120"),
-    "dds.z_tv_step_limited_angle": Tuned("prox", "at 0.01 prox beat admm in every orientation "
-                                                 "under both 90 and 120 (+0.14 to +0.48 dB; "
-                                                 "axial SSIM 0.820/0.871 against 0.804/0.855)"),
     "adapt.steps": Tuned(1, "adapt_tuning.md (phantom prior, lung2 47): 1 Adam step per call at "
                             "lr 1e-3 +0.14 dB over no adaptation; 2 at 3e-3 -0.37 dB"),
     "adapt.lr": Tuned(1e-3, "adapt_tuning.md: 1e-4 +0.02 dB, 1e-3 +0.14 dB"),
@@ -197,7 +201,7 @@ FALLBACK: dict[str, Tuned] = {
     "pnp-admm.z_weight_ref": Tuned(0.0, "untuned; 0 as for DDS (volumes_z_tuning.json)"),
     "dds.z_tv_ref": Tuned(0.0, "untuned: off until a tuning run shows a gain"),
     "dds.z_tv_ref_limited_angle": Tuned(0.0, "untuned: off until a tuning run shows a gain"),
-    "dds.z_tv_step": Tuned("admm", "DiffusionMBIR's split, the first one implemented"),
+    "dds.z_tv_step": Tuned("admm", "DiffusionMBIR's split; untuned beyond CT"),
     "pnp-admm.z_tv_ref": Tuned(0.0, "volumes_ztv_tuning_pnp-admm.json (volumes.py --tune-ztv "
                                     "--tune-method pnp-admm, lung2 45-49, 5 mm, noise 0.2): 0.1 "
                                     "lost 0.16-0.23 dB under limited angle 90 and gained "
