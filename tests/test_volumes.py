@@ -67,12 +67,8 @@ def test_window_by_window_equals_one_batch_for_slice_wise_methods():
     ("z_weight", 0.5, 0.8, None), ("z_tv", 0.05, 0.9, "admm"), ("z_tv", 0.05, 0.9, "prox")])
 def test_z_coupling_smooths_along_z_and_helps_a_smooth_volume(method, extra, name, weight,
                                                                smoother, step):
-    """Quadratic (``z_weight``) and total-variation (``z_tv``) coupling along z; DDS's z-TV
-    by ADMM inside the data step or by its proximal map after it (``z_tv_step``)."""
-    if step is not None and method != "dds":
-        if step == "prox":
-            pytest.skip("z_tv_step is DDS's")
-        step = None
+    """Quadratic (``z_weight``) and total-variation (``z_tv``) coupling along z; z-TV by ADMM
+    inside the data step or by its proximal map after it (``z_tv_step``)."""
     prior, problem = _volume_problem(noise=0.1)
     off = {"z_weight": 0.0, "z_tv": 0.0, **extra, **({"z_tv_step": step} if step else {})}
     flat = api.solve(problem, method, prior=prior, nfe=10, **off, seed=1)

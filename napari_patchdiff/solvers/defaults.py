@@ -202,6 +202,10 @@ FALLBACK: dict[str, Tuned] = {
     "dds.z_tv_ref": Tuned(0.0, "untuned: off until a tuning run shows a gain"),
     "dds.z_tv_ref_limited_angle": Tuned(0.0, "untuned: off until a tuning run shows a gain"),
     "dds.z_tv_step": Tuned("admm", "DiffusionMBIR's split; untuned beyond CT"),
+    "pnp-admm.z_tv_step": Tuned("admm", "volumes_ztv_tuning_pnp-admm.json: neither split "
+                                        "gained under both limited angle 90 and 8 views (prox "
+                                        "0.003-0.03: +0.2 to +0.6 dB under 8 views, -0.01 to "
+                                        "-0.50 under 90); z_tv is off, so the split is moot"),
     "pnp-admm.z_tv_ref": Tuned(0.0, "volumes_ztv_tuning_pnp-admm.json (volumes.py --tune-ztv "
                                     "--tune-method pnp-admm, lung2 45-49, 5 mm, noise 0.2): 0.1 "
                                     "lost 0.16-0.23 dB under limited angle 90 and gained "

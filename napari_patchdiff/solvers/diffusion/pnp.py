@@ -9,12 +9,12 @@ import torch
 from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
-from .common import (OBJECTS, SEED, Z_TV, Z_WEIGHT, ZTotalVariation, check_cancel, denoise, setup,
-                     z_coupling, z_tv, z_weight)
+from .common import (OBJECTS, SEED, Z_TV, Z_TV_STEP, Z_WEIGHT, ZTotalVariation, check_cancel,
+                     denoise, setup, z_coupling, z_tv, z_weight)
 
 
 def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_std, z_weight,
-              z_tv, seed, noise_source=None, volume=None, cancel=None):
+              z_tv, z_tv_step, seed, noise_source=None, volume=None, cancel=None):
     """For ``min_x ||y - A x||^2 / (2 data_std^2) + R(x)`` with the split ``x = z`` and penalty
     ``1 / sigma^2``, start at ``x = z = op.initial(y)``, ``u = 0`` and per iteration at the level
     ``sigma_k`` (geometric from ``sigma_start`` to ``sigma_end`` over ``nfe`` iterations):
@@ -39,7 +39,8 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
     ratio = (sigma_end / sigma_start) ** (1.0 / max(nfe - 1, 1))
     aty = op.adjoint(y)
     couple = z_coupling(op, z_weight, volume, shape[0])
-    ztv = ZTotalVariation(z_tv, volume, shape[0]) if z_tv > 0 and shape[0] > 1 else None
+    ztv = (ZTotalVariation(z_tv, volume, shape[0], step=z_tv_step)
+           if z_tv > 0 and shape[0] > 1 else None)
     with torch.no_grad():
         x = op.initial(y).to(op.dtype).expand(shape).clone()
     z, u = x.clone(), torch.zeros_like(x)
@@ -79,7 +80,7 @@ pnp_admm = register(Method(
               low=0),
         Param("data_std", float, None, "noise std of the data term (default: data_scale times "
               "the noise, at least a floor for noiseless data)", low=0, open_low=True),
-        Z_WEIGHT, Z_TV, SEED,
+        Z_WEIGHT, Z_TV, Z_TV_STEP, SEED,
     ), rule=_rule,
     objects=OBJECTS, kind="diffusion",
     doc="plug-and-play ADMM with the prior's denoiser as the proximal step (50 evaluations)"))
