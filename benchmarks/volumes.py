@@ -321,14 +321,19 @@ def table(data: dict) -> None:
     print(f"wrote {RESULTS / 'volumes.md'}")
 
 
-def _value(text: str):
-    """A ``--tune-with`` value: an int, a float, or else the text itself."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def _tune_with(method: str, pairs) -> dict:
+    """``--tune-with`` NAME=VALUE pairs, each value parsed and checked by the parameter the
+    method declares under that name (as a form field's text is)."""
+    from napari_patchdiff.errors import InputError
+    from napari_patchdiff.solvers import get_solver
+
+    declared = {p.name: p for p in get_solver(method).params}
+    out = {}
+    for name, text in (kv.split("=", 1) for kv in pairs):
+        if name not in declared:
+            raise InputError(f"--tune-with: {method} has no parameter {name!r}")
+        out[name] = declared[name].check(text, method, text=True)
+    return out
 
 
 def main() -> None:
@@ -364,8 +369,8 @@ def main() -> None:
         tune_z(args.tune_z or [0.0, 0.03, 0.1, 0.3])
         return
     if args.tune_ztv is not None:
-        extra = {k: _value(v) for k, v in (kv.split("=", 1) for kv in args.tune_with)}
-        tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks, args.tune_method, extra)
+        tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks, args.tune_method,
+                 _tune_with(args.tune_method, args.tune_with))
         return
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
     if not args.table:
