@@ -103,14 +103,23 @@ def threads(request):
     torch.set_num_threads(n)
 
 
+@pytest.fixture(params=[True, False], ids=["fused bf16", "torch bf16"])
+def fused(request, monkeypatch):
+    """bfloat16 on the CPU through the numba kernel (when numba imports) or PyTorch's ops."""
+    from napari_patchdiff.priors import network
+
+    monkeypatch.setattr(network, "FUSED_BF16", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("channels,size,film", [(32, 56, False), (64, 28, True), (128, 14, True),
                                                  (8, 1, False)])
-def test_channels_last_norm_act_is_groupnorm_film_silu(channels, size, film, threads):
+def test_channels_last_norm_act_is_groupnorm_film_silu(channels, size, film, threads, fused):
     """The channels-last fast path of the residual blocks' GroupNorm (+ FiLM) + SiLU gives what
     PyTorch's own layers give: in float64 to rounding, in float32 to its rounding, and in
     bfloat16 within bfloat16's; the result keeps the channels-last layout. On one thread the
     sums run in chunks of samples (a batch of 3 at 32 x 56 x 56 is three), on two over the
-    whole batch."""
+    whole batch; bfloat16 both through the fused kernel and through PyTorch's ops."""
     from napari_patchdiff.priors.network import _groups, norm_act
 
     torch.manual_seed(0)
@@ -141,6 +150,115 @@ def test_channels_last_norm_act_is_groupnorm_film_silu(channels, size, film, thr
             assert got.is_contiguous(memory_format=torch.channels_last)
         err = (got.double() - want).abs().max().item()
         assert err < tol, (dtype, err)
+
+
+def _groupnorm_film_silu64(x, groups, weight, bias, scale, shift):
+    """The exact value (float64) of ``silu(group_norm(x) * (1 + scale) + shift)``."""
+    h = F.group_norm(x.double(), groups, weight.double(), bias.double(), eps=1e-5)
+    if scale is not None:
+        h = h * (1 + scale.double()) + shift.double()
+    return F.silu(h)
+
+
+@pytest.mark.parametrize("channels,size,film", [(32, 56, False), (96, 56, True), (64, 28, True),
+                                                 (128, 14, True), (8, 3, True)])
+def test_fused_bf16_kernel_rounds_the_exact_value_once(channels, size, film):
+    """The numba kernel computes in float32 and rounds to bfloat16 once: every output is within
+    one bfloat16 rounding (2^-8 relative, plus float32 noise) of the float64 value, over inputs
+    whose FiLM gain pushes the SiLU's argument to +-100 (its exponential's range reduction at
+    both ends); PyTorch's bfloat16 path, which also rounds the multiply-add's inputs, is
+    several times further off."""
+    from napari_patchdiff.priors.network import _groups
+    from napari_patchdiff.priors.norm_act_kernel import norm_act_bf16
+
+    g = torch.Generator().manual_seed(3)
+    n, groups = 3, _groups(channels)
+    x = (torch.randn(n, channels, size, size, generator=g) * 3 + 2).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(channels, generator=g), torch.randn(channels, generator=g)
+    scale = torch.randn(n, channels, 1, 1, generator=g) * 12 if film else None
+    shift = torch.randn(n, channels, 1, 1, generator=g) if film else None
+    want = _groupnorm_film_silu64(x, groups, weight, bias, scale, shift)
+    if film:
+        assert want.max() > 50 and (want.min() < -1e-20 or (want == 0).any())
+    got = norm_act_bf16(x, weight, bias, groups, 1e-5, scale, shift)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert got.shape == x.shape
+    err = (got.double() - want).abs()
+    assert (err <= 2.0 ** -8 * want.abs() + 1e-6).all(), err.max().item()
+
+
+def test_fused_bf16_kernel_is_thread_independent_and_keeps_nan():
+    """The same bits on one and two threads (each sample summed in a fixed order); a NaN makes
+    the outputs of its sample's group NaN and leaves the other groups and samples alone; the input is
+    not written to."""
+    from napari_patchdiff.priors.norm_act_kernel import norm_act_bf16
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 32, 20, 20, generator=g).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    args = (torch.rand(32, generator=g) + 0.5, torch.randn(32, generator=g), 8, 1e-5,
+            torch.randn(4, 32, 1, 1, generator=g), torch.randn(4, 32, 1, 1, generator=g))
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(norm_act_bf16(x, *args))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0].view(torch.int16), outs[1].view(torch.int16))
+    x[2, 5, 7, 3] = float("nan")
+    kept = x.clone()
+    out = norm_act_bf16(x, *args)
+    assert torch.isnan(out[2, 4:8]).all()  # the NaN's group: channels 4-7 (8 groups of 4)
+    assert torch.isfinite(out[2, :4]).all() and torch.isfinite(out[2, 8:]).all()
+    assert torch.isfinite(out[[0, 1, 3]]).all()
+    assert torch.equal(x.view(torch.int16), kept.view(torch.int16))
+    with pytest.raises(ValueError, match="channels-last"):
+        norm_act_bf16(x.contiguous(), *args)
+
+
+def test_bf16_without_numba_falls_back_to_torch(monkeypatch):
+    """Where numba does not import, a bfloat16 evaluation runs PyTorch's ops instead."""
+    import sys
+
+    from napari_patchdiff.priors import network
+
+    monkeypatch.setattr(network, "_FUSED", None)
+    monkeypatch.setitem(sys.modules, "napari_patchdiff.priors.norm_act_kernel", None)
+    assert network._fused_bf16() is None and network._FUSED is False
+    norm = torch.nn.GroupNorm(4, 16)
+    x = torch.randn(2, 16, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = network.norm_act(norm, x)
+    want = F.silu(norm(x.float()))
+    assert (got.float() - want).abs().max() < 0.05
+
+
+def test_fused_bf16_denoiser_agrees_with_torch_bf16_and_float32():
+    """One assembled evaluation of the shipped ``ct`` prior in bfloat16: the fused kernel and
+    PyTorch's ops give the same image to bfloat16's accuracy, and both stay as close to
+    float32's as each other."""
+    from napari_patchdiff.priors import network
+
+    prior = load_prior("ct")
+    x = torch.rand(1, 1, 96, 96, generator=torch.Generator().manual_seed(5))
+    outs = {}
+    with torch.no_grad():
+        for name, precision, fused in (("f32", "float32", True), ("fused", "bfloat16", True),
+                                       ("torch", "bfloat16", False)):
+            old = network.FUSED_BF16
+            network.FUSED_BF16 = fused
+            try:
+                outs[name] = prior.with_precision(precision).denoise(
+                    x, 0.3, generator=torch.Generator().manual_seed(6))
+            finally:
+                network.FUSED_BF16 = old
+    rms = {k: (outs[k] - outs["f32"]).square().mean().sqrt().item() for k in ("fused", "torch")}
+    assert 0 < rms["fused"] < 0.01 and 0 < rms["torch"] < 0.01
+    assert rms["fused"] < 1.5 * rms["torch"]
+    assert not torch.equal(outs["fused"], outs["torch"])
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

@@ -60,6 +60,10 @@ _SQRT_HALF = 1.0 / math.sqrt(2.0)
 #: this many torch threads (``benchmarks/norm_act_threads.py`` measured both sides)
 _CHUNK = 1 << 17
 _CHUNK_MAX_THREADS = 1
+#: bfloat16 on the CPU: the fused numba kernel of :mod:`.norm_act_kernel` (tests and
+#: benchmarks switch it off to compare with the PyTorch path)
+FUSED_BF16 = True
+_FUSED = None  # the kernel once imported, False when numba did not import
 
 
 def _groups(channels: int) -> int:
@@ -85,6 +89,22 @@ class NoiseEmbedding(nn.Module):
         return self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
 
 
+def _fused_bf16():
+    """:func:`.norm_act_kernel.norm_act_bf16`, imported on first use (it imports numba); None
+    when :data:`FUSED_BF16` is off or numba does not import here."""
+    global _FUSED
+    if not FUSED_BF16:
+        return None
+    if _FUSED is None:
+        try:
+            from .norm_act_kernel import norm_act_bf16
+        except Exception:  # no numba, or one that does not fit this numpy: the PyTorch path
+            _FUSED = False
+        else:
+            _FUSED = norm_act_bf16
+    return _FUSED or None
+
+
 def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = None,
              shift: torch.Tensor | None = None) -> torch.Tensor:
     """``silu(norm(x) * (1 + scale) + shift)`` (``scale, shift`` (N, C, 1, 1) or None: plain
@@ -95,18 +115,25 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
     float64), and the normalisation, the affine maps and the FiLM modulation fold into one
     per-(sample, channel) multiply-add: PyTorch's own channels-last GroupNorm on the CPU is 4-20
     times slower than that on the 28 x 28 and 14 x 14 levels, and in bfloat16 it was a third of
-    the network's time. Other layouts use ``norm`` itself, as in training on a GPU."""
+    the network's time. In bfloat16 on the CPU outside autograd, where those passes over
+    memory and PyTorch's bfloat16 SiLU dominate, one fused kernel does it all per sample
+    (:mod:`.norm_act_kernel`, when numba imports). Other layouts use ``norm`` itself, as in training
+    on a GPU."""
     n, c, h, w = x.shape
     if c == 1 or h * w == 1 or not x.is_contiguous(memory_format=torch.channels_last):
         out = norm(x)
         if scale is not None:
             out = torch.addcmul(shift, out, scale + 1.0)
         return F.silu(out)
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, norm.weight, scale, shift))
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not grad:
+        fused = _fused_bf16()
+        if fused is not None:
+            return fused(x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift)
     g = norm.num_groups
     v = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of x's memory
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, norm.weight, scale, shift))
     # on one thread and outside autograd, the sums a few samples at a time (2^17 values) so that
     # each pass over a chunk finds it in the cache; on several threads each call on a chunk
     # pays the threads' synchronisation, and whole-batch calls are faster

@@ -1,0 +1,168 @@
+"""Fused CPU kernel for the bfloat16 GroupNorm + FiLM + SiLU of the U-Net (numba).
+
+:func:`~napari_patchdiff.priors.network.norm_act` in bfloat16 on the CPU is bound by memory
+and by calls, not arithmetic: PyTorch makes an upcast copy for the sums, then a multiply-add
+pass and a SiLU pass over the whole batch, each a separate trip through memory, and its bfloat16
+SiLU converts every value to float32 and back. Here one compiled kernel does, for each sample
+(the samples spread over the threads):
+
+1. the per-channel sums of ``x`` and ``x^2`` in float32 (in blocks of 64 pixels, then summed:
+   two-level summation), the group mean and variance in float64 from them;
+2. one multiply-add per channel that folds the normalisation, the GroupNorm affine and the
+   FiLM ``(1 + scale), shift`` into ``a x + b`` (``a, b`` kept in float32, where the PyTorch
+   path rounds them to bfloat16);
+3. ``silu(a x + b)`` in float32 and one rounding to bfloat16 (to nearest, ties to even).
+
+A sample's values are read twice while they are still in the core's cache (600 KiB at most for
+the shipped networks) instead of five passes over the whole batch. The exponential of the SiLU
+is ``2^k 2^f``: ``k`` an integer put into the float's exponent bits, ``2^f`` (``|f| <= 1/2``) a
+degree-6 Taylor polynomial of ``e^(f ln 2)`` (relative error below 2e-7, far below bfloat16's
+4e-3), so that the loop vectorises; the division is a true division. No fast-math assumption
+about NaN or infinity is made, so a NaN stays a NaN.
+
+Importing this module imports numba and compiles the kernel on its first call (a few seconds;
+numba caches it on disk next to this file, or in its user cache where that is read-only);
+:mod:`.network` imports it lazily, only for a bfloat16 evaluation on the CPU, and falls back to
+its PyTorch path when numba is missing. Results do not depend on the number of threads (each
+sample is summed in a fixed order). Written for this project; the bfloat16 format (the upper
+16 bits of a float32) and the exponent construction are standard facts.
+"""
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+__all__ = ["norm_act_bf16"]
+
+_LOCK = threading.Lock()  # numba's fallback thread pool (workqueue) must not be entered twice
+# reassociation (vectorised sums) and contraction (fused multiply-adds); no 'nnan' or 'ninf'
+_OPTS = dict(fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")
+_F32, _U32 = np.float32, np.uint32
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """Reinterpret a uint32 as a float32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _bits_of_f32(typingctx, value):
+    """Reinterpret a float32 as a uint32."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+    return types.uint32(types.float32), codegen
+
+
+@njit(inline="always", **_OPTS)
+def _widen(h):
+    """bfloat16 bits (uint16) -> float32, exactly."""
+    return _f32_from_bits(_U32(h) << _U32(16))
+
+
+@njit(inline="always", **_OPTS)
+def _narrow(y):
+    """float32 -> bfloat16 bits, rounded to nearest, ties to even."""
+    w = _bits_of_f32(y)
+    return np.uint16((w + _U32(0x7FFF) + ((w >> _U32(16)) & _U32(1))) >> _U32(16))
+
+
+@njit(inline="always", **_OPTS)
+def _silu(z):
+    """``z / (1 + exp(-z))`` with ``exp(-z) = 2^t``, ``t = -z log2(e) = k + f``."""
+    t = min(max(-z * _F32(1.4426950408889634), _F32(-126.0)), _F32(126.0))
+    k = np.floor(t + _F32(0.5))
+    g = (t - k) * _F32(0.6931471805599453)
+    p = _F32(1.0) + g * (_F32(1.0) + g * (_F32(0.5) + g * (_F32(1.0 / 6.0) + g * (
+        _F32(1.0 / 24.0) + g * (_F32(1.0 / 120.0) + g * _F32(1.0 / 720.0))))))
+    two_k = _f32_from_bits(_U32(np.int32(k) + np.int32(127)) << _U32(23))
+    return z / (_F32(1.0) + p * two_k)
+
+
+@njit(parallel=True, cache=True, **_OPTS)
+def _kernel(x, weight, bias, scale, shift, film, groups, eps, out):
+    """``x``, ``out``: (N, H W, C) bfloat16 bits; ``weight, bias`` (C,) and ``scale, shift``
+    (N, C) (read only when ``film``) float32."""
+    n, m, c = x.shape
+    per = c // groups
+    for i in prange(n):
+        # 1. per-channel sums, blocks of 64 pixels
+        s1 = np.zeros(c, np.float32)
+        s2 = np.zeros(c, np.float32)
+        b1 = np.zeros(c, np.float32)
+        b2 = np.zeros(c, np.float32)
+        for p in range(m):
+            for j in range(c):
+                v = _widen(x[i, p, j])
+                b1[j] += v
+                b2[j] += v * v
+            if (p & 63) == 63 or p == m - 1:
+                for j in range(c):
+                    s1[j] += b1[j]
+                    s2[j] += b2[j]
+                    b1[j] = 0.0
+                    b2[j] = 0.0
+        # 2. group statistics -> one multiply-add per channel
+        ca = np.empty(c, np.float32)
+        cb = np.empty(c, np.float32)
+        for gi in range(groups):
+            mean = 0.0
+            square = 0.0
+            for j in range(gi * per, (gi + 1) * per):
+                mean += np.float64(s1[j])
+                square += np.float64(s2[j])
+            mean /= per * m
+            rstd = 1.0 / np.sqrt(max(square / (per * m) - mean * mean, 0.0) + eps)
+            for j in range(gi * per, (gi + 1) * per):
+                a = rstd * weight[j]
+                b = bias[j] - mean * a
+                if film:
+                    gain = 1.0 + scale[i, j]
+                    a, b = a * gain, b * gain + shift[i, j]
+                ca[j] = a
+                cb[j] = b
+        # 3. SiLU of the multiply-add, rounded once to bfloat16
+        for p in range(m):
+            for j in range(c):
+                out[i, p, j] = _narrow(_silu(_widen(x[i, p, j]) * ca[j] + cb[j]))
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    """The uint16 bit patterns of a contiguous bfloat16 CPU tensor, sharing its memory."""
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+def norm_act_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
+                  eps: float, scale: torch.Tensor | None = None,
+                  shift: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(group_norm(x, groups, weight, bias, eps) * (1 + scale) + shift)`` for a
+    channels-last bfloat16 CPU tensor ``x`` (N, C, H, W) (``scale, shift`` (N, C, 1, 1), or
+    None for none); returns a new channels-last bfloat16 tensor. No autograd."""
+    n, c, h, w = x.shape
+    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or c % groups:
+        raise ValueError("norm_act_bf16 takes a bfloat16 CPU tensor whose channels the groups "
+                         "divide")
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError("norm_act_bf16 takes a channels-last tensor")
+    out = torch.empty_like(x)  # channels-last, as x
+    film = scale is not None
+
+    def f32(t, shape):
+        return t.detach().reshape(shape).to(torch.float32).contiguous().numpy()
+
+    sc = f32(scale, (n, c)) if film else np.zeros((1, c), np.float32)
+    sh = f32(shift, (n, c)) if film else np.zeros((1, c), np.float32)
+    with _LOCK:
+        numba.set_num_threads(max(1, min(torch.get_num_threads(),
+                                         numba.config.NUMBA_NUM_THREADS)))
+        _kernel(_bits(x.permute(0, 2, 3, 1).view(n, h * w, c)), f32(weight, (c,)),
+                f32(bias, (c,)), sc, sh, film, int(groups), float(eps),
+                _bits(out.permute(0, 2, 3, 1).view(n, h * w, c)))
+    return out
