@@ -60,9 +60,11 @@ _SQRT_HALF = 1.0 / math.sqrt(2.0)
 #: this many torch threads (``benchmarks/norm_act_threads.py`` measured both sides)
 _CHUNK = 1 << 17
 _CHUNK_MAX_THREADS = 1
-#: bfloat16 on the CPU: the fused numba kernel of :mod:`.norm_act_kernel` (tests and
-#: benchmarks switch it off to compare with the PyTorch path)
-FUSED_BF16 = True
+#: the dtypes whose norm_act runs the fused numba kernel of :mod:`.norm_act_kernel` on the CPU
+#: (tests and benchmarks change it to compare with the PyTorch path). Not float32: the kernel
+#: gained 1-2% there (``benchmarks/results/norm_act_threads.md``), and float32 results stay
+#: those of PyTorch's own operations
+FUSED_DTYPES: tuple = (torch.bfloat16,)
 _FUSED = None  # the kernel once imported, False when numba did not import
 
 
@@ -89,19 +91,17 @@ class NoiseEmbedding(nn.Module):
         return self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
 
 
-def _fused_bf16():
-    """:func:`.norm_act_kernel.norm_act_bf16`, imported on first use (it imports numba); None
-    when :data:`FUSED_BF16` is off or numba does not import here."""
+def _fused_kernel():
+    """:func:`.norm_act_kernel.norm_act_cpu`, imported on first use (it imports numba); None
+    when numba does not import here."""
     global _FUSED
-    if not FUSED_BF16:
-        return None
     if _FUSED is None:
         try:
-            from .norm_act_kernel import norm_act_bf16
+            from .norm_act_kernel import norm_act_cpu
         except Exception:  # no numba, or one that does not fit this numpy: the PyTorch path
             _FUSED = False
         else:
-            _FUSED = norm_act_bf16
+            _FUSED = norm_act_cpu
     return _FUSED or None
 
 
@@ -127,8 +127,8 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
         return F.silu(out)
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, norm.weight, scale, shift))
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and not grad:
-        fused = _fused_bf16()
+    if x.dtype in FUSED_DTYPES and x.device.type == "cpu" and not grad:
+        fused = _fused_kernel()
         if fused is not None:
             return fused(x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift)
     g = norm.num_groups

@@ -1,4 +1,4 @@
-"""Fused CPU kernel for the bfloat16 GroupNorm + FiLM + SiLU of the U-Net (numba).
+"""Fused CPU kernel for the GroupNorm + FiLM + SiLU of the U-Net (numba), used in bfloat16.
 
 :func:`~napari_patchdiff.priors.network.norm_act` in bfloat16 on the CPU is bound by memory
 and by calls, not arithmetic: PyTorch makes an upcast copy for the sums, then a multiply-add
@@ -11,21 +11,27 @@ SiLU converts every value to float32 and back. Here one compiled kernel does, fo
 2. one multiply-add per channel that folds the normalisation, the GroupNorm affine and the
    FiLM ``(1 + scale), shift`` into ``a x + b`` (``a, b`` kept in float32, where the PyTorch
    path rounds them to bfloat16);
-3. ``silu(a x + b)`` in float32 and one rounding to bfloat16 (to nearest, ties to even).
+3. ``silu(a x + b)`` in float32 and one rounding to ``x``'s dtype (bfloat16: to nearest, ties
+   to even).
 
 A sample's values are read twice while they are still in the core's cache (600 KiB at most for
 the shipped networks) instead of five passes over the whole batch. The exponential of the SiLU
 is ``2^k 2^f``: ``k`` an integer put into the float's exponent bits, ``2^f`` (``|f| <= 1/2``) a
-degree-6 Taylor polynomial of ``e^(f ln 2)`` (relative error below 2e-7, far below bfloat16's
-4e-3), so that the loop vectorises; the division is a true division. No fast-math assumption
-about NaN or infinity is made, so a NaN stays a NaN.
+degree-6 Taylor polynomial of ``e^(f ln 2)`` (relative error below 2e-7, about one float32
+rounding, far below bfloat16's 4e-3), so that the loop vectorises; the division is a true
+division. No fast-math assumption about NaN or infinity is made, so a NaN stays a NaN.
+
+One assembled evaluation of the shipped ``ct`` prior (25 patches of 56 x 56) took 10% less time
+with it in bfloat16 on 1 and 2 threads of a 2-core CPU with AMX, and 1-2% less in float32,
+where :mod:`.network` therefore keeps PyTorch's operations (see the README's speed section).
 
 Importing this module imports numba and compiles the kernel on its first call (a few seconds;
 numba caches it on disk next to this file, or in its user cache where that is read-only);
 :mod:`.network` imports it lazily, only for a bfloat16 evaluation on the CPU, and falls back to
-its PyTorch path when numba is missing. Results do not depend on the number of threads (each
-sample is summed in a fixed order). Written for this project; the bfloat16 format (the upper
-16 bits of a float32) and the exponent construction are standard facts.
+its PyTorch path when numba is missing. The kernel runs on numba's own thread pool with as many
+threads as ``torch.get_num_threads()``; its results do not depend on that number (each sample
+is summed in a fixed order). Written for this project; the bfloat16 format (the upper 16 bits
+of a float32) and the exponent construction are standard facts.
 """
 from __future__ import annotations
 
@@ -35,11 +41,19 @@ import numba
 import numpy as np
 import torch
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-__all__ = ["norm_act_bf16"]
+__all__ = ["norm_act_cpu", "DTYPES"]
 
-_LOCK = threading.Lock()  # numba's fallback thread pool (workqueue) must not be entered twice
+#: the dtypes the kernel takes
+DTYPES = (torch.bfloat16, torch.float32)
+
+_LOCK = threading.Lock()  # numba's workqueue thread pool must not be entered twice
+# numba's own thread pool, not its OpenMP layer: that shares PyTorch's libgomp and sets its thread
+# count to numba's (torch.set_num_threads(1) then silently runs on every core); a layer chosen
+# by the user (NUMBA_THREADING_LAYER) is kept, and the thread count is restored after each call
+if numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "workqueue"
 # reassociation (vectorised sums) and contraction (fused multiply-adds); no 'nnan' or 'ninf'
 _OPTS = dict(fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")
 _F32, _U32 = np.float32, np.uint32
@@ -61,17 +75,30 @@ def _bits_of_f32(typingctx, value):
     return types.uint32(types.float32), codegen
 
 
-@njit(inline="always", **_OPTS)
-def _widen(h):
-    """bfloat16 bits (uint16) -> float32, exactly."""
-    return _f32_from_bits(_U32(h) << _U32(16))
+def _load(value):
+    """The float32 value of an element of ``x`` (bfloat16 bits as uint16, or float32)."""
 
 
-@njit(inline="always", **_OPTS)
-def _narrow(y):
-    """float32 -> bfloat16 bits, rounded to nearest, ties to even."""
-    w = _bits_of_f32(y)
-    return np.uint16((w + _U32(0x7FFF) + ((w >> _U32(16)) & _U32(1))) >> _U32(16))
+def _store(value, out):
+    """``value`` (float32) as an element of ``out`` (bfloat16 bits as uint16, or float32)."""
+
+
+@overload(_load, inline="always", fastmath=_OPTS["fastmath"])
+def _load_impl(value):
+    if isinstance(value, types.Float):
+        return lambda value: value
+    return lambda value: _f32_from_bits(_U32(value) << _U32(16))  # bfloat16 -> float32: exact
+
+
+@overload(_store, inline="always", fastmath=_OPTS["fastmath"])
+def _store_impl(value, out):
+    if isinstance(out.dtype, types.Float):
+        return lambda value, out: value
+
+    def narrow(value, out):  # float32 -> bfloat16, rounded to nearest, ties to even
+        w = _bits_of_f32(value)
+        return np.uint16((w + _U32(0x7FFF) + ((w >> _U32(16)) & _U32(1))) >> _U32(16))
+    return narrow
 
 
 @njit(inline="always", **_OPTS)
@@ -88,8 +115,8 @@ def _silu(z):
 
 @njit(parallel=True, cache=True, **_OPTS)
 def _kernel(x, weight, bias, scale, shift, film, groups, eps, out):
-    """``x``, ``out``: (N, H W, C) bfloat16 bits; ``weight, bias`` (C,) and ``scale, shift``
-    (N, C) (read only when ``film``) float32."""
+    """``x``, ``out``: (N, H W, C) bfloat16 bits (uint16) or float32; ``weight, bias`` (C,) and
+    ``scale, shift`` (N, C) (read only when ``film``) float32."""
     n, m, c = x.shape
     per = c // groups
     for i in prange(n):
@@ -100,7 +127,7 @@ def _kernel(x, weight, bias, scale, shift, film, groups, eps, out):
         b2 = np.zeros(c, np.float32)
         for p in range(m):
             for j in range(c):
-                v = _widen(x[i, p, j])
+                v = _load(x[i, p, j])
                 b1[j] += v
                 b2[j] += v * v
             if (p & 63) == 63 or p == m - 1:
@@ -128,29 +155,32 @@ def _kernel(x, weight, bias, scale, shift, film, groups, eps, out):
                     a, b = a * gain, b * gain + shift[i, j]
                 ca[j] = a
                 cb[j] = b
-        # 3. SiLU of the multiply-add, rounded once to bfloat16
+        # 3. SiLU of the multiply-add (rounded once, to bfloat16 or float32)
         for p in range(m):
             for j in range(c):
-                out[i, p, j] = _narrow(_silu(_widen(x[i, p, j]) * ca[j] + cb[j]))
+                out[i, p, j] = _store(_silu(_load(x[i, p, j]) * ca[j] + cb[j]), out)
 
 
-def _bits(t: torch.Tensor) -> np.ndarray:
-    """The uint16 bit patterns of a contiguous bfloat16 CPU tensor, sharing its memory."""
-    return t.view(torch.int16).numpy().view(np.uint16)
+def _array(t: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU tensor's memory as numpy (bfloat16 as its uint16 bit patterns)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
-def norm_act_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
-                  eps: float, scale: torch.Tensor | None = None,
-                  shift: torch.Tensor | None = None) -> torch.Tensor:
+def norm_act_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
+                 eps: float, scale: torch.Tensor | None = None,
+                 shift: torch.Tensor | None = None) -> torch.Tensor:
     """``silu(group_norm(x, groups, weight, bias, eps) * (1 + scale) + shift)`` for a
-    channels-last bfloat16 CPU tensor ``x`` (N, C, H, W) (``scale, shift`` (N, C, 1, 1), or
-    None for none); returns a new channels-last bfloat16 tensor. No autograd."""
+    channels-last bfloat16 or float32 CPU tensor ``x`` (N, C, H, W) (``scale, shift``
+    (N, C, 1, 1), or None for none); returns a new channels-last tensor of ``x``'s dtype. No
+    autograd."""
     n, c, h, w = x.shape
-    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or c % groups:
-        raise ValueError("norm_act_bf16 takes a bfloat16 CPU tensor whose channels the groups "
-                         "divide")
+    if x.dtype not in DTYPES or x.device.type != "cpu" or c % groups:
+        raise ValueError("norm_act_cpu takes a bfloat16 or float32 CPU tensor whose channels "
+                         "the groups divide")
     if not x.is_contiguous(memory_format=torch.channels_last):
-        raise ValueError("norm_act_bf16 takes a channels-last tensor")
+        raise ValueError("norm_act_cpu takes a channels-last tensor")
     out = torch.empty_like(x)  # channels-last, as x
     film = scale is not None
 
@@ -159,10 +189,12 @@ def norm_act_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gro
 
     sc = f32(scale, (n, c)) if film else np.zeros((1, c), np.float32)
     sh = f32(shift, (n, c)) if film else np.zeros((1, c), np.float32)
+    threads = torch.get_num_threads()
     with _LOCK:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(),
-                                         numba.config.NUMBA_NUM_THREADS)))
-        _kernel(_bits(x.permute(0, 2, 3, 1).view(n, h * w, c)), f32(weight, (c,)),
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        _kernel(_array(x.permute(0, 2, 3, 1).view(n, h * w, c)), f32(weight, (c,)),
                 f32(bias, (c,)), sc, sh, film, int(groups), float(eps),
-                _bits(out.permute(0, 2, 3, 1).view(n, h * w, c)))
+                _array(out.permute(0, 2, 3, 1).view(n, h * w, c)))
+    if torch.get_num_threads() != threads:  # an OpenMP layer reset the shared runtime's count
+        torch.set_num_threads(threads)
     return out
