@@ -28,13 +28,14 @@ where :mod:`.network` therefore keeps PyTorch's operations (see the README's spe
 Importing this module imports numba and compiles the kernel on its first call (a few seconds;
 numba caches it on disk next to this file, or in its user cache where that is read-only);
 :mod:`.network` imports it lazily, only for a bfloat16 evaluation on the CPU, and falls back to
-its PyTorch path when numba is missing. The kernel runs on numba's own thread pool with as many
-threads as ``torch.get_num_threads()``; its results do not depend on that number (each sample
-is summed in a fixed order). Written for this project; the bfloat16 format (the upper 16 bits
+its PyTorch path when numba is missing. The kernel runs on as many threads as
+``torch.get_num_threads()``, on numba's OpenMP layer where it loads (see ``_LOCK`` below); its
+results do not depend on that number (each sample is summed in a fixed order). Written for this project; the bfloat16 format (the upper 16 bits
 of a float32) and the exponent construction are standard facts.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numba
@@ -48,12 +49,15 @@ __all__ = ["norm_act_cpu", "DTYPES"]
 #: the dtypes the kernel takes
 DTYPES = (torch.bfloat16, torch.float32)
 
-_LOCK = threading.Lock()  # numba's workqueue thread pool must not be entered twice
-# numba's own thread pool, not its OpenMP layer: that shares PyTorch's libgomp and sets its thread
-# count to numba's (torch.set_num_threads(1) then silently runs on every core); a layer chosen
-# by the user (NUMBA_THREADING_LAYER) is kept, and the thread count is restored after each call
-if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+_LOCK = threading.Lock()  # numba's fallback pool (workqueue) must not be entered twice
+# numba's OpenMP layer first, unless the user chose a layer (NUMBA_THREADING_LAYER or _PRIORITY):
+# on Linux it is the same GNU OpenMP runtime as PyTorch's, so the kernel runs on the threads
+# PyTorch's operations just left, where numba's own pool (workqueue) or TBB's competed with them
+# for the cores (an evaluation 1.1-1.4x slower than with OpenMP on two threads). Launching that
+# layer sets the runtime's thread count to numba's, and so torch's: restored after each call.
+if (numba.config.THREADING_LAYER == "default"
+        and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ):
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 # reassociation (vectorised sums) and contraction (fused multiply-adds); no 'nnan' or 'ninf'
 _OPTS = dict(fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")
 _F32, _U32 = np.float32, np.uint32
