@@ -109,9 +109,10 @@ def _problem_options(p) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--precision", choices=("float32", "bfloat16"),
                    help="the prior network's arithmetic (diffusion methods; default float32): "
-                   "bfloat16 made DDS and PnP-ADMM 1.6-1.7 times as fast on a CPU with "
-                   "AVX-512 BF16, at the PSNR of float32 within 0.02 dB "
-                   "(benchmarks/results/speed_compare*.md); slower on CPUs without it")
+                   "bfloat16 made DDS and PnP-ADMM 2.4-2.9 times as fast on a CPU with AMX, "
+                   "at the PSNR of float32 within 0.02 dB "
+                   "(benchmarks/results/speed_compare*.md); slower on CPUs without bfloat16 "
+                   "instructions")
     p.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier "
                    "run in --out (the new ones are written aside and moved in when complete)")

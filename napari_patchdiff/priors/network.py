@@ -61,9 +61,9 @@ _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _CHUNK = 1 << 17
 _CHUNK_MAX_THREADS = 1
 #: the dtypes whose norm_act runs the fused numba kernel of :mod:`.norm_act_kernel` on the CPU
-#: (tests and benchmarks change it to compare with the PyTorch path). Not float32: the kernel
-#: gained 1-2% there (``benchmarks/results/norm_act_threads.md``), and float32 results stay
-#: those of PyTorch's own operations
+#: (tests and benchmarks change it to compare with the PyTorch path). Not float32 (yet): the
+#: kernel gained about a tenth there (``benchmarks/results/norm_act_threads.md``), but every
+#: recorded float32 result was made with PyTorch's own operations
 FUSED_DTYPES: tuple = (torch.bfloat16,)
 _FUSED = None  # the kernel once imported, False when numba did not import
 

@@ -21,17 +21,19 @@ degree-6 Taylor polynomial of ``e^(f ln 2)`` (relative error below 2e-7, about o
 rounding, far below bfloat16's 4e-3), so that the loop vectorises; the division is a true
 division. No fast-math assumption about NaN or infinity is made, so a NaN stays a NaN.
 
-One assembled evaluation of the shipped ``ct`` prior (25 patches of 56 x 56) took 10% less time
-with it in bfloat16 on 1 and 2 threads of a 2-core CPU with AMX, and 1-2% less in float32,
-where :mod:`.network` therefore keeps PyTorch's operations (see the README's speed section).
+One assembled evaluation of the shipped ``ct`` prior (25 patches of 56 x 56) ran 1.33-1.37x as
+fast with it in bfloat16 on 1 and 2 threads of a 2-core CPU with AMX, and 1.09-1.11x in float32,
+where :mod:`.network` keeps PyTorch's operations for now
+(``benchmarks/results/norm_act_threads.md``; the README's speed section).
 
 Importing this module imports numba and compiles the kernel on its first call (a few seconds;
 numba caches it on disk next to this file, or in its user cache where that is read-only);
 :mod:`.network` imports it lazily, only for a bfloat16 evaluation on the CPU, and falls back to
 its PyTorch path when numba is missing. The kernel runs on as many threads as
 ``torch.get_num_threads()``, on numba's OpenMP layer where it loads (see ``_LOCK`` below); its
-results do not depend on that number (each sample is summed in a fixed order). Written for this project; the bfloat16 format (the upper 16 bits
-of a float32) and the exponent construction are standard facts.
+results do not depend on that number (each sample is summed in a fixed order). Written for
+this project; the bfloat16 format (the upper 16 bits of a float32) and the exponent
+construction are standard facts.
 """
 from __future__ import annotations
 

@@ -11,10 +11,10 @@ need ``grad_x |y - A D(x)|`` call it with ``x.requires_grad_()``; others wrap it
 Precision: ``prior.precision`` is ``"float32"`` (the default) or ``"bfloat16"``, where the
 network's convolutions and matrix products run in bfloat16 (``torch.autocast``) while the EDM
 skip connection, the patch assembly and the samplers stay in float32; :meth:`Prior.with_precision`
-gives a copy that shares the network. On a CPU with AVX-512 BF16 (or AMX) whole DDS and
-PnP-ADMM runs are 1.6-1.7 times as fast as in float32, at the same PSNR within 0.02 dB
-(``benchmarks/results/speed_compare*.md``); on CPUs without bfloat16 instructions it can be
-slower.
+gives a copy that shares the network. On a 2-core CPU with AMX whole DDS and PnP-ADMM runs
+were 2.4-2.9 times as fast as in float32, at the same PSNR within 0.02 dB
+(``benchmarks/results/speed_compare_2threads.md``; the GroupNorm + SiLU then run as the fused
+kernel of :mod:`.norm_act_kernel`); on CPUs without bfloat16 instructions it can be slower.
 """
 from __future__ import annotations
 
