@@ -54,9 +54,10 @@ DTYPES = (torch.bfloat16, torch.float32)
 _LOCK = threading.Lock()  # numba's fallback pool (workqueue) must not be entered twice
 # numba's OpenMP layer first, unless the user chose a layer (NUMBA_THREADING_LAYER or _PRIORITY):
 # on Linux it is the same GNU OpenMP runtime as PyTorch's, so the kernel runs on the threads
-# PyTorch's operations just left, where numba's own pool (workqueue) or TBB's competed with them
-# for the cores (an evaluation 1.1-1.4x slower than with OpenMP on two threads). Launching that
-# layer sets the runtime's thread count to numba's, and so torch's: restored after each call.
+# PyTorch's operations just left. numba's own pool (workqueue) competed with those threads for
+# the cores: on two threads the kernel then made an evaluation slower than PyTorch's path alone
+# (TBB, another pool, was not tried). Launching the OpenMP layer sets the runtime's thread count
+# to numba's, and so torch's: restored after each call.
 if (numba.config.THREADING_LAYER == "default"
         and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ):
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
