@@ -239,6 +239,20 @@ def test_bf16_without_numba_falls_back_to_torch(monkeypatch):
     assert (got.float() - want).abs().max() < 0.05
 
 
+def test_fused_kernel_refuses_to_import_with_numba_jit_disabled(monkeypatch):
+    """With NUMBA_DISABLE_JIT the kernel would run element by element in Python: its module
+    does not import, so norm_act keeps PyTorch's path."""
+    import importlib
+    import sys
+
+    import numba
+
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    monkeypatch.delitem(sys.modules, "napari_patchdiff.priors.norm_act_kernel", raising=False)
+    with pytest.raises(ImportError, match="NUMBA_DISABLE_JIT"):
+        importlib.import_module("napari_patchdiff.priors.norm_act_kernel")
+
+
 def test_fused_bf16_denoiser_agrees_with_torch_bf16_and_float32():
     """One assembled evaluation of the shipped ``ct`` prior in bfloat16: the fused kernel and
     PyTorch's ops give the same image to bfloat16's accuracy, and both stay as close to

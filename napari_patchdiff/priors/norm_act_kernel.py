@@ -48,6 +48,10 @@ from numba.extending import intrinsic, overload
 
 __all__ = ["norm_act_cpu", "DTYPES"]
 
+if numba.config.DISABLE_JIT:  # the kernel would run as Python, element by element
+    raise ImportError("numba's JIT is disabled (NUMBA_DISABLE_JIT): the fused norm_act kernel "
+                      "is not used")
+
 #: the dtypes the kernel takes
 DTYPES = (torch.bfloat16, torch.float32)
 
