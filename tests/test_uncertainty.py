@@ -58,6 +58,18 @@ def test_iid_ensemble_has_no_pair_structure_and_is_reproducible():
     assert res.pair_correlation is None and res.std.shape == (N, N)
 
 
+@pytest.mark.parametrize("method,kw", [
+    ("dds", dict(DDS, z_weight=0.5)), ("dds", dict(DDS, z_tv=0.5, z_tv_step="admm")),
+    ("dds", dict(DDS, z_tv=0.5, z_tv_step="prox")), ("dps", dict(nfe=6, zeta=0.1, z_tv=0.5))])
+def test_the_samples_of_one_image_are_never_coupled_along_z(method, kw):
+    """A batch of samples of one image is not a volume: a coupling along z (given explicitly;
+    the default is 0 for one image) leaves the samples as they are without it."""
+    prior, prob, _, _ = gaussian_problem()
+    together = samples_of(ensemble(prob, method, prior=prior, samples=4, seed=4, batch=4, **kw))
+    apart = samples_of(ensemble(prob, method, prior=prior, samples=4, seed=4, batch=1, **kw))
+    np.testing.assert_allclose(together, apart, atol=1e-6)
+
+
 def test_langevin_ensemble_matches_the_exact_gaussian_posterior():
     """Annealed Langevin with the true likelihood samples the posterior: 200 samples, mean
     within 4 standard errors (plus 0.05 posterior sd for the finite step), variance within

@@ -104,8 +104,9 @@ def test_z_tv_default_tells_limited_angle_from_full_range_ct():
         assert dds.resolve(limited, 0.1, volume, z_tv_step="admm")["z_tv_step"] == "admm"
 
 
-@pytest.mark.parametrize("method", ["dds", "pnp-admm"])
-@pytest.mark.parametrize("name,power", [("z_weight", 2), ("z_tv", 1)])
+@pytest.mark.parametrize("method,name,power", [
+    ("dds", "z_weight", 2), ("pnp-admm", "z_weight", 2), ("dds", "z_tv", 1),
+    ("pnp-admm", "z_tv", 1), ("dps", "z_tv", 1), ("padis", "z_tv", 1), ("langevin", "z_tv", 1)])
 def test_z_coupling_default_follows_the_slice_spacing(method, name, power):
     """The quadratic weight scales like spacing^-2, the TV weight like spacing^-1."""
     from napari_patchdiff.solvers.defaults import overridden
@@ -117,6 +118,28 @@ def test_z_coupling_default_follows_the_slice_spacing(method, name, power):
         assert solver.resolve(op, 0.1, Volume(8, 5.0))[name] == pytest.approx(0.2)
         assert solver.resolve(op, 0.1, Volume(8, 2.5))[name] == pytest.approx(0.2 * 2**power)
         assert solver.resolve(op, 0.1, Volume(8, None))[name] == pytest.approx(0.2)
+
+
+# each sampler at settings that suit this small Gaussian volume (its CT defaults take 1000
+# evaluations)
+@pytest.mark.parametrize("method,extra", [
+    ("dps", dict(nfe=40, zeta=0.5)), ("padis", dict(nfe=100, inner=10, zeta=0.05)),
+    ("langevin", dict(nfe=100, inner=10))])
+def test_z_tv_couples_the_denoised_estimates_of_samplers_without_a_data_step(method, extra):
+    """DPS, PaDIS and Langevin replace each step's denoised estimate by its proximal map of TV
+    along z; off by default (untuned), and a single image has nothing to couple."""
+    prior, problem = _volume_problem(noise=0.1)
+    flat = api.solve(problem, method, prior=prior, seed=1, **extra)
+    assert flat.report["method_params"]["z_tv"] == 0.0
+    coupled = api.solve(problem, method, prior=prior, z_tv=0.05, seed=1, **extra)
+    assert coupled.report["method_params"]["z_tv"] == 0.05
+    zvar = [float(np.abs(np.diff(r.recon, axis=0)).mean()) for r in (flat, coupled)]
+    assert zvar[1] < 0.3 * zvar[0]
+    assert coupled.report["psnr"] > flat.report["psnr"] + 2.0
+    single = api.simulate(api.truth_from_array(problem.truth.x[3], modality="unit"), "inpaint",
+                          noise_std=0.1, seed=0, fraction=0.5, dtype=DT)
+    runs = [api.solve(single, method, prior=prior, z_tv=w, seed=1, **extra) for w in (0.0, 0.05)]
+    np.testing.assert_array_equal(runs[0].recon, runs[1].recon)
 
 
 def test_a_cancelled_volume_keeps_its_finished_slices():

@@ -213,6 +213,12 @@ FALLBACK: dict[str, Tuned] = {
                                     "0.3 lost under 8 views; off"),
     "pnp-admm.z_tv_ref_limited_angle": Tuned(0.0, "as pnp-admm.z_tv_ref (limited angle 90 "
                                                   "included): off"),
+    # DPS, PaDIS and Langevin take 1000 evaluations with (DPS, PaDIS) a backward pass each:
+    # about 40 minutes per 256 x 256 slice on a CPU core (README), too slow to tune a volume term
+    "dps.z_tv_ref": Tuned(0.0, "untuned (1000 evaluations a run): off until a tuning run shows "
+                               "a gain"),
+    "padis.z_tv_ref": Tuned(0.0, "untuned, as dps.z_tv_ref"),
+    "langevin.z_tv_ref": Tuned(0.0, "untuned, as dps.z_tv_ref"),
     "dds.start": Tuned("noise", "EDM's pure-noise start"),
     "dds.sigma_max": Tuned(10.0, "EDM's sigma_max"),
     "dps.zeta_rel": Tuned(0.5, _UNTUNED),

@@ -127,7 +127,8 @@ class Method:
                  volume: Volume | None = None, **kwargs) -> Iterator[StepEvent]:
         """Run the method on ``y`` (a measurement batch for ``op``) with its resolved
         parameters; ``kwargs`` are parameters and the method's ``objects``; ``volume``: the
-        batch is one volume of that depth and spacing (its slices may be coupled)."""
+        batch holds volumes of that depth and spacing (their slices may be coupled; None: the
+        batch's images are independent, and nothing couples them)."""
         objects = {k: kwargs.pop(k) for k in self.objects if k in kwargs}
         if volume is not None and "volume" in self.objects:
             objects["volume"] = volume

@@ -14,9 +14,10 @@ from ...priors.sampling import edm_sigmas
 from ..tv import gradient_z, gradient_z_adjoint, laplacian_z, shrink
 
 __all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "Z_WEIGHT", "Z_TV",
-           "Z_TV_ITERATIONS", "Z_TV_STEP", "Z_REFERENCE_MM", "ZTotalVariation", "check_budget",
-           "check_cancel", "denoise", "edm_sigmas", "first_iterate", "grad_residual", "setup",
-           "z_coupling", "z_tv", "z_tv_prox", "z_weight"]
+           "Z_TV_ITERATIONS", "Z_TV_STEP", "Z_REFERENCE_MM", "ZTotalVariation",
+           "check_budget", "check_cancel", "denoise", "edm_sigmas", "first_iterate",
+           "grad_residual", "setup", "z_coupling", "z_total_variation", "z_tv", "z_tv_denoised",
+           "z_tv_prox", "z_weight"]
 
 #: keyword arguments of every sampler that are objects, not parameters (``volume``: the batch's
 #: slices form volumes of ``volume.depth`` slices, see :class:`~napari_patchdiff.solvers.Volume`)
@@ -28,8 +29,9 @@ Z_WEIGHT = Param("z_weight", float, None, "smoothness along z coupling the slice
                  "relative to the data term (0: slice by slice; default: tuned, scaled by the "
                  "slice spacing)", low=0)
 Z_TV = Param("z_tv", float, None, "total variation along z coupling the slices of a volume "
-             "(edge-preserving; see z_tv_step; 0: none; default: tuned, scaled by the slice "
-             "spacing)", low=0)
+             "(edge-preserving; dds, pnp-admm: see z_tv_step; dps, padis, langevin: the exact "
+             "proximal map of z_tv ||D_z x||_1 on each step's denoised estimate; 0: none; "
+             "default: tuned, scaled by the slice spacing)", low=0)
 #: how ``z_tv`` enters a sampling step (:class:`ZTotalVariation`)
 Z_TV_STEPS = ("admm", "prox")
 Z_TV_STEP = Param("z_tv_step", str, None, "how z_tv enters each step: 'admm', ADMM inside a "
@@ -120,9 +122,12 @@ def z_tv(ctx, tuned) -> float:
 
 
 def _volume_depth(volume, batch: int) -> int:
-    """Slices per volume of a batch (the whole batch when ``volume`` is None), checked to
-    divide the batch."""
-    depth = volume.depth if volume is not None else batch
+    """Slices per volume of a batch, checked to divide the batch; 0 when the batch holds no
+    volume (``volume`` None or of one slice): then its images are independent (the samples of
+    one image's ensemble, say) and nothing couples them."""
+    if volume is None or volume.depth < 2:
+        return 0
+    depth = volume.depth
     if batch % depth:
         raise InputError(f"a batch of {batch} images is not a whole number of volumes of "
                          f"{depth} slices")
@@ -176,6 +181,9 @@ class ZTotalVariation:
         self.weight, self.rho, self.step = float(weight), float(rho), step
         self.admm_iterations = int(admm_iterations)
         self.depth = _volume_depth(volume, batch)
+        if not self.depth:
+            raise InputError("TV along z couples the slices of a volume: give volume=Volume(depth, "
+                             "spacing) of at least 2 slices")
         self.d = self.u = None
 
     def solve(self, op, x0_hat, aty, gamma: float, iterations: int, start=None,
@@ -206,11 +214,31 @@ class ZTotalVariation:
         return x
 
 
+def z_total_variation(weight: float, volume, batch: int, **options) -> ZTotalVariation | None:
+    """The :class:`ZTotalVariation` of a sampler's data step (``options``: its ``step``,
+    ``admm_iterations``), or None when ``weight`` is 0 or the batch holds no volume."""
+    if weight <= 0 or not _volume_depth(volume, batch):
+        return None
+    return ZTotalVariation(weight, volume, batch, **options)
+
+
+def z_tv_denoised(weight: float, volume, batch: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What a sampler without a data step (DPS, PaDIS, Langevin) does to each step's denoised
+    estimate ``D(x)`` of a batch of volumes to couple their slices: the proximal map of
+    ``weight ||D_z .||_1`` (:func:`z_tv_prox`), as DDS's ``z_tv_step = 'prox'`` does after its
+    data step; the identity when ``weight`` is 0 or the batch holds no volume. The sampler's data
+    gradient stays that of the network's own estimate."""
+    depth = _volume_depth(volume, batch)
+    if weight <= 0 or not depth:
+        return lambda d: d
+    return lambda d: z_tv_prox(d, weight, depth)
+
+
 def z_coupling(op, weight: float, volume, batch: int) -> dict:
     """The ``op.solve`` arguments that couple the slices of the batch's volumes by
-    ``weight ||A^T A|| ||D_z x||^2`` (none when ``weight`` is 0 or the batch is one image)."""
-    if weight <= 0 or batch < 2:
-        return {}
+    ``weight ||A^T A|| ||D_z x||^2`` (none when ``weight`` is 0 or the batch holds no volume)."""
     depth = _volume_depth(volume, batch)
+    if weight <= 0 or not depth:
+        return {}
     scale = weight * op.norm()
     return {"coupling": lambda v: scale * laplacian_z(v, depth), "per_item": False}

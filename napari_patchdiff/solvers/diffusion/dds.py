@@ -10,8 +10,8 @@ from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
 from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, STARTS, Z_TV, Z_TV_ITERATIONS,
-                     Z_TV_STEP, Z_WEIGHT, ZTotalVariation, check_cancel, denoise, edm_sigmas,
-                     first_iterate, setup, z_coupling, z_tv, z_weight)
+                     Z_TV_STEP, Z_WEIGHT, check_cancel, denoise, edm_sigmas, first_iterate, setup,
+                     z_coupling, z_total_variation, z_tv, z_weight)
 
 
 def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight, z_tv,
@@ -43,8 +43,8 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight
     sigmas = edm_sigmas(nfe, sigma_min, sigma_max).tolist()
     aty = op.adjoint(y)
     couple = z_coupling(op, z_weight, volume, shape[0])
-    ztv = (ZTotalVariation(z_tv, volume, shape[0], admm_iterations=z_tv_iterations,
-                           step=z_tv_step) if z_tv > 0 and shape[0] > 1 else None)
+    ztv = z_total_variation(z_tv, volume, shape[0], admm_iterations=z_tv_iterations,
+                            step=z_tv_step)
     x = first_iterate(op, y, start, sigma_max, noise, shape)
     for i in range(nfe):
         check_cancel(cancel, x)

@@ -9,11 +9,12 @@ import torch
 from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
-from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, check_budget, check_cancel, denoise,
-                     edm_sigmas, first_iterate, setup)
+from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, Z_TV, check_budget,
+                     check_cancel, denoise, edm_sigmas, first_iterate, setup, z_tv,
+                     z_tv_denoised)
 
 
-def _langevin(op, y, *, prior, nfe, inner, epsilon, data_std, sigma_max, sigma_min, seed,
+def _langevin(op, y, *, prior, nfe, inner, epsilon, data_std, z_tv, sigma_max, sigma_min, seed,
               noise_source=None, volume=None, cancel=None):
     """At each of the ``nfe / inner`` levels ``s`` of the EDM schedule, ``inner`` steps of
 
@@ -23,13 +24,16 @@ def _langevin(op, y, *, prior, nfe, inner, epsilon, data_std, sigma_max, sigma_m
     with ``L = ||A^T A||``: the step is ``epsilon`` times the inverse of a bound on the score's
     Lipschitz constant, so ``epsilon < 1`` is stable at every level. It uses the true likelihood,
     so with an exact prior and enough steps at a small ``sigma_min`` it samples the posterior
-    (tested on a Gaussian model). The last estimate is ``D(x, sigma_min)``. ``info``: ``sigma``,
-    ``level``.
+    (tested on a Gaussian model). For a volume with ``z_tv > 0``, ``D`` is replaced by the
+    proximal map of ``z_tv ||D_z x||_1`` (:func:`~.common.z_tv_denoised`), which gives up that
+    limit (the prior is then no longer the network's). The last estimate is ``D(x, sigma_min)``.
+    ``info``: ``sigma``, ``level``.
     """
     noise, shape, used = setup(op, y, prior, noise_source, seed)
     levels, lip = nfe // inner, op.norm()
     sigmas = edm_sigmas(levels, sigma_min, sigma_max).tolist()[:levels]
     aty = op.adjoint(y)
+    couple = z_tv_denoised(z_tv, volume, shape[0])
     x = first_iterate(op, y, "noise", sigma_max, noise, shape)
     for step in range(nfe):
         j = step // inner
@@ -38,7 +42,7 @@ def _langevin(op, y, *, prior, nfe, inner, epsilon, data_std, sigma_max, sigma_m
         alpha = epsilon / (1.0 / (s * s) + lip * w)
         check_cancel(cancel, x)
         with torch.no_grad():
-            d = denoise(prior, x, s, noise)
+            d = couple(denoise(prior, x, s, noise))
             score = (d - x) / (s * s) + w * (aty - op.normal(x))
             z = noise.randn(shape, op.dtype, op.device)
             x = x + alpha * score + math.sqrt(2.0 * alpha) * z
@@ -54,8 +58,9 @@ langevin = register(Method(
               open_low=True),
         Param("data_std", float, None, "noise std the likelihood assumes (default: the noise, at "
               "least 1e-3)", low=0, open_low=True),
-        SIGMA_MAX, SIGMA_MIN, SEED,
-    ), rule=lambda ctx, values, tuned: {"data_std": max(ctx.noise_std, 1e-3)},
+        Z_TV, SIGMA_MAX, SIGMA_MIN, SEED,
+    ), rule=lambda ctx, values, tuned: {"data_std": max(ctx.noise_std, 1e-3),
+                                        "z_tv": z_tv(ctx, tuned)},
     objects=OBJECTS, kind="diffusion", sampler=True, check=check_budget,
     doc="annealed Langevin with the Gaussian likelihood (calibrated in the limit; 1000 "
         "evaluations)"))

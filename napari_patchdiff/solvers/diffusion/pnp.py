@@ -9,8 +9,8 @@ import torch
 from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
-from .common import (OBJECTS, SEED, Z_TV, Z_TV_STEP, Z_WEIGHT, ZTotalVariation, check_cancel,
-                     denoise, setup, z_coupling, z_tv, z_weight)
+from .common import (OBJECTS, SEED, Z_TV, Z_TV_STEP, Z_WEIGHT, check_cancel, denoise, setup,
+                     z_coupling, z_total_variation, z_tv, z_weight)
 
 
 def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_std, z_weight,
@@ -39,8 +39,7 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
     ratio = (sigma_end / sigma_start) ** (1.0 / max(nfe - 1, 1))
     aty = op.adjoint(y)
     couple = z_coupling(op, z_weight, volume, shape[0])
-    ztv = (ZTotalVariation(z_tv, volume, shape[0], step=z_tv_step)
-           if z_tv > 0 and shape[0] > 1 else None)
+    ztv = z_total_variation(z_tv, volume, shape[0], step=z_tv_step)
     with torch.no_grad():
         x = op.initial(y).to(op.dtype).expand(shape).clone()
     z, u = x.clone(), torch.zeros_like(x)
