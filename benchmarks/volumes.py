@@ -2,6 +2,8 @@
 -> benchmarks/results/volumes.md / .json
 
     python benchmarks/volumes.py [--tasks KEY ...] [--rows ROW ...] [--memory] [--redo] [--table]
+    python benchmarks/volumes.py --errors --tasks KEY ... --rows ROW ...
+                                            (how much error neighbouring slices share)
     python benchmarks/volumes.py --tune-z   (the z weight on the validation volume)
     python benchmarks/volumes.py --tune-ztv [W ...] [--tune-tasks ...] [--tune-method M]
                                             (the z-TV weight of DDS or PnP-ADMM)
@@ -34,6 +36,8 @@ import numpy as np
 from common import RESULTS, ct_slices, machine, mri_slices, record
 
 JSON = RESULTS / "volumes.json"
+#: ``--errors``: how much of each cell's error neighbouring slices share (:func:`z_error`)
+ERRORS = RESULTS / "volumes_errors.json"
 HERE = Path(__file__).resolve().parent
 
 
@@ -131,6 +135,18 @@ def z_correlation() -> dict:
     return out
 
 
+def z_error(recon: np.ndarray, truth: np.ndarray) -> dict:
+    """How much of the reconstruction error neighbouring slices share, which no coupling along z
+    can remove: over each pair of adjacent slices, ``||e_i + e_{i+1}||^2 / (2 (||e_i||^2 +
+    ||e_{i+1}||^2))``, the error energy left after averaging the pair relative to the pair's
+    (0.5: errors independent from one slice to the next; 1: the same error in both), averaged
+    over the pairs (``shared``); ``rmse``: the error per voxel."""
+    e = (recon - truth).astype(np.float64).reshape(recon.shape[0], -1)
+    a, b = e[:-1], e[1:]
+    shared = ((a + b) ** 2).sum(1) / (2.0 * ((a * a).sum(1) + (b * b).sum(1)))
+    return {"shared": float(shared.mean()), "rmse": float(np.sqrt((e * e).mean()))}
+
+
 def orientations(recon: np.ndarray, truth: np.ndarray) -> dict:
     """Mean PSNR / SSIM over axial slices, sagittal and coronal planes."""
     from napari_patchdiff.errors import InputError
@@ -148,7 +164,7 @@ def orientations(recon: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
-def run_cell(task: Task, row: str) -> dict:
+def run_cell(task: Task, row: str, errors: bool = False) -> dict:
     from napari_patchdiff import api
 
     x = volume(task)
@@ -160,6 +176,8 @@ def run_cell(task: Task, row: str) -> dict:
     t0 = time.perf_counter()
     result = api.solve(problem, method, **kw, **params)
     out = orientations(result.recon, x)
+    if errors:
+        out.update(z_error(result.recon, x))
     used = result.report["method_params"]
     out.update(seconds=time.perf_counter() - t0, slices=int(x.shape[0]),
                **{k: used.get(k) for k in DATA_STEP})
@@ -308,6 +326,22 @@ def table(data: dict) -> None:
              "lung-thin": ("lung2 50 -> 51 interpolated (synthetic)", "0.71 mm")}
     for key, v in zc.items():
         lines.append(f"| {names[key][0]} | {names[key][1]} | {v:.2f} |")
+    errors = json.loads(ERRORS.read_text()) if ERRORS.exists() else {}
+    if errors:
+        lines += ["", "How much of the error neighbouring slices share (`--errors --threads "
+                  "2`: the cells run again on two threads, to volumes_errors.json; their PSNR "
+                  "repeats the table's): over each pair of adjacent slices, the error energy "
+                  "left after averaging the pair, relative to the pair's (0.5: independent "
+                  "errors from one slice to the next, 1: the same error in both). A coupling "
+                  "along z pulls a slice towards its neighbours, so it acts on the part of the "
+                  "error that is not shared:", "",
+                  "| task | row | shared error | RMSE | axial / coronal / sagittal PSNR | "
+                  "s / volume |", "|---|---|---|---|---|---|"]
+        for key, c in errors.items():
+            task, row = key.split(" | ", 1)
+            lines.append(f"| {task} | {row} | {c['shared']:.3f} | {c['rmse']:.4f} | "
+                         f"{c['psnr_axial']:.2f} / {c['psnr_coronal']:.2f} / "
+                         f"{c['psnr_sagittal']:.2f} | {c['seconds']:.0f} |")
     mem = data.get("memory", {})
     if mem:
         lines += ["", "Time and peak memory with depth (DDS z-coupled, 4 evaluations, 64 x 64 "
@@ -342,6 +376,9 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=[t.key for t in TASKS])
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--memory", action="store_true", help="the memory columns only")
+    ap.add_argument("--errors", action="store_true", help="run the cells of --tasks x --rows "
+                    "again and record how much of their error neighbouring slices share "
+                    "(volumes_errors.json), not their cells")
     ap.add_argument("--tune-z", nargs="*", type=float, metavar="W",
                     help="tune z_weight_ref over these weights (default 0 0.03 0.1 0.3)")
     ap.add_argument("--tune-ztv", nargs="*", type=float, metavar="W",
@@ -375,7 +412,16 @@ def main() -> None:
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
     if not args.table:
         data["machine"] = machine()
-        if args.memory:
+        if args.errors:
+            for task in [t for t in TASKS if t.key in args.tasks]:
+                for row in args.rows:
+                    key = f"{task.key} | {row}"
+                    runs = json.loads(ERRORS.read_text()) if ERRORS.exists() else {}
+                    if key in runs and not args.redo:
+                        continue
+                    record(ERRORS, key, run_cell(task, row, errors=True))
+                    print(key, json.loads(ERRORS.read_text())[key], flush=True)
+        elif args.memory:
             data["memory"] = {}
             for depth in (16, 64, 256):
                 proc = subprocess.run([sys.executable, str(HERE / "volumes.py"), "--child",
