@@ -103,6 +103,9 @@ ROWS = {
     "DDS z-TV (z_tv 0.003)": ("dds", {"z_tv": 0.003, "z_tv_step": "admm"}),
     # PnP-ADMM (its TV along z is off by default: volumes_ztv_tuning_pnp-admm.json)
     "PnP-ADMM slice by slice": ("pnp-admm", {"z_weight": 0.0, "z_tv": 0.0}),
+    # its proximal z-TV step, the full-range default (gains under 8 and 20 views on the
+    # validation gap, volumes_ztv_tuning_pnp-admm.json)
+    "PnP-ADMM z-TV, proximal step (z_tv 0.01)": ("pnp-admm", {"z_tv": 0.01, "z_tv_step": "prox"}),
 }
 #: the DDS rows as the limited-angle cells ran before limited-angle CT had its own data step:
 #: the full-range values, 5 CG steps (where the row does not say otherwise) at gamma 0.25, that
