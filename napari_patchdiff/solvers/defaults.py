@@ -100,6 +100,21 @@ _CT = {
     "pnp-admm.sigma_end": Tuned(0.02, "pnp_tuning.md: 0.01 and 0.05 lose 0.4-0.5 dB"),
     "pnp-admm.cg_iterations": Tuned(10, "pnp_tuning.md: 2 CG steps lose 10 dB"),
     "pnp-admm.data_scale": Tuned(0.5, "pnp_tuning.md"),
+    # TV along z for PnP-ADMM; volumes_ztv_tuning_pnp-admm.json (volumes.py --tune-ztv ...
+    # --tune-method pnp-admm [--tune-with z_tv_step=prox]; lung2 45-49, 5 mm, noise 0.2),
+    # axial/coronal/sagittal dB against slice by slice
+    "pnp-admm.z_tv_step": Tuned("prox", "full range: the proximal step gained under both 8 and "
+                                        "20 views (below); ADMM under 8 views 0.1 +0.08/+0.27/"
+                                        "-0.04, 0.3 -0.36/-0.10/-0.47"),
+    "pnp-admm.z_tv_ref": Tuned(0.01, "prox, the only weight that gained in every cell under "
+                                     "both 8 and 20 views: 0.01 +0.35/+0.38/+0.33 and +0.09/"
+                                     "+0.12/+0.10; 0.003 +0.19/+0.19/+0.18 and +0.03/+0.04/"
+                                     "+0.04; 0.03 +0.46/+0.58/+0.45 and -0.10/+0.05/-0.03; 0.1 "
+                                     "+0.09/+0.25/+0.05 (8 views)"),
+    "pnp-admm.z_tv_ref_limited_angle": Tuned(0.0, "limited angle 90 lost at every weight: "
+                                                  "prox 0.003 -0.02/-0.01/-0.03, 0.01 -0.15/"
+                                                  "-0.15/-0.18, 0.03 -0.42/-0.48/-0.50; ADMM "
+                                                  "0.1 -0.20/-0.16/-0.23; off"),
 }
 
 TUNED: dict[str, dict[str, Tuned]] = {
