@@ -376,6 +376,24 @@ def _tune_with(method: str, pairs) -> dict:
     return out
 
 
+def _write(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def run_cells(args, cells: dict, save, errors: bool = False) -> None:
+    """Run the cells of ``args.tasks`` x ``args.rows`` missing from ``cells`` (all of them with
+    ``args.redo``) into it, calling ``save()`` after each (``errors``: see :func:`run_cell`)."""
+    for task in [t for t in TASKS if t.key in args.tasks]:
+        for row in args.rows:
+            key = f"{task.key} | {row}"
+            if key in cells and not args.redo:
+                continue
+            cells[key] = run_cell(task, row, errors=errors)
+            print(key, {k: round(v, 3) for k, v in cells[key].items() if isinstance(v, float)},
+                  flush=True)
+            save()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -418,15 +436,9 @@ def main() -> None:
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
     if not args.table:
         data["machine"] = machine()
-        if args.errors:
-            for task in [t for t in TASKS if t.key in args.tasks]:
-                for row in args.rows:
-                    key = f"{task.key} | {row}"
-                    runs = json.loads(ERRORS.read_text()) if ERRORS.exists() else {}
-                    if key in runs and not args.redo:
-                        continue
-                    record(ERRORS, key, run_cell(task, row, errors=True))
-                    print(key, json.loads(ERRORS.read_text())[key], flush=True)
+        if args.errors:  # the cells again, their scores and errors kept apart from the table's
+            errors = json.loads(ERRORS.read_text()) if ERRORS.exists() else {}
+            run_cells(args, errors, lambda: _write(ERRORS, errors), errors=True)
         elif args.memory:
             data["memory"] = {}
             for depth in (16, 64, 256):
@@ -434,17 +446,9 @@ def main() -> None:
                                        str(depth)], stdout=subprocess.PIPE, text=True, check=True)
                 data["memory"][str(depth)] = json.loads(proc.stdout.strip().splitlines()[-1])
                 print(depth, data["memory"][str(depth)], flush=True)
-                JSON.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+                _write(JSON, data)
         else:
-            for task in [t for t in TASKS if t.key in args.tasks]:
-                for row in args.rows:
-                    key = f"{task.key} | {row}"
-                    if key in data["cells"] and not args.redo:
-                        continue
-                    data["cells"][key] = run_cell(task, row)
-                    print(key, {k: round(v, 3) for k, v in data["cells"][key].items()
-                                if isinstance(v, float)}, flush=True)
-                    JSON.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            run_cells(args, data["cells"], lambda: _write(JSON, data))
     table(data)
 
 
