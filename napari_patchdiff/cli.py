@@ -421,8 +421,21 @@ def _problem(args) -> api.Problem:
     return problem
 
 
+#: output folders opened by the running command; :func:`main` releases them
+_OPEN_FOLDERS: list[OutputFolder] = []
+
+
+def _output_folder(args) -> OutputFolder:
+    """``--out``, checked and locked; the files the command reads may not lie inside it."""
+    inputs = [args.truth, args.measurement, getattr(args, "roi", None),
+              getattr(args, "calibration", None), args.prior]
+    folder = OutputFolder(args.out, args.overwrite, inputs=[i for i in inputs if i])
+    _OPEN_FOLDERS.append(folder)
+    return folder
+
+
 def cmd_reconstruct(args) -> int:
-    folder = OutputFolder(args.out, args.overwrite)  # before any computation
+    folder = _output_folder(args)  # checked and locked before any computation
     adapt = _adaptation(args)
     executor = _executor(args)
     problem = _problem(args)
@@ -441,9 +454,11 @@ def cmd_reconstruct(args) -> int:
     except (Cancelled, KeyboardInterrupt) as exc:
         partial = getattr(exc, "partial", None)
         if partial is not None:  # keep what was computed, under names that say so
-            where = folder.commit(lambda d: write_reconstruction(d, problem, partial, True))
+            where = folder.commit(lambda d: write_reconstruction(d, problem, partial, True),
+                                  partial=True)
             print(f"\ncancelled after {partial.report['iterations']} steps; wrote "
-                  f"{where}/recon_partial.tif and report_partial.json", file=sys.stderr)
+                  f"{where}/recon_partial.tif, measurement_partial.tif and report_partial.json "
+                  f"(earlier results in {where} are as they were)", file=sys.stderr)
         raise
     folder.commit(lambda d: write_reconstruction(d, problem, result))
     _say_executor(args, result.report)
@@ -470,7 +485,7 @@ def _measured(args) -> str:
 def cmd_sample(args) -> int:
     from .uncertainty import check_level, default_batch, parse_region, region_note, run_ensemble
 
-    folder = OutputFolder(args.out, args.overwrite)  # before any computation
+    folder = _output_folder(args)  # checked and locked before any computation
     check_level(args.level)
     adapt = _adaptation(args)
     if args.save_prior:
@@ -509,9 +524,10 @@ def cmd_sample(args) -> int:
         partial = getattr(exc, "partial", None)
         if partial is not None:
             folder.commit(lambda d: write_ensemble(d, problem, partial, args.method, args.prior,
-                                                   partial=True))
+                                                   partial=True), partial=True)
             print(f"\ncancelled after {partial.samples.shape[0]} samples; wrote them to "
-                  f"{folder.path} as *_partial files", file=sys.stderr)
+                  f"{folder.path} as *_partial files (earlier results there are as they were)",
+                  file=sys.stderr)
         raise
     folder.commit(lambda d: write_ensemble(d, problem, result, args.method, args.prior))
     _say_executor(args, result.report)
@@ -542,7 +558,7 @@ def _calibration_arg(value: str):
 def cmd_calibrate(args) -> int:
     from .uncertainty import calibration_figure
 
-    folder = OutputFolder(args.out, args.overwrite)  # before any computation
+    folder = _output_folder(args)  # checked and locked before any computation
     if args.truth is None or args.measurement is not None:
         raise InputError("calibrate needs TRUTH (images the prior never saw), not --measurement")
     if args.operator is None:
@@ -697,17 +713,40 @@ def cmd_info(args) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops at its next step and keeps what it did."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import signal
+    import threading
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        return _run(args)
+    finally:
+        while _OPEN_FOLDERS:
+            _OPEN_FOLDERS.pop().close()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except InputError as exc:
         print(f"napari-patchdiff: error: {exc}", file=sys.stderr)
         return 2
-    except (Cancelled, KeyboardInterrupt):
+    except (Cancelled, KeyboardInterrupt) as exc:
         print("\nnapari-patchdiff: cancelled", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except torch.cuda.OutOfMemoryError as exc:
         print(f"napari-patchdiff: error: out of GPU memory ({exc}); use fewer slices, "
               f"--slice, or --device cpu", file=sys.stderr)

@@ -25,37 +25,37 @@ DEMO_PRIOR = "ct"
 
 def run_demo(out: Path, device="cpu", seed: int = 0, methods=DEMO_METHODS,
              prior=DEMO_PRIOR, nfe: int | None = None, overwrite: bool = False) -> dict:
-    folder = OutputFolder(out, overwrite)  # checked before any computation
-    out = folder.path
-    truth = api.load_truth("sample:ct", slice=DEMO_SLICE)
-    problem = api.simulate(truth, noise_std=DEMO_NOISE, seed=seed, device=device,
-                           **DEMO_OPERATOR)
-    results = {}
-    for method in methods:
-        print(f"[demo] {method} ...", flush=True)
-        kw = {"prior": prior, "seed": seed, "nfe": nfe} if api.needs_prior(method) else {}
-        results[method] = api.solve(problem, method, **kw)
-        r = results[method].report
-        print(f"[demo] {method}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
-              f"{r['seconds']:.2f} s", flush=True)
-    best = methods[-1]
-    report = {
-        "job": "20-view parallel-beam CT of lung2 slice 55 (shipped sample data, test split), "
-               "noise 0.2",
-        "result_file": "recon.tif",
-        "result_method": best,
-        "methods": {m: res.report for m, res in results.items()},
-    }
+    with OutputFolder(out, overwrite) as folder:  # checked and locked before computing
+        out = folder.path
+        truth = api.load_truth("sample:ct", slice=DEMO_SLICE)
+        problem = api.simulate(truth, noise_std=DEMO_NOISE, seed=seed, device=device,
+                               **DEMO_OPERATOR)
+        results = {}
+        for method in methods:
+            print(f"[demo] {method} ...", flush=True)
+            kw = {"prior": prior, "seed": seed, "nfe": nfe} if api.needs_prior(method) else {}
+            results[method] = api.solve(problem, method, **kw)
+            r = results[method].report
+            print(f"[demo] {method}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}, "
+                  f"{r['seconds']:.2f} s", flush=True)
+        best = methods[-1]
+        report = {
+            "job": "20-view parallel-beam CT of lung2 slice 55 (shipped sample data, test split), "
+                   "noise 0.2",
+            "result_file": "recon.tif",
+            "result_method": best,
+            "methods": {m: res.report for m, res in results.items()},
+        }
 
-    def write(d: Path) -> None:
-        io.write_tiff(d / "recon.tif", truth.to_units(results[best].recon),
-                      {**results[best].report, "units": truth.units,
-                       "spacing": truth.meta.get("spacing")})
-        write_report(d / "report.json", report)
-        comparison_figure(d / "figure.png", truth.x, {m: r.recon for m, r in results.items()},
-                          {m: r.report for m, r in results.items()})
+        def write(d: Path) -> None:
+            io.write_tiff(d / "recon.tif", truth.to_units(results[best].recon),
+                          {**results[best].report, "units": truth.units,
+                           "spacing": truth.meta.get("spacing")})
+            write_report(d / "report.json", report)
+            comparison_figure(d / "figure.png", truth.x, {m: r.recon for m, r in results.items()},
+                              {m: r.report for m, r in results.items()})
 
-    folder.commit(write)
+        folder.commit(write)
     print(f"[demo] wrote {out / 'recon.tif'}, {out / 'figure.png'}, {out / 'report.json'}")
     return report
 

@@ -1,5 +1,6 @@
 """Output folders: earlier results are kept unless --overwrite, a run's files appear all at
-once, a cancelled run's files carry _partial names, files honour the umask."""
+once, a cancelled run's files carry _partial names, files honour the umask (the faults:
+tests/test_faults.py)."""
 from __future__ import annotations
 
 import json
@@ -31,12 +32,11 @@ def _recon(crop, out, *extra):
 def test_overwrite_replaces_the_earlier_run_whole(crop, tmp_path, capsys):
     out = tmp_path / "out"
     assert _recon(crop, out) == 0
-    (out / "mine.txt").write_text("a file of the user's")
     assert _recon(crop, out) == 2  # refused: earlier results
-    assert "holds earlier results" in capsys.readouterr().err
-    assert (out / "mine.txt").exists()
+    assert "holds the results of an earlier run" in capsys.readouterr().err
     assert _recon(crop, out, "--overwrite") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["measurement.json", "measurement.tif",
+    assert sorted(p.name for p in out.iterdir()) == [".napari-patchdiff.json",
+                                                     "measurement.json", "measurement.tif",
                                                      "recon.json", "recon.tif", "report.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
@@ -58,7 +58,8 @@ def test_a_failed_write_leaves_the_earlier_results(crop, tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert code == 1 and "No space left" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".napari-patchdiff.")
+                and p.name != ".napari-patchdiff.json"]
 
 
 def test_outputs_honour_the_umask(crop, tmp_path):
@@ -68,7 +69,7 @@ def test_outputs_honour_the_umask(crop, tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
-    for p in (tmp_path / "out").iterdir():
+    for p in (tmp_path / "out").iterdir():  # the results and the manifest
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p.name
 
 
@@ -136,7 +137,7 @@ def test_a_cancelled_ensemble_keeps_whole_batches_under_partial_names(crop, tiny
                  "2", "--out", str(out), "--quiet"])
     assert code == 130
     names = sorted(p.name for p in out.iterdir())
-    assert "samples_partial.tif" in names and "report_partial.json" in names
+    assert "samples_partial.tif" in names and "measurement_partial.tif" in names and "report_partial.json" in names
     assert not any(n in names for n in ("samples.tif", "mean.tif", "report.json"))
     assert tifffile.imread(out / "samples_partial.tif").shape == (2, 64, 64)
     assert json.loads((out / "report_partial.json").read_text())["cancelled"] is True
