@@ -30,7 +30,7 @@ from .uncertainty import Accumulator, SampleEvent, default_batch, ensemble
 from .uncertainty.calibration import resolve_calibration
 
 __all__ = ["UpdateKind", "Update", "Pace", "ReconJob", "TrainJob", "recon_updates",
-           "train_updates", "to_units", "devices", "error_message"]
+           "train_updates", "to_units", "devices", "error_message", "bounds_advice"]
 
 
 class UpdateKind(str, enum.Enum):
@@ -304,6 +304,48 @@ def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> I
         yield dataclasses.replace(final, image=x, report={**final.report, "cancelled": True})
         return
     yield update(UpdateKind.DONE)
+
+
+def bounds_advice(problem: Problem, method: str, prior: str | None, params: dict | None = None,
+                  samples: int = 1, calibration: Any = "auto", adapt: bool = False,
+                  level: float = 0.9) -> tuple[str, dict[str, Any]]:
+    """Which per-pixel bounds an ensemble with these settings would show, and why (a sentence),
+    before it runs; and, where none applies but a shipped calibration would with another budget
+    or ensemble size, those settings (e.g. ``{"nfe": 50, "samples": 8}``; else ``{}``).
+    ``prior``: the prior's source (name or path), read for its identity only; ``adapt``: the
+    prior is adapted to the measurement (no shipped calibration fits an adapted prior)."""
+    from types import SimpleNamespace
+
+    from .priors import read_metadata, shipped_priors
+    from .uncertainty.calibration import shaping_params, shipped_calibrations
+
+    meta = dict(read_metadata(shipped_priors().get(prior, prior))) if prior else {}
+    if adapt:
+        meta["adapted_from"] = meta.get("name")
+    ident = SimpleNamespace(metadata=meta)
+    used = method_params(problem, method, **(params or {}))
+    try:
+        found, why = resolve_calibration(calibration, problem=problem, method=method,
+                                         prior=ident, params=used, samples=samples,
+                                         level=level)
+    except InputError as exc:
+        return f"the run would stop: {exc}", {}
+    if found is not None or calibration != "auto":
+        return why, {}
+    shaping = shaping_params(used)
+    for c in shipped_calibrations():
+        change = {k: v for k, v in c.method_params.items() if k in shaping and shaping[k] != v}
+        if samples < c.samples:
+            change["samples"] = c.samples
+        try:
+            resolve_calibration([c], problem=problem, method=method, prior=ident,
+                                params={**used, **change}, samples=max(samples, c.samples),
+                                level=level)
+        except InputError:  # it does not apply whatever the budget
+            continue
+        if change:
+            return why, change
+    return why, {}
 
 
 # ------------------------------------------------------------------------------------------------

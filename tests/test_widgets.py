@@ -252,3 +252,115 @@ def test_adapt_in_the_reconstruct_widget(session, tiny_prior, tmp_path):
     session.use_prior(saved)
     rec.configure(adapt=False)
     assert _run(session, "dds", nfe=2)[-1].kind == "done"
+
+
+# ------------------------------------------------------------------------------------------------
+# a laptop screen: every button reachable; results kept run after run
+
+
+def _dock_widgets(s):
+    return {"Measurement": s.measurement, "Prior": s.prior, "Reconstruct": s.reconstructor}
+
+
+@pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)])
+def test_every_button_is_reachable_on_a_laptop_screen(make_napari_viewer, tiny_prior, size):
+    """napari's default layout with the three docks (stacked as Plugins > ... opens them) on a
+    1366 x 768 / 1920 x 1080 screen: the window fits, and every button of every dock (advanced
+    sections opened, a volume problem with a diffusion method, samples and adaptation, so that
+    the most fields show) can be scrolled into view inside the screen."""
+    from qtpy.QtCore import QPoint, QRect
+    from qtpy.QtWidgets import QAbstractButton, QApplication, QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    s = open_viewer(sample=None, viewer=viewer)
+    data, meta = _ct64()
+    viewer.add_image(data, name="ct64", metadata=meta, contrast_limits=(-1000, 600))
+    s.simulate("ct-parallel", layer="ct64", views=8, noise_std=0.05)  # all 4 slices
+    s.use_prior(tiny_prior)
+    s.reconstructor.configure(method="dds", samples=4, adapt=True)
+    screen = QRect(0, 0, *size)
+    window = s.reconstructor.window()
+    window.showNormal()
+    window.setGeometry(screen)
+    QApplication.processEvents()
+    assert screen.contains(window.frameGeometry()), (window.frameGeometry(), window.minimumSize())
+    checked = 0
+    for name, widget in _dock_widgets(s).items():
+        for section in getattr(widget, "sections", []):
+            section.expand(True)
+        for _ in range(5):  # the new minimum width climbs from the dock to the window's layout
+            QApplication.processEvents()
+        scroll = widget.findChild(QScrollArea)
+        assert scroll is not None, f"the {name} dock is not in a scroll area"
+        assert scroll.viewport().height() >= 60, name
+        view = QRect(scroll.viewport().mapToGlobal(QPoint(0, 0)), scroll.viewport().size())
+        for button in widget.findChildren(QAbstractButton):
+            if not button.isVisibleTo(widget):  # hidden: does not apply to this problem
+                continue
+            inside = scroll.isAncestorOf(button)  # else below it (the Run panel), always shown
+            if inside:
+                scroll.ensureWidgetVisible(button, 0, 0)
+                QApplication.processEvents()
+            rect = QRect(button.mapToGlobal(QPoint(0, 0)), button.size())
+            label = f"{name}: {button.text() or type(button).__name__}"
+            assert button.isVisible(), label
+            assert screen.contains(rect), (label, rect)
+            if inside:
+                assert view.contains(rect), (label, rect, view)  # not clipped
+            checked += 1
+    assert checked >= 15
+
+
+def _cancelled_run(s, method, **kw):
+    panel = s.reconstructor.panel
+    panel.updated.connect(panel.cancel)  # at the first update
+    try:
+        return _run(s, method, **kw)
+    finally:
+        panel.updated.disconnect(panel.cancel)
+
+
+def test_runs_never_delete_or_overwrite_earlier_results(session, tiny_prior):
+    """Two consecutive runs, an ensemble and cancelled runs: every run's layers get names of
+    their own, the cancelled ones say so, and no layer of an earlier run (or of the user) is
+    removed or changed."""
+    viewer = session.viewer
+    rec = session.reconstructor
+    viewer.add_image(np.zeros((64, 64), np.float32), name="fbp #2")  # the user's own layer
+    seen = {}
+
+    def kept():
+        for name, (layer, data) in seen.items():
+            assert name in viewer.layers and viewer.layers[name] is layer, name
+            np.testing.assert_array_equal(layer.data, data, err_msg=name)
+        for layer in viewer.layers:
+            seen.setdefault(layer.name, (layer, np.array(layer.data)))
+
+    kept()
+    _run(session, "fbp")
+    kept()
+    _run(session, "fbp")
+    kept()
+    assert {"fbp #1", "fbp #3"} <= set(viewer.layers)  # #2 is the user's
+    assert rec.layer_names == {"estimate": "fbp #3"}
+    session.use_prior(tiny_prior)
+    _run(session, "dds", nfe=2)
+    kept()
+    _run(session, "dds", nfe=2, samples=2, design="antithetic")
+    kept()
+    names = set(viewer.layers)
+    for key in ("samples", "mean", "std", "lower (sample quantile)", "upper (sample quantile)"):
+        assert f"dds #2 {key}" in names, key
+    assert "dds #1" in names
+    assert viewer.layers[-1].name == "dds #2 mean"  # the mean on top after an ensemble
+    assert viewer.layers.selection.active is viewer.layers["dds #2 mean"]
+    updates = _cancelled_run(session, "dds", nfe=200, samples=2, design="antithetic")
+    assert updates[-1].kind == "cancelled"
+    kept()
+    cancelled = {n for n in viewer.layers if n.startswith("dds #3")}
+    assert cancelled and all(n.endswith("(cancelled)") for n in cancelled), cancelled
+    assert "cancelled" in rec.panel.status.text() and rec.panel.progress.value() == 0
+    for _ in range(2):
+        assert _cancelled_run(session, "admm-tv", iterations=100000)[-1].kind == "cancelled"
+        kept()
+    assert {"admm-tv #1 (cancelled)", "admm-tv #2 (cancelled)"} <= set(viewer.layers)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QSpinBox,
-                            QVBoxLayout, QWidget)
+from qtpy.QtCore import QEvent, Qt
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QFrame, QHBoxLayout, QLineEdit,
+                            QScrollArea, QSizePolicy, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from ..errors import InputError
 from ..params import Param
 
-__all__ = ["MAX_SEED", "ParamForm", "FormSlot", "combo", "spin", "row", "fmt", "notify_error"]
+__all__ = ["MAX_SEED", "ParamForm", "FormSlot", "Section", "combo", "spin", "row", "fmt",
+           "notify_error", "scroll_body", "grow_dock", "show_row"]
 
 MAX_SEED = 2**31 - 1
 
@@ -53,6 +54,115 @@ def row(*widgets) -> QHBoxLayout:
     return row
 
 
+class _Scroll(QScrollArea):
+    """A scroll area that asks for its contents' whole height (a dock area shares its height
+    by these hints: the dock with the most fields gets the most), and scrolls when it gets
+    less."""
+
+    def sizeHint(self):
+        hint = super().sizeHint()
+        if self.widget() is not None:
+            hint.setHeight(max(hint.height(), self.widget().sizeHint().height()))
+            hint.setWidth(max(hint.width(), self.minimumSizeHint().width()))
+        return hint
+
+    def minimumSizeHint(self):
+        """As wide as the contents need (no sideways scrolling), a few lines high."""
+        hint = super().minimumSizeHint()
+        if self.widget() is not None:
+            bar = self.verticalScrollBar().sizeHint().width()
+            hint.setWidth(self.widget().minimumSizeHint().width() + bar + 2 * self.frameWidth())
+        return hint
+
+    def eventFilter(self, obj, event):
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the contents changed (a section opened, a form rebuilt)
+        return super().eventFilter(obj, event)
+
+
+def scroll_body(owner: QWidget, footer: QWidget | None = None, min_height: int = 0,
+                expanding: bool = False) -> QVBoxLayout:
+    """Put ``owner``'s contents in a scroll area (``owner.scroll``) and return the layout to fill:
+    a dock then needs only a few lines of height, so three docks fit a laptop screen beside
+    napari's own, and every field can still be scrolled to. ``footer`` (e.g. the Run panel)
+    stays below the scroll area, always in view; ``min_height``: the scroll area's, so that
+    a dock stacked under others keeps a few usable lines; ``expanding``: this dock takes the
+    height the others do not need (the Reconstruct dock)."""
+    body = QWidget()
+    scroll = _Scroll()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setWidget(body)
+    scroll.setMinimumHeight(min_height)
+    if not expanding:
+        scroll.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    if footer is not None:
+        outer.addWidget(footer)
+    owner.scroll = scroll
+    return QVBoxLayout(body)
+
+
+def grow_dock(widget: QWidget, share: float) -> None:
+    """Make the dock holding ``widget`` up to ``share`` of its window's height (as tall as its
+    contents ask for), taken from the docks beside it."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    dock, window = widget.parentWidget(), widget.window()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    if dock is None or not isinstance(window, QMainWindow) or dock.isFloating():
+        return
+    want = min(widget.sizeHint().height() + 40, int(share * window.height()))
+    if want > dock.height():
+        window.resizeDocks([dock], [want], Qt.Orientation.Vertical)
+
+
+def show_row(form: QFormLayout, field: QWidget, visible: bool) -> None:
+    """Show or hide a form row (its label too)."""
+    if hasattr(form, "setRowVisible"):  # Qt >= 6.4
+        form.setRowVisible(field, visible)
+        return
+    label = form.labelForField(field)
+    for w in (label, field):
+        if w is not None:
+            w.setVisible(visible)
+
+
+class Section(QWidget):
+    """A titled, collapsible part of a dock (collapsed by default): the "advanced" fields."""
+
+    def __init__(self, title: str, expanded: bool = False):
+        super().__init__()
+        self.toggle = QToolButton()
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.toggle.setStyleSheet("QToolButton { border: none; }")
+        self.body = QWidget()
+        self.form = QFormLayout(self.body)
+        self.form.setContentsMargins(12, 0, 0, 0)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.toggle)
+        layout.addWidget(self.body)
+        self.toggle.toggled.connect(self.expand)
+        self.expand(expanded)
+
+    @property
+    def expanded(self) -> bool:
+        return self.toggle.isChecked()
+
+    def expand(self, on: bool = True) -> None:
+        self.toggle.setChecked(on)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.body.setVisible(on)
+
+
 class ParamForm(QWidget):
     """Inputs for a tuple of :class:`~napari_patchdiff.params.Param` (a registry entry's).
 
@@ -63,11 +173,13 @@ class ParamForm(QWidget):
     as placeholders); only what the user sets is sent.
     """
 
-    def __init__(self, params: tuple[Param, ...] = (), skip=(), prefill: bool = True):
+    def __init__(self, params: tuple[Param, ...] = (), skip=(), prefill: bool = True,
+                 labels: dict[str, str] | None = None):
         super().__init__()
         self.params = [p for p in params if p.name not in skip]
         self.inputs: dict[str, QWidget] = {}
-        form = QFormLayout(self)
+        self.hidden: set[str] = set()
+        self._form = form = QFormLayout(self)
         form.setContentsMargins(12, 0, 0, 0)
         for p in self.params:
             given = p.default if prefill else None
@@ -80,13 +192,28 @@ class ParamForm(QWidget):
                 w = QLineEdit("" if given is None else fmt(given))
                 w.setPlaceholderText("auto")
             w.setToolTip(p.help)
-            form.addRow(p.name.replace("_", " "), w)
+            form.addRow((labels or {}).get(p.name, p.name.replace("_", " ")), w)
             self.inputs[p.name] = w
 
+    def __contains__(self, name: str) -> bool:
+        return name in self.inputs
+
+    def hide_params(self, names) -> None:
+        """Hide the rows of ``names`` (and show the others): parameters that do not apply here
+        (e.g. those along z for one slice). Hidden values are not sent."""
+        self.hidden = set(names) & set(self.inputs)
+        for name, w in self.inputs.items():
+            show_row(self._form, w, name not in self.hidden)
+
+    def shown(self) -> list[str]:
+        return [p.name for p in self.params if p.name not in self.hidden]
+
     def values(self) -> dict[str, Any]:
-        """The values set (InputError for text that is not a number)."""
+        """The values set in the shown rows (InputError for text that is not a number)."""
         out = {}
         for p in self.params:
+            if p.name in self.hidden:
+                continue
             w = self.inputs[p.name]
             if isinstance(w, QCheckBox):
                 out[p.name] = w.isChecked()
@@ -126,9 +253,9 @@ class FormSlot(QWidget):
         self.form = ParamForm()
         self.layout().addWidget(self.form)
 
-    def set(self, params, skip=(), prefill: bool = True) -> ParamForm:
+    def set(self, params, skip=(), prefill: bool = True, labels=None) -> ParamForm:
         self.form.setParent(None)
         self.form.deleteLater()
-        self.form = ParamForm(params, skip, prefill)
+        self.form = ParamForm(params, skip, prefill, labels)
         self.layout().addWidget(self.form)
         return self.form

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLabel,
-                            QPushButton, QVBoxLayout, QWidget)
+                            QPushButton, QWidget)
 
 from .. import api, io
 from ..conventions import MODALITIES, UNITS, units_of
@@ -13,7 +13,8 @@ from ..errors import InputError
 from ..jobs import error_message, to_units
 from ..operators import OPERATORS
 from ..state import Display, state_for
-from .forms import MAX_SEED, FormSlot, combo, notify_error, row, spin
+from .forms import (MAX_SEED, FormSlot, Section, combo, notify_error, row, scroll_body,
+                    spin)
 from .layers import image_layers, show_layer
 
 __all__ = ["MeasurementWidget"]
@@ -52,15 +53,18 @@ class MeasurementWidget(QWidget):
         form = QFormLayout()
         form.addRow("image", self.layer_box)
         form.addRow("slice", self.slice_box)
-        form.addRow("modality", self.modality_box)
         form.addRow("operator", self.operator_box)
         form.addRow(self.params)
         form.addRow("noise std", self.noise_box)
-        form.addRow("noise seed", self.seed_box)
-        layout = QVBoxLayout(self)
+        self.options = Section("Modality, noise seed")
+        self.options.form.addRow("modality", self.modality_box)
+        self.options.form.addRow("noise seed", self.seed_box)
+        self.sections = [self.options]
+        layout = scroll_body(self, min_height=120)
         layout.addLayout(form)
         layout.addLayout(row(simulate, load))
         layout.addWidget(self.info)
+        layout.addWidget(self.options)
         layout.addStretch()
 
         self.operator_box.currentTextChanged.connect(

@@ -5,14 +5,13 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit,
-                            QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
+                            QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton, QWidget)
 
 from ..errors import InputError
 from ..jobs import TrainJob, Update, UpdateKind, devices, train_updates
 from ..state import state_for
-from .forms import combo, row, spin
+from .forms import Section, combo, row, scroll_body, spin
 from .job_panel import JobPanel
 from .layers import image_layers
 
@@ -66,10 +65,13 @@ class PriorWidget(QWidget):
         self.batch_box = spin(0, 4096, 0, "auto")
         self.sizes_edit = QLineEdit("16 32 64")
         self.device_box = combo(devices())
-        self.resume_box = QCheckBox("continue the checkpoint at 'save to'")
-        self.overwrite_box = QCheckBox("replace the checkpoint at 'save to'")
-        self.early_stop_box = QCheckBox("stop when it starts memorising (memorisation gap "
-                                        "above 2 twice)")
+        self.resume_box = QCheckBox("continue that checkpoint")
+        self.resume_box.setToolTip("continue training the checkpoint at 'save to'")
+        self.overwrite_box = QCheckBox("replace that checkpoint")
+        self.overwrite_box.setToolTip("replace the checkpoint at 'save to'")
+        self.early_stop_box = QCheckBox("stop when it memorises")
+        self.early_stop_box.setToolTip("stop when it starts memorising its training patches "
+                                       "(memorisation gap above 2 twice)")
         self.out_edit = QLineEdit(str(Path.home() / "napari-patchdiff" / "prior"))
         out_browse = QPushButton("…")
         self.panel = JobPanel("Train")
@@ -78,8 +80,9 @@ class PriorWidget(QWidget):
         form = QFormLayout()
         form.addRow("prior", self.source_box)
         form.addRow("file", row(self.path_edit, browse))
-        group = QGroupBox("Train a new prior")
-        tform = QFormLayout(group)
+        self.train_section = Section("Train a new prior on image layers")
+        self.sections = [self.train_section]
+        tform = self.train_section.form
         tform.addRow("image layers", self.layers)
         tform.addRow("network", self.network_box)
         tform.addRow("steps", self.steps_box)
@@ -92,10 +95,10 @@ class PriorWidget(QWidget):
         tform.addRow(self.early_stop_box)
         tform.addRow(self.panel)
         tform.addRow(self.loss)
-        layout = QVBoxLayout(self)
+        layout = scroll_body(self, min_height=100)
         layout.addLayout(form)
         layout.addWidget(self.info)
-        layout.addWidget(group)
+        layout.addWidget(self.train_section)
         layout.addStretch()
 
         self.source_box.currentTextChanged.connect(self._source_changed)

@@ -4,22 +4,35 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel,
-                            QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
+                            QPushButton, QWidget)
 
 from .. import api
 from ..adapt import ADAPT_PARAMS, ADAPTATION
 from ..errors import InputError
 from ..executors import CLUSTER_CHOICES
-from ..jobs import ReconJob, Update, UpdateKind, devices, recon_updates
+from ..jobs import ReconJob, Update, UpdateKind, bounds_advice, devices, recon_updates
 from ..solvers import SOLVERS
 from ..state import Display, state_for
 from ..uncertainty import DESIGNS
-from .forms import MAX_SEED, FormSlot, ParamForm, combo, row, spin
+from .forms import (MAX_SEED, FormSlot, ParamForm, Section, combo, grow_dock, row,
+                    scroll_body, show_row, spin)
 from .job_panel import JobPanel
 from .layers import show_layer
 
 __all__ = ["ReconstructWidget"]
+
+#: the parameters that set a method's budget, shown first (the rest: "Method parameters")
+BUDGET = ("nfe", "iterations")
+#: labels that say what a field is where the parameter name alone would not
+ADAPT_LABELS = {"steps": "adaptation steps", "rank": "adapter rank", "lr": "learning rate",
+                "cg": "CG steps in the loss", "batch": "slices per adaptation step"}
+PARAM_LABELS = {"cg_iterations": "CG iterations per step"}
+
+
+def _along_z(name: str) -> bool:
+    """A parameter that acts along the slice axis: shown for volumes only."""
+    return name.startswith("z_") or name in ("tv3d", "lam_z")
 
 
 class ReconstructWidget(QWidget):
@@ -47,7 +60,8 @@ class ReconstructWidget(QWidget):
         self.problem_label.setWordWrap(True)
         names = SOLVERS.names()
         self.method_box = combo(names, "admm-tv", [SOLVERS.doc(n) for n in names])
-        self.params = FormSlot()
+        self.budget = FormSlot()  # the method's budget: nfe or iterations
+        self.params = FormSlot()  # the rest of its parameters (advanced)
         self.seed_box = spin(0, MAX_SEED, 0)
         self.seed_box.setToolTip("seed of the sampler's noise stream (runs are reproducible)")
         randomise = QPushButton("Randomise")
@@ -77,55 +91,102 @@ class ReconstructWidget(QWidget):
             "this prior, operator, noise, method and ensemble size (else the sample quantiles); "
             "none = the sample quantiles; or the path of a calibration.json written by "
             "`napari-patchdiff calibrate`")
+        self.bounds_info = QLabel("")
+        self.bounds_info.setWordWrap(True)
+        self.use_calibrated_button = QPushButton("")
+        self.use_calibrated_button.setToolTip("set the budget and ensemble size of the shipped "
+                                              "calibration, so that the bounds are calibrated")
+        self._calibrated_settings: dict = {}
         self.batch_box = spin(0, 1024, 0, "auto")
         self.batch_box.setToolTip("samples per sampler run (auto: about 8 slices at once)")
         self.adapt_box = QCheckBox("adapt the prior to this measurement")
         self.adapt_box.setToolTip("test-time adaptation: low-rank adapters trained on the "
-                                  "measurement while reconstructing (empty fields: the tuned "
-                                  "defaults)")
-        self.adapt_form = ParamForm(ADAPT_PARAMS, skip=("seed", "holdout"), prefill=False)
+                                  "measurement while reconstructing (its parameters: the "
+                                  "Adaptation section; empty fields: the tuned defaults)")
+        self.adapt_form = ParamForm(ADAPT_PARAMS, skip=("seed", "holdout"), prefill=False,
+                                    labels=ADAPT_LABELS)
         self.save_prior_button = QPushButton("Save adapted prior…")
         self.save_prior_button.setEnabled(False)
+        self.save_prior_button.setToolTip("save the prior adapted by the last run (enabled after "
+                                          "a run with adaptation on the current problem)")
         self._adapted = None
         self.panel = JobPanel("Run")
         self.metrics = QLabel("")
         self.metrics.setWordWrap(True)
 
-        form = QFormLayout()
+        self.form = form = QFormLayout()
         form.addRow(self.problem_label)
         form.addRow("method", self.method_box)
-        form.addRow(self.params)
-        form.addRow("seed", row(self.seed_box, randomise))
-        form.addRow("device", row(self.device_box, QLabel("cluster"), self.cluster_box))
-        form.addRow("precision", self.precision_box)
+        form.addRow(self.budget)
         form.addRow("samples", self.samples_box)
         form.addRow("noise design", self.design_box)
         form.addRow("bounds", self.calibration_box)
-        form.addRow("batch", self.batch_box)
+        form.addRow(self.bounds_info)
+        form.addRow(self.use_calibrated_button)
         form.addRow(self.adapt_box)
-        form.addRow(self.adapt_form)
-        form.addRow(self.save_prior_button)
-        layout = QVBoxLayout(self)
+        self.method_section = Section("Method parameters")
+        self.method_section.form.addRow(self.params)
+        self.adapt_section = Section("Adaptation parameters")
+        self.adapt_section.form.addRow(self.adapt_form)
+        self.run_section = Section("Seed, device, batches")
+        rform = self.run_section.form
+        rform.addRow("seed", row(self.seed_box, randomise))
+        rform.addRow("device", self.device_box)
+        rform.addRow("precision", self.precision_box)
+        rform.addRow("cluster", self.cluster_box)
+        rform.addRow("samples per batch", self.batch_box)
+        self.sections = [self.method_section, self.adapt_section, self.run_section]
+        self.panel.setContentsMargins(9, 0, 9, 6)
+        layout = scroll_body(self, footer=self.panel, min_height=150, expanding=True)
         layout.addLayout(form)
-        layout.addWidget(self.panel)
         layout.addWidget(self.metrics)
+        layout.addWidget(self.save_prior_button)
+        for section in self.sections:
+            layout.addWidget(section)
         layout.addStretch()
 
         self.method_box.currentTextChanged.connect(self._set_method)
         randomise.clicked.connect(lambda: self.seed_box.setValue(random.randint(0, MAX_SEED)))
         self.panel.run_button.clicked.connect(self.run)
         self.adapt_box.toggled.connect(self._refresh)
+        self.samples_box.valueChanged.connect(self._refresh)
+        self.calibration_box.currentTextChanged.connect(self._refresh)
+        self.use_calibrated_button.clicked.connect(self.use_calibrated_settings)
         self.save_prior_button.clicked.connect(self._save_prior_dialog)
-        self.state.problem_changed.connect(self._refresh)
+        self.state.problem_changed.connect(self._problem_changed)
         self.state.prior_changed.connect(self._refresh)
         self._set_method(self.method_box.currentText())
 
+    def showEvent(self, event) -> None:
+        """The first time the dock shows, give it most of the height of its dock column (the
+        docks opened before it keep what they need to show their essentials)."""
+        super().showEvent(event)
+        if not getattr(self, "_sized", False):
+            self._sized = True
+            grow_dock(self, 0.6)
+
     def _set_method(self, name: str) -> None:
-        self.params.set(SOLVERS.get(name).params, skip=("seed",), prefill=False)
+        params = SOLVERS.get(name).params
+        self.budget.set([p for p in params if p.name in BUDGET], prefill=False)
+        self.params.set([p for p in params if p.name not in BUDGET], skip=("seed",),
+                        prefill=False, labels=PARAM_LABELS)
+        for w in self.budget.form.inputs.values():
+            if isinstance(w, QLineEdit):
+                w.editingFinished.connect(self._refresh)
+        self._refresh()
+
+    def _forms(self):
+        return (self.budget.form, self.params.form)
+
+    def _problem_changed(self, *_) -> None:
+        self._adapted = None  # adapted to the previous measurement
+        self.save_prior_button.setEnabled(False)
         self._refresh()
 
     def _refresh(self, *_) -> None:
-        """Enable diffusion methods only with a prior; show the problem and current defaults."""
+        """Enable diffusion methods only with a prior; show only the fields that apply to this
+        method and problem (z parameters for volumes only); show the problem, the current
+        defaults and which bounds an ensemble would give."""
         has_prior = bool(self.state.prior)
         model = self.method_box.model()
         for i in range(self.method_box.count()):
@@ -136,11 +197,23 @@ class ReconstructWidget(QWidget):
             self.method_box.setCurrentText("admm-tv")  # comes back through _set_method
             return
         sampler = SOLVERS.get(method).sampler
-        for w in (self.samples_box, self.design_box, self.batch_box, self.calibration_box):
-            w.setEnabled(sampler)
-        self.adapt_box.setEnabled(diffusion)
+        ensemble = sampler and self.samples_box.value() > 1
+        for w in (self.samples_box, self.design_box, self.calibration_box):
+            show_row(self.form, w, sampler)
+        show_row(self.form, self.design_box, ensemble)
+        show_row(self.form, self.calibration_box, ensemble)
+        show_row(self.run_section.form, self.batch_box, ensemble)
+        show_row(self.run_section.form, self.precision_box, diffusion)
+        show_row(self.form, self.adapt_box, diffusion)
+        self.save_prior_button.setVisible(diffusion)
+        self.adapt_section.setVisible(diffusion)
         self.adapt_form.setEnabled(diffusion and self.adapt_box.isChecked())
         problem = self.state.problem
+        volume = problem is not None and problem.y.shape[0] > 1
+        self.params.form.hide_params(
+            [] if volume else [n for n in self.params.form.inputs if _along_z(n)])
+        self.method_section.setVisible(bool(self.params.form.shown()))
+        self._show_bounds_advice(ensemble)
         if problem is None:
             self.problem_label.setText("No problem yet: simulate or load one in the "
                                        "Measurement widget.")
@@ -149,10 +222,40 @@ class ReconstructWidget(QWidget):
                                    f"of {self.state.display.source}; prior: "
                                    f"{self.state.prior or 'none'}")
         try:
-            self.params.form.show_defaults(api.method_params(problem, method))
+            defaults = api.method_params(problem, method)
+            for form in self._forms():
+                form.show_defaults(defaults)
             self.adapt_form.show_defaults(ADAPTATION.resolve(problem.op, problem.noise_std))
         except InputError:
             pass
+
+    def _show_bounds_advice(self, ensemble: bool) -> None:
+        """Say which bounds an ensemble would show and why; offer the settings of a shipped
+        calibration that would apply with another budget or ensemble size."""
+        text, self._calibrated_settings = "", {}
+        problem, method = self.state.problem, self.method_box.currentText()
+        if ensemble and problem is not None:
+            try:
+                text, self._calibrated_settings = bounds_advice(
+                    problem, method, self.state.prior, self.method_values(),
+                    self.samples_box.value(), self._calibration(),
+                    adapt=self.adapt_box.isChecked(), level=ReconJob.level)
+            except InputError as exc:
+                text = str(exc)
+        self.bounds_info.setText(f"Bounds: {text}" if text else "")
+        show_row(self.form, self.bounds_info, bool(text))
+        offer = self._calibrated_settings
+        self.use_calibrated_button.setText(
+            "Use " + ", ".join(f"{k} {v}" for k, v in offer.items()) + " (calibrated bounds)")
+        show_row(self.form, self.use_calibrated_button, bool(offer))
+
+    def use_calibrated_settings(self) -> dict:
+        """Set the budget / ensemble size that a shipped calibration fits (see the bounds
+        line); the settings set."""
+        offer = dict(self._calibrated_settings)
+        if offer:
+            self.configure(**offer)
+        return offer
 
     def configure(self, method: str | None = None, seed: int | None = None,
                   device: str | None = None, samples: int | None = None,
@@ -189,7 +292,17 @@ class ReconstructWidget(QWidget):
         if adapt is not None:
             self.adapt_box.setChecked(bool(adapt))
             self.adapt_form.set_values(adapt if isinstance(adapt, dict) else {})
-        self.params.form.set_values(params)
+        for name in params:
+            if not any(name in form for form in self._forms()):
+                raise InputError(f"no parameter {name!r} here; choose from "
+                                 f"{sorted(n for f in self._forms() for n in f.inputs)}")
+        for form in self._forms():
+            form.set_values({k: v for k, v in params.items() if k in form})
+        self._refresh()
+
+    def method_values(self) -> dict:
+        """The method parameters set (the budget and the advanced ones that apply)."""
+        return {**self.budget.form.values(), **self.params.form.values()}
 
     def snapshot(self) -> ReconJob:
         """The widget's values as a frozen job (InputError if something is missing)."""
@@ -199,7 +312,7 @@ class ReconstructWidget(QWidget):
         diffusion = api.needs_prior(method)
         if diffusion and not self.state.prior:
             raise InputError(f"method {method!r} needs a prior: choose one in the Prior widget")
-        return ReconJob(method, self.params.form.values(), seed=self.seed_box.value(),
+        return ReconJob(method, self.method_values(), seed=self.seed_box.value(),
                         device=self.device_box.currentText(),
                         samples=self.samples_box.value() if SOLVERS.get(method).sampler else 1,
                         design=self.design_box.currentText(),
