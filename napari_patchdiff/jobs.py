@@ -30,7 +30,8 @@ from .uncertainty import Accumulator, SampleEvent, default_batch, ensemble
 from .uncertainty.calibration import resolve_calibration
 
 __all__ = ["UpdateKind", "Update", "Pace", "ReconJob", "TrainJob", "recon_updates",
-           "train_updates", "to_units", "devices", "error_message", "bounds_advice"]
+           "train_updates", "to_units", "devices", "error_message", "bounds_advice",
+           "step_text"]
 
 
 class UpdateKind(str, enum.Enum):
@@ -220,7 +221,7 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
             if not last.done and pace.due(cancel):
                 x = to_array(problem, _view(last))
                 yield Update(UpdateKind.STEP, last.step, last.total, to_units(problem, x),
-                             _metrics(problem, x, last))
+                             _metrics(problem, x, last), text=step_text(last, problem.slices))
     except Cancelled:
         if last is None:
             yield Update(UpdateKind.CANCELLED, text="cancelled before the first step")
@@ -241,6 +242,30 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
     yield Update(UpdateKind.DONE, last.step, last.total, to_units(problem, x),
                  _metrics(problem, x, last), report=report,
                  prior=prior if hasattr(prior, "save") else None)
+
+
+def step_text(ev: StepEvent, slices: int = 1, batches: int = 0, samples: int = 0) -> str:
+    """What a step is part of, for a status line: the batch of an ensemble (its samples run
+    at once), the window of a volume, adaptation; e.g. "batch 1 of 2 (4 samples at once),
+    step 3/10"."""
+    info = ev.info or {}
+    parts = []
+    if batches:
+        n = len(info.get("samples", ())) or samples
+        parts.append(f"batch {info.get('batch', 0) + 1} of {batches} ({n} of {samples} samples "
+                     f"at once)")
+    if "window" in info:
+        a, b = info["window"]
+        parts.append(f"slices {a + 1}-{b} of {slices}")
+    elif slices > 1:
+        parts.append(f"all {slices} slices at once")
+    step = f"step {ev.step}/{ev.total}"
+    if "window_step" in info and ev.total:
+        step = f"step {ev.step}/{ev.total} of the volume"
+    parts.append(step)
+    if "adapt_loss" in info:
+        parts.append("adapting the prior")
+    return ", ".join(parts)
 
 
 def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> Iterator[Update]:
@@ -294,10 +319,9 @@ def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> I
             pos, tot = sum(steps.values()), runs * ev.total
             if not ev.done and pace.due(cancel):
                 x = to_array(problem, _view(ev))
-                first = ev.info["samples"][0]
                 yield Update(UpdateKind.STEP, pos, tot, to_units(problem, x),
                              _metrics(problem, x, ev),
-                             text=f"sample {first + 1} of {job.samples}, step {ev.step}/{ev.total}")
+                             text=step_text(ev, problem.slices, runs, job.samples))
     except Cancelled:
         final = update(UpdateKind.CANCELLED)
         x = None if last is None else to_units(problem, to_array(problem, _view(last)))

@@ -86,7 +86,7 @@ def test_widgets_from_the_plugin_menu_and_writer_round_trip(make_napari_viewer, 
     rec.configure(method="fbp")
     rec.run()
     assert Session(viewer, meas, prior, rec).wait(60)
-    layer = viewer.layers["fbp"]
+    layer = viewer.layers["fbp #1"]
     assert layer.metadata["method"] == "fbp" and layer.metadata["units"] == "HU"
     assert rec.panel.run_button.isEnabled() and "PSNR" in rec.metrics.text()
 
@@ -105,7 +105,7 @@ def test_dds_streams_then_finishes(session, tiny_prior):
     updates = _run(session, "dds", nfe=6, seed=3)
     kinds = [u.kind for u in updates]
     assert kinds.count("step") >= 2 and kinds[-1] == "done"
-    layer = session.viewer.layers["dds"]
+    layer = session.viewer.layers["dds #1"]
     assert layer.data.shape == (64, 64)
     r = layer.metadata
     assert r["method"] == "dds" and r["nfe"] == 6 and r["method_params"]["seed"] == 3
@@ -117,16 +117,21 @@ def test_antithetic_sampling_streams_samples_and_summaries(session, tiny_prior):
     session.use_prior(tiny_prior)
     updates = _run(session, "dds", nfe=3, samples=6, design="antithetic", batch=2)
     assert [u.kind for u in updates].count("sample") == 2  # after each pair but the last
+    steps = [u.text for u in updates if u.kind == "step"]
+    assert steps and all(t.startswith("batch ") and "(2 of 6 samples at once)" in t
+                         for t in steps), steps
     layers = session.viewer.layers
-    assert layers["samples"].data.shape == (6, 1, 64, 64)  # sample axis first, at slice 1
+    assert layers["dds #1 samples"].data.shape == (6, 1, 64, 64)  # sample axis first, at slice 1
     for name in ("mean", "std", "lower (sample quantile)", "upper (sample quantile)",
                  "pair correlation"):
-        assert layers[name].data.shape == (64, 64), name
-    assert "lower (calibrated)" not in layers  # no calibration fits the tiny prior
-    assert "dds" not in layers  # the stream layer is replaced by the ensemble
-    r = layers["std"].metadata
+        assert layers[f"dds #1 {name}"].data.shape == (64, 64), name
+    assert "dds #1 lower (calibrated)" not in layers  # no calibration fits the tiny prior
+    assert "dds #1" not in layers  # the run's live estimate gives way to the ensemble
+    r = layers["dds #1 std"].metadata
     assert r["design"] == "antithetic" and r["samples"] == 6 and "coverage" in r
-    assert (layers["std"].data >= 0).all() and np.abs(layers["pair correlation"].data).max() <= 1
+    assert (layers["dds #1 std"].data >= 0).all()
+    assert np.abs(layers["dds #1 pair correlation"].data).max() <= 1
+    assert session.reconstructor.panel.status.text().startswith("done: 6 samples of dds")
 
 
 def test_cancel_keeps_the_partial_estimate(session):
@@ -137,7 +142,7 @@ def test_cancel_keeps_the_partial_estimate(session):
         assert session.wait(60)
     finally:
         rec.panel.updated.disconnect(rec.panel.cancel)
-    layer = session.viewer.layers["admm-tv (cancelled)"]
+    layer = session.viewer.layers["admm-tv #1 (cancelled)"]
     assert layer.data.shape == (64, 64) and layer.metadata["cancelled"] is True
     assert 0 < layer.metadata["iterations"] < 100000
     assert rec.panel.run_button.isEnabled() and "cancelled" in rec.panel.status.text()
@@ -204,7 +209,7 @@ def test_load_a_measurement_written_by_the_cli(session, tmp_path):
     assert session.viewer.layers["measurement"].data.shape == (8, 363)
     assert _run(session, "fbp")[-1].kind == "done"
     recon, _ = io.read_image(tmp_path / "recon.tif")  # the CLI's FBP, in HU
-    fbp = session.viewer.layers["fbp"]
+    fbp = session.viewer.layers["fbp #1"]
     assert fbp.metadata["units"] == "normalised [0, 1]"  # no truth: the normalised scale
     np.testing.assert_allclose(fbp.data * 2048 - 1024, recon, atol=0.5)
 
@@ -252,6 +257,11 @@ def test_adapt_in_the_reconstruct_widget(session, tiny_prior, tmp_path):
     session.use_prior(saved)
     rec.configure(adapt=False)
     assert _run(session, "dds", nfe=2)[-1].kind == "done"
+    assert not rec.save_prior_button.isEnabled()  # the last run did not adapt
+    rec.configure(adapt=True)
+    assert _run(session, "dds", nfe=2)[-1].kind == "done" and rec.save_prior_button.isEnabled()
+    session.simulate("ct-parallel", layer="ct64", slice=2, views=8, noise_std=0.05)
+    assert not rec.save_prior_button.isEnabled()  # adapted to the previous measurement
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,6 +321,10 @@ def test_every_button_is_reachable_on_a_laptop_screen(make_napari_viewer, tiny_p
     assert checked >= 15
 
 
+def _names(viewer):
+    return {layer.name for layer in viewer.layers}
+
+
 def _cancelled_run(s, method, **kw):
     panel = s.reconstructor.panel
     panel.updated.connect(panel.cancel)  # at the first update
@@ -341,14 +355,14 @@ def test_runs_never_delete_or_overwrite_earlier_results(session, tiny_prior):
     kept()
     _run(session, "fbp")
     kept()
-    assert {"fbp #1", "fbp #3"} <= set(viewer.layers)  # #2 is the user's
+    assert {"fbp #1", "fbp #3"} <= _names(viewer)  # #2 is the user's
     assert rec.layer_names == {"estimate": "fbp #3"}
     session.use_prior(tiny_prior)
     _run(session, "dds", nfe=2)
     kept()
     _run(session, "dds", nfe=2, samples=2, design="antithetic")
     kept()
-    names = set(viewer.layers)
+    names = _names(viewer)
     for key in ("samples", "mean", "std", "lower (sample quantile)", "upper (sample quantile)"):
         assert f"dds #2 {key}" in names, key
     assert "dds #1" in names
@@ -357,10 +371,10 @@ def test_runs_never_delete_or_overwrite_earlier_results(session, tiny_prior):
     updates = _cancelled_run(session, "dds", nfe=200, samples=2, design="antithetic")
     assert updates[-1].kind == "cancelled"
     kept()
-    cancelled = {n for n in viewer.layers if n.startswith("dds #3")}
+    cancelled = {n for n in _names(viewer) if n.startswith("dds #3")}
     assert cancelled and all(n.endswith("(cancelled)") for n in cancelled), cancelled
     assert "cancelled" in rec.panel.status.text() and rec.panel.progress.value() == 0
     for _ in range(2):
         assert _cancelled_run(session, "admm-tv", iterations=100000)[-1].kind == "cancelled"
         kept()
-    assert {"admm-tv #1 (cancelled)", "admm-tv #2 (cancelled)"} <= set(viewer.layers)
+    assert {"admm-tv #1 (cancelled)", "admm-tv #2 (cancelled)"} <= _names(viewer)

@@ -142,7 +142,10 @@ class JobPanel(QWidget):
         self._final = self._final or u.kind.final
         self._on_update(u)
         self.updated.emit(u)
-        if u.total:  # no synchronous repaint (QProgressBar.setValue repaints at once, and a
+        if u.kind is UpdateKind.CANCELLED:  # the bar shows the work done, not what stopped
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+        elif u.total:  # no synchronous repaint (QProgressBar.setValue repaints at once, and a
             # window with an OpenGL canvas recomposes entirely: ~0.2 s with software OpenGL)
             self.progress.setUpdatesEnabled(False)
             self.progress.setRange(0, u.total)
@@ -159,9 +162,13 @@ class JobPanel(QWidget):
         if not self._final:
             self._final = True
             self._on_update(Update(UpdateKind.CANCELLED, text="cancelled"))
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
 
     def _handle_errored(self, exc: BaseException) -> None:
         self._final = True
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
         self.fail(exc)
 
     def _handle_finished(self, _) -> None:

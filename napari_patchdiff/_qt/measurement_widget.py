@@ -15,7 +15,7 @@ from ..operators import OPERATORS
 from ..state import Display, state_for
 from .forms import (MAX_SEED, FormSlot, Section, combo, notify_error, row, scroll_body,
                     spin)
-from .layers import image_layers, show_layer
+from .layers import ROLE, image_layers, plugin_role, show_layer
 
 __all__ = ["MeasurementWidget"]
 
@@ -29,6 +29,7 @@ class MeasurementWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
+        self._layers = {}  # the measurement and initial layers this widget shows
         self.layer_box = QComboBox()
         self.slice_box = spin(-1, 0, -1, "all")
         self.slice_box.setToolTip("one slice of a volume, or all slices")
@@ -82,7 +83,7 @@ class MeasurementWidget(QWidget):
         self.layer_box.blockSignals(True)
         self.layer_box.clear()
         self.layer_box.addItems([ly.name for ly in image_layers(self.viewer)
-                                 if not ly.name.startswith(("measurement", "initial"))])
+                                 if plugin_role(ly) not in ("measurement", "initial")])
         if current:
             self.layer_box.setCurrentText(current)
         self.layer_box.blockSignals(False)
@@ -177,13 +178,30 @@ class MeasurementWidget(QWidget):
         if np.iscomplexobj(y):
             y = np.log1p(np.abs(y))
             meta["display"] = "log(1 + |k-space|)"
-        show_layer(self.viewer, "measurement", y, metadata=meta)
+        # its own frame: stretched over the image's footprint (rows: views / k-space rows,
+        # columns: detector bins / k-space columns), so it neither widens the world the images
+        # live in nor sits at another size; its contrast from its own values
+        h, w = op.image_shape[-2:]
+        sy, sx = (display.scale or (1.0, 1.0))[-2:]
+        lead = list((display.scale or ())[:-2])[-(y.ndim - 2):] if y.ndim > 2 else []
+        scale = (*([1.0] * (y.ndim - 2 - len(lead)) + lead), h * sy / y.shape[-2],
+                 w * sx / y.shape[-1])
+        meta.update({ROLE: "measurement",
+                     "frame": f"its {y.shape[-2]} x {y.shape[-1]} values stretched over the "
+                              f"image's {h} x {w} pixels"})
+        lo, hi = float(np.min(y)), float(np.max(y))
+        self._layers["measurement"] = show_layer(
+            self.viewer, "measurement", y, metadata=meta, scale=scale,
+            contrast_limits=(lo, hi) if hi > lo else None,
+            layer=self._layers.get("measurement"))
         x = op.initial(problem.y).detach().cpu().numpy()[:, 0]
         x = x[0] if problem.squeeze else x
-        show_layer(self.viewer, f"initial ({op.initial_name})", to_units(problem, x),
-                   scale=display.scale, contrast_limits=display.contrast_limits,
-                   metadata={"operator": op.describe(), "units": display.units,
-                             "modality": problem.truth.modality if problem.truth else None})
+        name = f"initial ({op.initial_name})"
+        self._layers[name] = show_layer(
+            self.viewer, name, to_units(problem, x), scale=display.scale,
+            contrast_limits=display.contrast_limits, layer=self._layers.get(name),
+            metadata={"operator": op.describe(), "units": display.units, ROLE: "initial",
+                      "modality": problem.truth.modality if problem.truth else None})
         self.state.set_problem(problem, display)
         self.info.setText(f"{op.name} of {display.source}: {problem.y.shape[0]} slice(s) of "
                           f"{op.image_shape[0]} x {op.image_shape[1]}, measurement "

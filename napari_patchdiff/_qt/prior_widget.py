@@ -114,7 +114,7 @@ class PriorWidget(QWidget):
     def _refresh_layers(self, *_):
         checked = set(self.checked_layers())
         self.layers.clear()
-        for layer in image_layers(self.viewer):
+        for layer in image_layers(self.viewer, users_only=True):  # no measurements, results
             item = QListWidgetItem(layer.name)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked if layer.name in checked

@@ -18,7 +18,7 @@ from ..uncertainty import DESIGNS
 from .forms import (MAX_SEED, FormSlot, ParamForm, Section, combo, grow_dock, row,
                     scroll_body, show_row, spin)
 from .job_panel import JobPanel
-from .layers import show_layer
+from .layers import ROLE, free_name, show_layer
 
 __all__ = ["ReconstructWidget"]
 
@@ -56,6 +56,7 @@ class ReconstructWidget(QWidget):
         self.state = state_for(napari_viewer)
         self._job: ReconJob | None = None
         self._display = Display()
+        self._prefix, self._layers = "", {}
         self.problem_label = QLabel("")
         self.problem_label.setWordWrap(True)
         names = SOLVERS.names()
@@ -337,7 +338,9 @@ class ReconstructWidget(QWidget):
         return None if text == "none" else text
 
     def run(self):
-        """Start a run (no-op while one runs); the worker, or None after showing the error."""
+        """Start a run (no-op while one runs); the worker, or None after showing the error.
+        Its layers are named ``<method> #<n>`` (n: the first free index), the ensemble's
+        ``<method> #<n> mean`` etc.; no earlier layer is changed or removed."""
         if self.panel.running:
             return None
         try:
@@ -346,6 +349,9 @@ class ReconstructWidget(QWidget):
             self.panel.fail(exc)
             return None
         problem, self._job, self._display = self.state.problem, job, self.state.display
+        self._prefix, self._layers = self._run_name(job.method), {}
+        self._adapted = None  # the button saves the prior adapted by the last run only
+        self.save_prior_button.setEnabled(False)
         self.metrics.setText("")
         what = f"{job.samples} samples of {job.method}" if job.samples > 1 else job.method
         self.panel.start(lambda token, pace: recon_updates(job, problem, token,
@@ -353,10 +359,25 @@ class ReconstructWidget(QWidget):
                          self._on_update, what, job.interval)
         return self.panel.worker
 
+    def _run_name(self, method: str) -> str:
+        taken = [ly.name for ly in self.viewer.layers]
+        n = 1
+        while any(t == f"{method} #{n}" or t.startswith(f"{method} #{n} ") for t in taken):
+            n += 1
+        return f"{method} #{n}"
+
+    @property
+    def layer_names(self) -> dict[str, str]:
+        """The layers of the last run: stream ("estimate", "samples", "mean", "std", ...) ->
+        layer name."""
+        return {key: layer.name for key, layer in self._layers.items()
+                if layer in self.viewer.layers}
+
     def save_prior(self, path) -> str:
         """Save the prior adapted by the last run (see :meth:`AdaptingPrior.save`)."""
         if self._adapted is None:
-            raise InputError("no adapted prior yet: run a diffusion method with adaptation")
+            raise InputError("no adapted prior: the last run on this problem did not adapt "
+                             "(tick 'adapt the prior to this measurement' and run)")
         return self._adapted.save(path, adapted_to=self._display.source)
 
     def _save_prior_dialog(self) -> None:
@@ -369,7 +390,8 @@ class ReconstructWidget(QWidget):
                 self.panel.fail(exc)
 
     # -- results ------------------------------------------------------------------------------
-    def _show(self, name, data, report=None, stack=False, units=None, **kw):
+    def _show(self, key, data, report=None, stack=False, units=None, **kw):
+        """Show stream ``key`` of this run in its own layer (made at its first update)."""
         d = self._display
         scale, translate = (tuple(d.scale) if d.scale else None), None
         if stack and d.slice_z is not None:  # one slice of a volume: the stack sits at it
@@ -378,15 +400,28 @@ class ReconstructWidget(QWidget):
             translate = (0.0, d.slice_z[0], 0.0, 0.0)
         elif stack and scale is not None:
             scale = (1.0, *scale)
-        meta = None if report is None else {**report, "units": units or d.units}
-        return show_layer(self.viewer, name, data, scale=scale, translate=translate,
-                          metadata=meta, **kw)
+        meta = {**(report or {"method": self._job.method}), "units": units or d.units,
+                ROLE: "result"}
+        name = self._prefix if key == "estimate" else f"{self._prefix} {key}"
+        first = not self._layers
+        self._layers[key] = show_layer(self.viewer, name, data, scale=scale,
+                                       translate=translate, metadata=meta,
+                                       layer=self._layers.get(key), **kw)
+        if first:
+            self._go_to_slice()
+        return self._layers[key]
+
+    def _go_to_slice(self) -> None:
+        """Move the viewer to the slice this run reconstructs (one slice of a volume)."""
+        z = self._display.slice_z
+        if z is not None and self.viewer.dims.ndim >= 3:
+            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, z[0])
 
     def _on_update(self, u: Update) -> None:
-        name, limits = self._job.method, self._display.contrast_limits
+        limits = self._display.contrast_limits
         report = u.report or None
         if u.kind is UpdateKind.STEP and u.image is not None:
-            self._show(name, u.image, contrast_limits=limits)
+            self._show("estimate", u.image, contrast_limits=limits)
         if u.samples is not None:
             self._show("samples", u.samples, report, stack=True, contrast_limits=limits)
         for key, data in (u.maps or {}).items():
@@ -400,21 +435,27 @@ class ReconstructWidget(QWidget):
         if u.kind is UpdateKind.DONE and u.prior is not None:
             self._adapted = u.prior
             self.save_prior_button.setEnabled(True)
+        layers = self.viewer.layers
         if u.kind is UpdateKind.DONE:
             if u.samples is None:
-                self._show(name, u.image, report, contrast_limits=limits)
-            elif name in self.viewer.layers:  # an ensemble: the samples hold the result
-                self.viewer.layers.remove(name)
+                self._show("estimate", u.image, report, contrast_limits=limits)
+            elif "estimate" in self._layers:  # an ensemble: this run's live estimate (the
+                live = self._layers.pop("estimate")  # samples hold the result) goes
+                if live in layers:
+                    layers.remove(live)
+            top = self._layers.get("mean", self._layers.get("estimate"))
+            if top is not None and top in layers:  # the result on top, selected
+                layers.move(layers.index(top), len(layers))
+                layers.selection.active = top
         elif u.kind is UpdateKind.CANCELLED:
-            cancelled = f"{name} (cancelled)"
-            if cancelled in self.viewer.layers:
-                self.viewer.layers.remove(cancelled)
-            if name in self.viewer.layers:
-                self.viewer.layers[name].name = cancelled
-            if u.image is not None or cancelled in self.viewer.layers:
-                image = u.image if u.image is not None else self.viewer.layers[cancelled].data
-                self._show(cancelled, image, {**(report or {"method": name}), "cancelled": True},
+            if u.image is not None:
+                self._show("estimate", u.image,
+                           {**(report or {"method": self._job.method}), "cancelled": True},
                            contrast_limits=limits)
+            for layer in self._layers.values():
+                if layer in layers:
+                    layer.name = free_name(self.viewer, f"{layer.name} (cancelled)")
+                    layer.metadata = {**layer.metadata, "cancelled": True}
         self.metrics.setText(self._metrics_text(u) or self.metrics.text())
         self.panel.status.setText(self._status_text(u))
 
@@ -438,5 +479,9 @@ class ReconstructWidget(QWidget):
             return f"{u.text} of {self._job.samples} done"
         if u.kind is UpdateKind.DONE:
             secs = u.report.get("seconds")
-            return f"done: {self._job.method}" + (f" in {secs:.1f} s" if secs else "")
-        return f"cancelled: {u.text or 'partial result kept'}"
+            what = (f"{self._job.samples} samples of {self._job.method}"
+                    if self._job.samples > 1 else self._job.method)
+            return f"done: {what}" + (f" in {secs:.1f} s" if secs else "") + (
+                f" -> {self._prefix}" if self._layers else "")
+        kept = f"; kept as {self._prefix} (cancelled)" if self._layers else ""
+        return f"cancelled: {u.text or 'nothing finished'}{kept}"
