@@ -6,6 +6,8 @@ import torch
 
 pytest.importorskip("napari")
 
+from qtpy.QtWidgets import QLabel  # noqa: E402
+
 from napari_patchdiff import io  # noqa: E402
 from napari_patchdiff import runs  # noqa: E402
 from napari_patchdiff._qt.scripting import Session, open_viewer  # noqa: E402
@@ -81,7 +83,7 @@ def test_widgets_from_the_plugin_menu_and_writer_round_trip(make_napari_viewer, 
     assert not rec.method_box.model().item(dds).isEnabled()  # no prior chosen yet
     prior.use("ct")
     assert rec.method_box.model().item(dds).isEnabled()
-    assert "modality: ct" in prior.info.toPlainText()
+    assert "prior for ct images" in prior.info.toPlainText()
 
     rec.configure(method="fbp")
     rec.run()
@@ -186,7 +188,7 @@ def test_train_a_prior_from_layers(session, tmp_path):
     p.panel.updated.disconnect(updates.append)
     assert updates[-1].kind == "done" and updates[-1].report["steps"] == 3
     assert state_for(session.viewer).prior == str(tmp_path / "mine")
-    assert "steps: 3" in p.info.toPlainText() and "loss" in p.loss.text()
+    assert "trained: 3 steps on cpu" in p.info.toPlainText() and "loss" in p.loss.text()
     # the memorisation monitor ran at the final validation: live in the label, in the metadata
     assert "memorisation gap" in p.loss.text()
     assert "memorisation gap (about 1" in p.info.toPlainText()
@@ -378,3 +380,54 @@ def test_runs_never_delete_or_overwrite_earlier_results(session, tiny_prior):
         assert _cancelled_run(session, "admm-tv", iterations=100000)[-1].kind == "cancelled"
         kept()
     assert {"admm-tv #1 (cancelled)", "admm-tv #2 (cancelled)"} <= _names(viewer)
+
+
+def test_frames_labels_and_what_applies(session):
+    """The measurement sits over the image's footprint (it does not widen the world), the viewer
+    goes to the slice reconstructed, the training list holds only the user's images, fields are
+    labelled apart and z fields show for volumes only; the prior's info says where it was
+    trained and where it runs, its validation losses labelled."""
+    viewer, rec = session.viewer, session.reconstructor
+    meas = viewer.layers["measurement"]
+    assert meas.data.shape == (8, 91)
+    np.testing.assert_allclose(np.array(meas.data.shape) * meas.scale, (64, 64))
+    lo, hi = meas.contrast_limits
+    assert lo == pytest.approx(meas.data.min()) and hi == pytest.approx(meas.data.max())
+    viewer.dims.set_point(0, 3)
+    _run(session, "fbp")
+    assert viewer.dims.point[0] == pytest.approx(1)  # slice 1 was reconstructed
+    training = [session.prior.layers.item(i).text() for i in range(session.prior.layers.count())]
+    assert training == ["ct64"], training
+    session.use_prior("ct")
+    info = session.prior.info.toPlainText()
+    assert "trained: 12092 steps on cpu and cuda" in info, info
+    assert "runs here on: cpu" in info and "validation loss by noise level sigma: sigma 0.02" in info
+    rec.configure(method="dds")
+    assert "z_tv" in rec.params.form.hidden  # one slice: nothing along z
+    labels = [w.text() for w in rec.findChildren(QLabel)]
+    assert labels.count("batch") == 0 and "slices per adaptation step" in labels
+    assert "samples per batch" in labels and "CG iterations per step" in labels
+    session.simulate("ct-parallel", layer="ct64", views=8, noise_std=0.05)  # all 4 slices
+    assert "z_tv" not in rec.params.form.hidden and "z_tv" in rec.params.form.shown()
+
+
+def test_bounds_say_which_and_offer_the_calibrated_budget(session):
+    """Before an ensemble runs, the widget says which bounds it will show and why; where the
+    shipped calibration fits another budget, a button sets that budget."""
+    viewer, rec = session.viewer, session.reconstructor
+    viewer.open_sample(PLUGIN, "ct")
+    session.simulate("ct-parallel", layer="CT lung (HU)", slice=10, views=20, noise_std=0.2)
+    session.use_prior("ct")
+    rec.configure(method="dds", samples=4, nfe=4, design="antithetic")
+    text = rec.bounds_info.text()
+    assert text.startswith("Bounds: sample quantiles") and "nfe = 50, not 4" in text, text
+    button = rec.use_calibrated_button
+    assert button.isVisibleTo(rec) and "nfe 50" in button.text() and "samples 8" in button.text()
+    button.click()
+    assert rec.budget.form.inputs["nfe"].text() == "50" and rec.samples_box.value() == 8
+    assert rec.bounds_info.text().startswith("Bounds: calibrated"), rec.bounds_info.text()
+    assert not button.isVisibleTo(rec)
+    rec.configure(calibration="none")
+    assert "no calibration asked for" in rec.bounds_info.text()
+    rec.configure(samples=1)
+    assert not rec.bounds_info.isVisibleTo(rec)  # one sample: no bounds

@@ -20,22 +20,38 @@ __all__ = ["PriorWidget", "describe_prior"]
 
 _FILE = "checkpoint file…"
 _NONE = "(none)"
-_SHOW_META = ("name", "kind", "modality", "image_size", "pad", "config_name", "parameters",
-              "steps", "patch_sizes", "inference_patch_size", "device", "created")
-
-
-def describe_prior(meta: dict) -> str:
-    """A few lines about a prior from its checkpoint metadata."""
-    lines = [f"{k}: {meta[k]}" for k in _SHOW_META if meta.get(k) is not None]
+def describe_prior(meta: dict, runs_on: list[str] | None = None) -> str:
+    """A few labelled lines about a prior from its checkpoint metadata; ``runs_on``: the
+    devices this machine offers (default: :func:`napari_patchdiff.jobs.devices`)."""
+    runs_on = devices() if runs_on is None else runs_on
+    size = meta.get("image_size")
+    lines = [f"{meta.get('name', '?')}: a {meta.get('kind', '?')} prior for "
+             f"{meta.get('modality', '?')} images"
+             + (f" of {size[0]} x {size[1]}" if size else "")]
+    if meta.get("parameters"):
+        lines.append(f"network: {meta.get('config_name', '?')}, "
+                     f"{meta['parameters'] / 1e6:.1f} M parameters")
+    if meta.get("patch_sizes"):
+        lines.append(f"patches: {', '.join(map(str, meta['patch_sizes']))} px (inference "
+                     f"{meta.get('inference_patch_size', '?')}, pad {meta.get('pad', '?')})")
+    trained = sorted({seg.get("device") for seg in meta.get("segments") or []
+                      if seg.get("device")} or ({meta["device"]} if meta.get("device") else set()))
+    lines.append(f"trained: {meta.get('steps', '?')} steps"
+                 + (f" on {' and '.join(trained)}" if trained else "")
+                 + (f", {meta['created'][:10]}" if meta.get("created") else ""))
+    lines.append(f"runs here on: {', '.join(runs_on)} (the Reconstruct widget's device)")
     val = {k: v for k, v in (meta.get("final_val_loss") or {}).items() if v is not None}
     if val:
-        lines.append("val loss: " + ", ".join(f"{k}: {v:.4f}" for k, v in val.items()))
+        lines.append("validation loss by noise level sigma: " + ", ".join(
+            f"sigma {k}: {v:.4f}" for k, v in val.items()))
     history = meta.get("memorisation_history") or []
     if history:
         lines.append("memorisation gap (about 1: generalises; rising: memorises): " + ", ".join(
             f"{step}: {m['gap']:.2f}" for step, m in history[-5:]))
     if meta.get("early_stop"):
         lines.append(f"stopped early: {meta['early_stop']['reason']}")
+    if meta.get("adapted_from"):
+        lines.append(f"adapted from {meta['adapted_from'].get('name', '?')}")
     return "\n".join(lines)
 
 
@@ -55,7 +71,8 @@ class PriorWidget(QWidget):
         browse = QPushButton("Browse…")
         self.info = QPlainTextEdit()
         self.info.setReadOnly(True)
-        self.info.setMaximumHeight(150)
+        self.info.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        self.info.textChanged.connect(self._fit_info)
 
         self.layers = QListWidget()
         self.layers.setMaximumHeight(90)
@@ -110,6 +127,18 @@ class PriorWidget(QWidget):
             ev.connect(self._refresh_layers)
         self._refresh_layers()
         self._source_changed(self.source_box.currentText())
+
+    def _fit_info(self) -> None:
+        """As tall as its text (the dock scrolls), so no line hides in a second scroll bar."""
+        doc = self.info.document()
+        lines = sum(max(1, doc.findBlockByNumber(i).layout().lineCount())
+                    for i in range(doc.blockCount()))
+        height = lines * self.info.fontMetrics().lineSpacing() + 16
+        self.info.setFixedHeight(max(60, min(height, 400)))
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit_info()
 
     def _refresh_layers(self, *_):
         checked = set(self.checked_layers())
