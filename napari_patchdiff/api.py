@@ -108,10 +108,10 @@ def calibrate(truth: Truth, operator: str, *, prior, method: str = "dds", sample
 
     x = np.asarray(truth.x)
     stack = x[None] if x.ndim == 2 else x
-    chosen = list(range(stack.shape[0])) if slices is None else [int(i) for i in slices]
+    chosen = list(range(stack.shape[0])) if slices is None else _calibration_slices(slices)
     bad = [i for i in chosen if not 0 <= i < stack.shape[0]]
-    if bad or not chosen:
-        raise InputError(f"slices {bad or chosen} are not in the volume's {stack.shape[0]} slices")
+    if bad:
+        raise InputError(f"slices {bad} are not in the volume's {stack.shape[0]} slices")
     prior = load_prior(prior, device=device) if isinstance(prior, (str, Path)) else prior
     ensembles, truths, first = [], [], None
     for i in chosen:
@@ -130,6 +130,28 @@ def calibrate(truth: Truth, operator: str, *, prior, method: str = "dds", sample
         method_params=shaping_params(method_params(first, method, **params)), design=design,
         images=[f"{truth.meta.get('source', 'truth')} slice {i}" for i in chosen],
         source=source, prior_created=created)
+
+
+def _calibration_slices(slices) -> list[int]:
+    """``calibrate``'s ``slices`` as a list of whole numbers, each named once: a slice named
+    twice would count twice in the calibration ("from 3 images" of one)."""
+    if isinstance(slices, (str, bytes)) or not hasattr(slices, "__iter__"):
+        raise InputError(f"slices must be a list of slice numbers, got {slices!r}")
+    chosen = list(slices)
+    if not chosen:
+        raise InputError("slices must name at least one slice (or None: every slice)")
+    wrong = [i for i in chosen if isinstance(i, (bool, np.bool_))
+             or not isinstance(i, (int, np.integer))]
+    if wrong:
+        raise InputError(f"slices must be whole numbers, got {wrong[0]!r}")
+    chosen = [int(i) for i in chosen]
+    repeated = sorted({i for i in chosen if chosen.count(i) > 1})
+    if repeated:
+        names = ", ".join(map(str, repeated))
+        raise InputError(f"slice{'s' if len(repeated) > 1 else ''} {names} "
+                         f"{'are' if len(repeated) > 1 else 'is'} named more than once in the "
+                         f"calibration slices {chosen}; name each slice once")
+    return chosen
 
 
 def train(volumes, out, config=None, *, bin: int = 1, cancel: CancelToken | None = None,

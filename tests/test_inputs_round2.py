@@ -1,0 +1,71 @@
+"""Reliability round 2 (issue 30): repeated or negative slices, TIFFs with several series or
+colour samples, singular NIfTI affines, a sidecar modality the values contradict, bad devices
+and arguments at the API's entry points, and messages that say what went wrong.
+
+Through the CLI every refusal is exit code 2 and one line on stderr; through the API an
+``InputError`` with a one-line message.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_patchdiff import api, io
+from napari_patchdiff.cli import main
+from napari_patchdiff.errors import InputError
+from napari_patchdiff.samples import load_sample
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip()
+
+
+def _one_line_error(code, err):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def hu():
+    """A 64 x 64 CT crop in HU with air, and a 3-slice volume of such crops."""
+    vol = load_sample("ct")[0][8:11, 96:160, 96:160].astype(np.float32)
+    return vol[1], vol
+
+
+@pytest.fixture(scope="module")
+def truth(hu):
+    return api.truth_from_array(hu[0], {"modality": "ct"})
+
+
+# -- 6: calibrate's slices ----------------------------------------------------------------------
+
+
+def test_calibrate_refuses_a_repeated_slice(hu):
+    vol = api.truth_from_array(hu[1], {"modality": "ct"})
+    with pytest.raises(InputError, match=r"slice 1 .*more than once") as exc:
+        api.calibrate(vol, "denoise", prior="ct", slices=[1, 1, 1], samples=2, nfe=2)
+    assert "\n" not in str(exc.value)
+    with pytest.raises(InputError, match="at least one slice"):
+        api.calibrate(vol, "denoise", prior="ct", slices=[], samples=2, nfe=2)
+    with pytest.raises(InputError, match="whole number"):
+        api.calibrate(vol, "denoise", prior="ct", slices=[1.5], samples=2, nfe=2)
+
+
+def test_calibrate_cli_refuses_a_repeated_slice(capsys, tmp_path):
+    code, _, err = _cli(capsys, "calibrate", "sample:ct", "--slices", 1, 1, 1, "--operator",
+                        "denoise", "--prior", "ct", "--samples", 2, "--nfe", 2, "--out",
+                        tmp_path / "cal", "--quiet")
+    line = _one_line_error(code, err)
+    assert "slice 1" in line and "more than once" in line
+    assert not (tmp_path / "cal").exists() or not any((tmp_path / "cal").iterdir())
