@@ -61,7 +61,8 @@ class Problem:
     defaults); ``noise_origin`` says where it came from (:data:`NOISE_ORIGINS`): "given" (by the
     caller), "sidecar" (the measurement file's sidecar), "estimated" (from the measurement,
     :meth:`~napari_patchdiff.operators.Operator.estimate_noise`) or "simulated" (the noise
-    :func:`simulate` added); ``squeeze``: the input was one 2D image, not a volume.
+    :func:`simulate` added); ``squeeze``: the input was one 2D image, not a volume;
+    ``slice_index``: the slice of a volume or stack this problem is (``slice=``), else None.
     """
 
     op: Operator
@@ -71,6 +72,7 @@ class Problem:
     truth: Truth | None = None
     squeeze: bool = False
     noise_origin: str = "given"
+    slice_index: int | None = None
 
     @property
     def truth_batch(self) -> torch.Tensor | None:
@@ -211,7 +213,8 @@ def simulate(truth: Truth, operator: str, noise_std: float = 0.0, seed: int = 0,
     op = make_operator(operator, truth.x.shape[-2:], device=device, dtype=dtype, **op_params)
     check_problem_memory(op, 1 if truth.x.ndim == 2 else truth.x.shape[0])
     problem = Problem(op=op, y=None, noise_std=float(noise_std), seed=int(seed), truth=truth,
-                      squeeze=truth.x.ndim == 2, noise_origin="simulated")
+                      squeeze=truth.x.ndim == 2, noise_origin="simulated",
+                      slice_index=truth.meta.get("slice"))
     with torch.no_grad():
         problem.y = add_noise(op(problem.truth_batch), noise_std, seed=seed)
     return problem
@@ -327,13 +330,17 @@ def _one_slice(problem: Problem, index) -> Problem:
     if problem.squeeze:
         raise InputError("--slice needs a stack of measurements; this is a single one")
     index = _slice_index(index, problem.slices)
-    return dataclasses.replace(problem, y=problem.y[index:index + 1], squeeze=True)
+    return dataclasses.replace(problem, y=problem.y[index:index + 1], squeeze=True,
+                               slice_index=index)
 
 
 def _slice_index(index, count: int) -> int:
-    """``index`` as a slice number of a stack of ``count`` (negative counts from the end)."""
+    """``index`` as a slice number of a stack of ``count``, from 0; a negative one is refused
+    (``-1`` would quietly take the last slice while ``count`` is refused)."""
     if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
         raise InputError(f"the slice must be a whole number, got {index!r}")
-    if not -count <= index < count:
+    if index < 0:
+        raise InputError(f"slice {index} is negative; slices count from 0 (0 to {count - 1})")
+    if index >= count:
         raise InputError(f"slice {index} is outside the {count} slices (0 to {count - 1})")
-    return int(index) % count
+    return int(index)

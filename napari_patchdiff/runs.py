@@ -278,6 +278,8 @@ def make_report(problem: Problem, method: str, params: dict, last: StepEvent, se
         report["prior"] = prior_info(prior)
         if hasattr(prior, "summary"):
             report["adaptation"] = prior.summary()
+    if problem.slice_index is not None:  # one slice of a volume or a measurement stack
+        report["slice"] = problem.slice_index
     if "window" in last.info:  # a volume run window by window
         report["finished_slices"] = list(last.info["finished"])
     if problem.truth is not None:

@@ -69,3 +69,39 @@ def test_calibrate_cli_refuses_a_repeated_slice(capsys, tmp_path):
     line = _one_line_error(code, err)
     assert "slice 1" in line and "more than once" in line
     assert not (tmp_path / "cal").exists() or not any((tmp_path / "cal").iterdir())
+
+
+# -- 7: negative slices; the report records the slice -------------------------------------------
+
+
+def test_a_negative_slice_is_refused(hu):
+    with pytest.raises(InputError, match=r"slice -1 .*negative"):
+        api.truth_from_array(hu[1], {"modality": "ct"}, slice=-1)
+    with pytest.raises(InputError, match=r"slice -1 .*negative"):
+        api.load_truth("sample:ct", slice=-1)
+
+
+def test_a_negative_slice_of_a_measurement_stack_is_refused(hu, tmp_path):
+    vol = api.truth_from_array(hu[1], {"modality": "ct"})
+    problem = api.simulate(vol, "ct-parallel", views=8)
+    path = io.write_measurement(tmp_path / "stack.tif", problem.y[:, 0].numpy(),
+                                problem.describe_measurement())
+    with pytest.raises(InputError, match=r"slice -2 .*negative"):
+        api.load_measurement(path, slice=-2)
+    one = api.load_measurement(path, slice=2)
+    result = api.solve(one, "fbp")
+    assert result.report["slice"] == 2
+    whole = api.solve(api.load_measurement(path), "fbp")
+    assert whole.report.get("slice") is None
+
+
+def test_cli_slice_minus_one_exits_2_and_the_report_records_the_slice(hu, capsys, tmp_path):
+    np.save(tmp_path / "vol.npy", hu[1])
+    (tmp_path / "vol.json").write_text(json.dumps({"modality": "ct", "units": "HU"}))
+    common = ["reconstruct", tmp_path / "vol.npy", "--operator", "ct-parallel", "--views", 8,
+              "--method", "fbp", "--quiet"]
+    code, _, err = _cli(capsys, *common, "--slice", -1, "--out", tmp_path / "neg")
+    assert "-1" in _one_line_error(code, err)
+    code, _, err = _cli(capsys, *common, "--slice", 2, "--out", tmp_path / "two")
+    assert code == 0, err
+    assert json.loads((tmp_path / "two" / "report.json").read_text())["slice"] == 2

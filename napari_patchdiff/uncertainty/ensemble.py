@@ -380,6 +380,8 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
                          precision=getattr(prior, "precision", "float32"),
                          seconds=round(time.perf_counter() - t0, 3),
                          nfe_per_sample=acc.nfe / math.ceil(samples / batch))
+    if problem.slice_index is not None:  # one slice of a volume or a measurement stack
+        result.report["slice"] = problem.slice_index
     if executor.remote:
         result.report["executor"] = executor.describe()
     if hasattr(prior, "summary"):
