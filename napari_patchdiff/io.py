@@ -241,6 +241,12 @@ def _load_tiff(p: Path):
     """A TIFF's array and shaped metadata; the declared shape is checked against the file size
     (uncompressed data) and the memory before reading."""
     with tifffile.TiffFile(p) as tif:
+        if len(tif.series) > 1:  # tif.asarray() would read the first and drop the others
+            shapes = ", ".join(str(tuple(s.shape)) for s in tif.series[:3])
+            more = ", ..." if len(tif.series) > 3 else ""
+            raise InputError(f"{p.name} holds {len(tif.series)} image series (shapes "
+                             f"{shapes}{more}); one file must hold one image or volume: save "
+                             f"each series to a file of its own")
         if tif.series:
             series = tif.series[0]
             shape, dtype = tuple(series.shape), np.dtype(series.dtype)

@@ -105,3 +105,20 @@ def test_cli_slice_minus_one_exits_2_and_the_report_records_the_slice(hu, capsys
     code, _, err = _cli(capsys, *common, "--slice", 2, "--out", tmp_path / "two")
     assert code == 0, err
     assert json.loads((tmp_path / "two" / "report.json").read_text())["slice"] == 2
+
+
+# -- 8: a TIFF with two series ------------------------------------------------------------------
+
+
+def test_a_tiff_with_two_series_is_refused(hu, tmp_path, capsys):
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(hu[0])
+        tif.write(hu[0][:32, :32])
+    with pytest.raises(InputError, match=r"two\.tif holds 2 image series"):
+        io.read_image(path)
+    with pytest.raises(InputError, match="2 image series"):
+        io.read_measurement(path)
+    code, _, err = _cli(capsys, "reconstruct", path, "--modality", "ct", "--operator",
+                        "denoise", "--out", tmp_path / "o", "--quiet")
+    assert "2 image series" in _one_line_error(code, err)
