@@ -15,7 +15,8 @@ import numpy as np
 from .errors import InputError
 from .files import check_file_size, check_memory
 from .modality import is_real_numeric
-from .sidecars import NIFTI_SUFFIXES, check_spacing, read_sidecar, valid_affine, write_with_sidecar
+from .sidecars import (NIFTI_SUFFIXES, check_spacing, is_singular, read_sidecar, valid_affine,
+                       write_with_sidecar)
 
 __all__ = ["read_nifti", "write_nifti"]
 
@@ -44,7 +45,7 @@ def read_nifti(p: Path) -> tuple[np.ndarray, dict]:
     order = [a for a in range(3) if a not in big] + big if len(big) == 2 else [2, 0, 1]
     to_mm = _NIFTI_TO_MM.get(img.header.get_xyzt_units()[0], 1.0)
     zooms = [float(z) * to_mm for z in (tuple(img.header.get_zooms()[:3]) + (1.0,) * 3)[:3]]
-    affine = np.array(img.affine, dtype=np.float64)
+    affine = _header_affine(img.header, p)
     affine[:3] *= to_mm
     array = np.transpose(data, order)
     spacing = [zooms[a] for a in order]
@@ -53,6 +54,26 @@ def read_nifti(p: Path) -> tuple[np.ndarray, dict]:
     meta = read_sidecar(p)
     meta.update(spacing=spacing, affine=affine[:, order + [3]].tolist())
     return array, meta
+
+
+def _header_affine(header, p: Path) -> np.ndarray:
+    """The header's affine as nibabel chooses it (``get_best_affine``: the sform when its code
+    is set, else the qform when its code is set, else one from the voxel sizes), except that a
+    singular or non-finite sform gives way to a usable qform; InputError when none is usable
+    (an all-zero sform would otherwise be written into every output's sidecar)."""
+    forms = [(name, getattr(header, f"get_{name}")()) for name in ("sform", "qform")
+             if int(header[f"{name}_code"]) > 0]
+    if not forms:
+        forms = [("voxel-size", header.get_base_affine())]
+    for _, affine in forms:
+        affine = np.array(affine, dtype=np.float64)
+        if np.isfinite(affine).all() and not is_singular(affine):
+            return affine
+    names = " and ".join(name for name, _ in forms)
+    plural = "s are" if len(forms) > 1 else " is"
+    raise InputError(f"{p.name}: the header's {names} affine{plural} singular or not finite "
+                     f"(voxels without a position in space, e.g. an all-zero sform); fix the "
+                     f"header's geometry, e.g. nibabel's img.set_sform(affine, code=1)")
 
 
 def write_nifti(path, array, meta: dict | None = None) -> Path:

@@ -4,8 +4,8 @@ An image file ``scan.tif`` (or ``a.nii.gz``, ...) may have a sidecar ``scan.json
 holding its metadata (:func:`sidecar_path`, :func:`read_sidecar`); the writers store data and
 sidecar together, atomically (:func:`write_with_sidecar`), as JSON-safe values
 (:func:`json_safe`). The geometry keys read from a sidecar or a header are checked here for
-every reader: ``affine`` a finite 4x4 matrix (:func:`valid_affine`), ``spacing`` one positive
-value per axis (:func:`check_spacing`).
+every reader: ``affine`` a finite, invertible 4x4 matrix (:func:`valid_affine`), ``spacing`` one
+positive value per axis (:func:`check_spacing`).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ __all__ = [
     "TIFF_SUFFIXES",
     "check_spacing",
     "image_stem",
+    "is_singular",
     "json_safe",
     "read_sidecar",
     "sidecar_path",
@@ -109,16 +110,29 @@ def json_safe(value):
     return str(value)
 
 
+def is_singular(affine) -> bool:
+    """Whether the 4x4 ``affine``'s linear part cannot be inverted (an all-zero matrix, a zero
+    column, two parallel ones): it maps the voxels onto a plane, a line or a point."""
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(linear).all():
+        return True
+    s = np.linalg.svd(linear, compute_uv=False)
+    return not s[0] > 0 or s[-1] <= 1e-9 * s[0]
+
+
 def valid_affine(value, p: Path) -> list:
     """``value`` as a 4x4 list of floats; InputError (naming the file ``p``) unless it is one,
-    finite."""
+    finite and invertible."""
     try:
         affine = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
         affine = np.zeros(0)
+    text = json.dumps(json_safe(value))[:80]
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise InputError(f"{p.name}: the affine {json.dumps(json_safe(value))[:80]} must be a "
-                         "4x4 matrix of finite numbers")
+        raise InputError(f"{p.name}: the affine {text} must be a 4x4 matrix of finite numbers")
+    if is_singular(affine):
+        raise InputError(f"{p.name}: the affine {text} is singular (it maps the voxels onto a "
+                         "plane, a line or a point, not into space); fix or drop it")
     return affine.tolist()
 
 

@@ -122,3 +122,47 @@ def test_a_tiff_with_two_series_is_refused(hu, tmp_path, capsys):
     code, _, err = _cli(capsys, "reconstruct", path, "--modality", "ct", "--operator",
                         "denoise", "--out", tmp_path / "o", "--quiet")
     assert "2 image series" in _one_line_error(code, err)
+
+
+# -- 10: a NIfTI with a singular affine ---------------------------------------------------------
+
+
+def _nifti_with_sform(path, sform, qform=None):
+    import nibabel
+
+    hdr = nibabel.Nifti1Header()
+    hdr.set_data_shape((16, 16, 3))
+    hdr.set_data_dtype(np.float32)
+    if qform is not None:
+        hdr.set_qform(qform, code=1)
+    else:
+        hdr["qform_code"] = 0
+    hdr["srow_x"], hdr["srow_y"], hdr["srow_z"] = sform[0], sform[1], sform[2]
+    hdr["sform_code"] = 1
+    data = np.linspace(-1000, 500, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)
+    nibabel.save(nibabel.Nifti1Image(data, None, header=hdr), path)
+    return path
+
+
+def test_a_nifti_with_a_singular_sform_is_refused(tmp_path):
+    path = _nifti_with_sform(tmp_path / "zero.nii", np.zeros((4, 4)))
+    with pytest.raises(InputError, match=r"zero\.nii.*singular"):
+        io.read_image(path)
+
+
+def test_a_singular_sform_falls_back_to_a_valid_qform(tmp_path):
+    qform = np.diag([2.0, 3.0, 4.0, 1.0])
+    qform[:3, 3] = [10, 20, 30]
+    path = _nifti_with_sform(tmp_path / "q.nii.gz", np.zeros((4, 4)), qform)
+    _, meta = io.read_image(path)
+    affine = np.array(meta["affine"])
+    assert abs(np.linalg.det(affine[:3, :3])) > 1
+    # (slice k, row i, col j) -> the qform's (i, j, k)
+    np.testing.assert_allclose(affine @ [1, 2, 3, 1], qform @ [2, 3, 1, 1])
+
+
+def test_a_sidecar_with_a_singular_affine_is_refused(tmp_path, hu):
+    np.save(tmp_path / "a.npy", hu[0])
+    (tmp_path / "a.json").write_text(json.dumps({"affine": [[0] * 4] * 3 + [[0, 0, 0, 1]]}))
+    with pytest.raises(InputError, match="singular"):
+        io.read_image(tmp_path / "a.npy")
