@@ -401,7 +401,8 @@ def test_frames_labels_and_what_applies(session):
     session.use_prior("ct")
     info = session.prior.info.toPlainText()
     assert "trained: 12092 steps on cpu and cuda" in info, info
-    assert "runs here on: cpu" in info and "validation loss by noise level sigma: sigma 0.02" in info
+    assert "runs here on: cpu" in info
+    assert "validation loss by noise level sigma: sigma 0.02" in info
     rec.configure(method="dds")
     assert "z_tv" in rec.params.form.hidden  # one slice: nothing along z
     labels = [w.text() for w in rec.findChildren(QLabel)]
