@@ -9,15 +9,17 @@ Exit codes: 0 success, 2 bad input (a clear message on stderr), 1 unexpected fai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from . import __version__, api, io
 from .conventions import MODALITIES
-from .errors import InputError
+from .errors import InputError, InputWarning
 from .events import Cancelled, CancelToken
 from .operators import OPERATORS, Param
 from .outputs import OutputFolder, write_ensemble, write_reconstruction
@@ -738,9 +740,29 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _notes():
+    """Each :class:`~napari_patchdiff.errors.InputWarning` of the core (an explicit modality
+    over the sidecar's, ...) as one ``napari-patchdiff: note:`` line on stderr, every time;
+    other warnings as Python shows them. Restored afterwards."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", InputWarning)
+        show = warnings.showwarning
+
+        def note(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, InputWarning):
+                print(f"napari-patchdiff: note: {message}", file=sys.stderr, flush=True)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = note
+        yield
+
+
 def _run(args) -> int:
     try:
-        return args.func(args)
+        with _notes():
+            return args.func(args)
     except InputError as exc:
         print(f"napari-patchdiff: error: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,12 @@ class InputError(ValueError):
     """Bad user input (shape, dtype, NaN, unknown name, unreadable file), with a clear message."""
 
 
+class InputWarning(UserWarning):
+    """Input used as given although it disagrees with what its file says (an explicit modality
+    over the sidecar's, what tifffile reported about a file it read): a note for the user; the
+    CLI shows each as one ``napari-patchdiff: note: ...`` line on stderr."""
+
+
 class SolverError(RuntimeError):
     """A failure inside a solver (a torch error, out of memory), re-raised with context."""
 

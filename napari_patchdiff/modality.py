@@ -19,6 +19,7 @@ __all__ = [
     "guess_modality",
     "infer_modality",
     "is_real_numeric",
+    "stated_modality",
 ]
 
 #: below this minimum, values are CT in HU (air is about -1000 HU)
@@ -27,6 +28,9 @@ HU_AIR_BELOW = -200.0
 HU_FLOOR = -3100.0
 #: non-negative whole numbers up to this fit raw 12-bit CT values as well as MRI magnitudes
 AMBIGUOUS_MAX = 4095
+#: MRI magnitudes are not negative: values below minus this fraction of their range (beyond
+#: the small undershoot of interpolation or filtering) contradict metadata saying MRI
+MRI_NEGATIVE_FRACTION = 0.05
 _MODALITY_ALIASES = {"ct": "ct", "mr": "mri", "mri": "mri", "unit": "unit"}
 _UNITS_MODALITY = {units.lower(): modality for modality, units in UNITS.items()}
 _ASK = "pass --modality ct|mri|unit"
@@ -44,6 +48,20 @@ def is_real_numeric(dtype) -> bool:
     return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
+def stated_modality(meta: dict | None) -> tuple[str | None, str]:
+    """The modality the metadata states (units first, then ``modality``) and the reason, in
+    words; ``(None, "")`` when it states none. Unlike :func:`infer_modality` this never raises
+    (for comparing with a modality the user gave)."""
+    meta = meta or {}
+    given, units = meta.get("modality"), str(meta.get("units") or "").strip()
+    by_units = _UNITS_MODALITY.get(units.lower())
+    if by_units is not None:
+        return by_units, f"the metadata says units {units}"
+    if canonical_modality(given) is not None:
+        return canonical_modality(given), f"the metadata says modality {given}"
+    return None, ""
+
+
 def infer_modality(array, meta: dict | None = None) -> tuple[str, str]:
     """The intensity convention of ``array`` (``"ct"``, ``"mri"`` or ``"unit"``) and the reason,
     in words; :class:`InputError` (asking for ``--modality``) when it cannot be told safely.
@@ -51,7 +69,10 @@ def infer_modality(array, meta: dict | None = None) -> tuple[str, str]:
     Metadata always wins. Units saying what the values are come first (``"HU"``: ct,
     ``"scanner units"``: mri, ``"normalised [0, 1]"``: unit; a reconstruction of a CT scan on
     the normalised scale is "unit"), then ``meta["modality"]`` (CT, MR/MRI, unit). A modality
-    naming none of these, or CT units with an MRI modality (or the reverse), is refused.
+    naming none of these, or CT units with an MRI modality (or the reverse), is refused, and so
+    is metadata saying MRI for values that go clearly negative (below
+    :data:`MRI_NEGATIVE_FRACTION` of their range; magnitudes are not negative: e.g. CT in HU
+    with a wrong sidecar, which would be reconstructed as magnitudes).
     Otherwise the values decide (NaNs ignored), and only where no other reading is plausible:
 
     - minimum below -200 (air in HU) and not below -3100: ``"ct"``;
@@ -71,10 +92,11 @@ def infer_modality(array, meta: dict | None = None) -> tuple[str, str]:
                          f"unit; {_ASK}")
     if {modality, by_units} == {"ct", "mri"}:
         raise InputError(f"the metadata says modality {given!r} but units {units!r}; {_ASK}")
-    if by_units is not None:
-        return by_units, f"the metadata says units {units}"
-    if modality is not None:
-        return modality, f"the metadata says modality {given}"
+    stated, reason = stated_modality(meta)
+    if stated == "mri":
+        _check_magnitudes(array, reason)
+    if stated is not None:
+        return stated, reason
     a = np.asarray(array)
     if not is_real_numeric(a.dtype):
         raise InputError(f"cannot tell the modality of data of dtype {a.dtype}; {_ASK}")
@@ -105,6 +127,24 @@ def infer_modality(array, meta: dict | None = None) -> tuple[str, str]:
                        "12-bit CT): MRI magnitudes")
     return "mri", (f"non-negative values up to {hi:.6g} with fractions, no air: MRI "
                    "magnitudes")
+
+
+def _check_magnitudes(array, reason: str) -> None:
+    """InputError when metadata saying MRI (``reason``) is contradicted by clearly negative
+    values."""
+    a = np.asarray(array)
+    if not is_real_numeric(a.dtype) or a.size == 0:
+        return
+    finite = a[np.isfinite(a)] if np.issubdtype(a.dtype, np.floating) else a
+    if finite.size == 0:
+        return
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo < 0 and -lo > MRI_NEGATIVE_FRACTION * (hi - lo):
+        air = HU_FLOOR <= lo < HU_AIR_BELOW
+        looks = " (they look like CT in HU, air included)" if air else ""
+        raise InputError(f"{reason} (MRI magnitudes, never negative), but the values go down to "
+                         f"{lo:g} (up to {hi:g}){looks}; fix the modality in the sidecar or "
+                         f"metadata, or {_ASK}")
 
 
 def guess_modality(array, meta: dict | None = None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from . import conventions, io
-from .errors import InputError
+from .errors import InputError, InputWarning
+from .modality import stated_modality
 from .operators import OPERATORS, Operator, add_noise, make_operator
 from .params import NOISE_STD, SEED
 
@@ -159,7 +161,9 @@ def load_truth(source, modality: str | None = None, slice: int | None = None) ->
 def truth_from_array(arr, meta=None, modality=None, slice=None) -> Truth:
     """A :class:`Truth` from a real 2D image or 3D volume in its own units (``modality``
     inferred from the metadata or the values when not given, see
-    :func:`napari_patchdiff.io.infer_modality`; the reason is kept in ``meta``)."""
+    :func:`napari_patchdiff.io.infer_modality`; the reason is kept in ``meta``). A ``modality``
+    given that differs from the one the metadata states is used, with an
+    :class:`~napari_patchdiff.errors.InputWarning`."""
     meta = dict(meta or {})
     arr = np.asarray(arr)
     if np.iscomplexobj(arr):
@@ -192,6 +196,11 @@ def truth_from_array(arr, meta=None, modality=None, slice=None) -> Truth:
                          f"{', '.join(conventions.MODALITIES)}")
     else:
         meta["modality_reason"] = "given"
+        stated, reason = stated_modality(meta)
+        if stated is not None and stated != modality:
+            where = f"{Path(meta['source']).name}: " if meta.get("source") else ""
+            warnings.warn(InputWarning(f"{where}using modality {modality} as given, although "
+                                       f"{reason}"), stacklevel=2)
     x, scale = conventions.normalise(arr, modality)
     if modality == "unit" and (x.min() < -0.5 or x.max() > 1.5):
         raise InputError(

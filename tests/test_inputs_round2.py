@@ -18,7 +18,7 @@ import torch
 
 from napari_patchdiff import api, io
 from napari_patchdiff.cli import main
-from napari_patchdiff.errors import InputError
+from napari_patchdiff.errors import InputError, InputWarning
 from napari_patchdiff.samples import load_sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -166,3 +166,40 @@ def test_a_sidecar_with_a_singular_affine_is_refused(tmp_path, hu):
     (tmp_path / "a.json").write_text(json.dumps({"affine": [[0] * 4] * 3 + [[0, 0, 0, 1]]}))
     with pytest.raises(InputError, match="singular"):
         io.read_image(tmp_path / "a.npy")
+
+
+# -- 11: a sidecar modality the values contradict; an explicit modality over the sidecar's ------
+
+
+@pytest.fixture()
+def hu_says_mri(hu, tmp_path):
+    return io.write_tiff(tmp_path / "hu_mri.tif", hu[0], {"modality": "mri"})
+
+
+def test_a_sidecar_modality_contradicted_by_the_values_is_refused(hu_says_mri):
+    with pytest.raises(InputError, match=r"mri.*--modality") as exc:
+        api.load_truth(hu_says_mri)
+    assert "sidecar" in str(exc.value) or "metadata" in str(exc.value)
+
+
+def test_an_explicit_modality_over_the_sidecar_warns(hu_says_mri, hu):
+    with pytest.warns(InputWarning, match=r"mri.*ct|ct.*mri"):
+        t = api.load_truth(hu_says_mri, modality="ct")
+    assert t.modality == "ct"
+    np.testing.assert_allclose(t.to_units(t.x), np.clip(hu[0], -1024, 1024), atol=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        api.truth_from_array(hu[0], {"modality": "ct"}, modality="ct")  # the same: no warning
+
+
+def test_cli_modality_override_is_one_note_line(hu_says_mri, capsys, tmp_path):
+    common = ["reconstruct", hu_says_mri, "--operator", "ct-parallel", "--views", 8,
+              "--method", "fbp", "--quiet"]
+    code, _, err = _cli(capsys, *common, "--out", tmp_path / "guess")
+    assert "--modality" in _one_line_error(code, err)
+    code, _, err = _cli(capsys, *common, "--modality", "ct", "--out", tmp_path / "ct")
+    assert code == 0, err
+    notes = [ln for ln in err.splitlines() if ln.startswith("napari-patchdiff: note:")]
+    assert len(notes) == 1 and "mri" in notes[0] and "Warning" not in err, err
+    report = json.loads((tmp_path / "ct" / "report.json").read_text())
+    assert report["modality"] == "ct"

@@ -211,7 +211,10 @@ def test_infer_modality_metadata_wins_and_says_why():
     crop = np.arange(-120, 60, dtype=np.int16).reshape(12, 15)  # refused without metadata
     assert io.infer_modality(crop, {"modality": "CT"}) == ("ct", "the metadata says modality CT")
     assert io.infer_modality(crop, {"units": "HU"}) == ("ct", "the metadata says units HU")
-    assert io.infer_modality(crop, {"modality": "MR"})[0] == "mri"
+    magnitudes = crop - crop.min()  # whole numbers 0 to 179: refused without metadata too
+    assert io.infer_modality(magnitudes, {"modality": "MR"})[0] == "mri"
+    with pytest.raises(InputError, match="never negative"):  # but MRI is not signed (issue 30)
+        io.infer_modality(crop, {"modality": "MR"})
     assert io.infer_modality(crop, {"modality": "unit"})[0] == "unit"
     for name, expected in (("ct_lung.tif", "ct"), ("mri_brain.tif", "mri")):
         arr, meta = read_image(SAMPLE_DATA / name)
