@@ -2,7 +2,8 @@
 
 Inputs may be an image ``(H, W)``, a volume ``(D, H, W)`` or a batch ``(B, 1, H, W)``; ``x`` and
 ``ref`` must have the same shape. Everything is computed in float64 on the inputs' device and
-returned as Python floats.
+returned as Python floats; the means sum in a fixed order (:func:`~napari_patchdiff.linalg.fixed_sum`),
+so a report's metrics have the same bits on any number of threads.
 
 * :func:`psnr` is ``10 log10(data_range^2 / MSE)`` with the MSE over all voxels (for a volume this
   is the volume PSNR, not the mean of slice PSNRs; see :func:`per_slice_psnr`).
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .linalg import fixed_sum
 
 __all__ = ["psnr", "ssim", "per_slice_psnr", "per_slice_ssim"]
 
@@ -80,14 +82,14 @@ def psnr(x, ref, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB over all voxels (``inf`` when ``x == ref``)."""
     data_range = _check_range(data_range)
     a, b = _pair(x, ref)
-    return _psnr_from_mse(float(torch.mean((a - b) ** 2)), data_range)
+    return _psnr_from_mse(float(fixed_sum((a - b) ** 2)) / a.numel(), data_range)
 
 
 def per_slice_psnr(x, ref, data_range: float = 1.0) -> list[float]:
     """PSNR of each 2D slice (one value for an image, ``D`` or ``B`` values otherwise)."""
     data_range = _check_range(data_range)
     a, b = _pair(x, ref)
-    mse = torch.mean((a - b) ** 2, dim=(1, 2, 3))
+    mse = fixed_sum((a - b) ** 2, per_item=True) / a[0].numel()
     return [_psnr_from_mse(float(m), data_range) for m in mse]
 
 
@@ -123,7 +125,7 @@ def per_slice_ssim(x, ref, data_range: float = 1.0, sigma: float = 1.5, K1: floa
     c1 = (K1 * data_range) ** 2
     c2 = (K2 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    return [float(v) for v in s.mean(dim=(-2, -1))]
+    return [float(v) for v in fixed_sum(s, per_item=True) / s[0].numel()]
 
 
 def ssim(x, ref, data_range: float = 1.0) -> float:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InputError
-from ..linalg import cg_steps, conjugate_gradient, power_iteration
+from ..linalg import cg_steps, conjugate_gradient, fixed_norm, power_iteration
 from ..params import Param
 
 #: the median of |N(0, 1)|: ``std = MAD / MAD_NORMAL`` for Gaussian samples
@@ -224,10 +224,10 @@ class Operator:
             apply, b = (lambda v: reg(v) + gamma * data(v)), z + gamma * aty
         if iterations > 0:
             return conjugate_gradient(apply, b, x0, iterations, per_item)
-        bound = EXACT_TOLERANCE * float(b.norm())
+        bound = EXACT_TOLERANCE * float(fixed_norm(b))
         x = x0
         for k, (x, r) in enumerate(cg_steps(apply, b, x0, per_item), start=1):
-            if float(r.norm()) <= bound or k >= EXACT_MAX_STEPS:
+            if float(fixed_norm(r)) <= bound or k >= EXACT_MAX_STEPS:
                 break
         return x
 

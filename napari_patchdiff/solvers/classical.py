@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError
 from ..events import CancelToken, StepEvent
-from ..linalg import cg_steps
+from ..linalg import cg_steps, fixed_norm, fixed_sum
 from ..params import Param
 from . import tv
 from .method import Method, register
@@ -73,7 +73,7 @@ def _cg_run(op, y, *, iterations, damping, start, cancel=None):
     equations, over the batch) and ``relative_residual`` (divided by ``||A^T y||``)."""
     b = op.adjoint(y)
     x = op.initial(y).to(b.dtype) if start == "initial" else torch.zeros_like(b)
-    b_norm = float(b.norm())
+    b_norm = float(fixed_norm(b))
 
     def apply(v):
         out = op.normal(v)
@@ -83,7 +83,7 @@ def _cg_run(op, y, *, iterations, damping, start, cancel=None):
     for k in range(1, iterations + 1):
         _check(cancel, x)
         x, r = next(steps)
-        res = float(r.norm())
+        res = float(fixed_norm(r))
         yield StepEvent(k, iterations, x, info={
             "residual": res, "relative_residual": res / b_norm if b_norm > 0 else 0.0})
 
@@ -155,19 +155,19 @@ def _admm_run(op, y, *, lam, rho, iterations, cg_iterations, nonneg, tv3d, lam_z
         dx = tv.gradient(x)
         z_prev, z = z, tv.shrink_isotropic(dx + u, lam / rho)
         u = u + dx - z
-        primal = float((dx - z).pow(2).sum())
-        dual = float(tv.divergence(z - z_prev).pow(2).sum())
+        primal = float(fixed_sum((dx - z).pow(2)))
+        dual = float(fixed_sum(tv.divergence(z - z_prev).pow(2)))
         if tv3d:
             dzx = tv.gradient_z(x)
             w_prev, w = w, tv.shrink(dzx + v, lam_z / rho)
             v = v + dzx - w
-            primal += float((dzx - w).pow(2).sum())
-            dual += float(tv.gradient_z_adjoint(w - w_prev).pow(2).sum())
+            primal += float(fixed_sum((dzx - w).pow(2)))
+            dual += float(fixed_sum(tv.gradient_z_adjoint(w - w_prev).pow(2)))
         if nonneg:
             s_prev, s = s, torch.clamp(x + t, min=0)
             t = t + x - s
-            primal += float((x - s).pow(2).sum())
-            dual += float((s - s_prev).pow(2).sum())
+            primal += float(fixed_sum((x - s).pow(2)))
+            dual += float(fixed_sum((s - s_prev).pow(2)))
         estimate = s if nonneg else x
         yield StepEvent(k, iterations, estimate, info={
             "primal_residual": math.sqrt(primal), "dual_residual": rho * math.sqrt(dual),

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ..linalg import fixed_sum
+
 __all__ = ["gradient", "divergence", "gradient_z", "gradient_z_adjoint", "laplacian_z",
            "laplacian_like",
            "tv_norm", "shrink_isotropic", "shrink"]
@@ -69,9 +71,10 @@ def laplacian_like(x: torch.Tensor) -> torch.Tensor:
 
 
 def tv_norm(x: torch.Tensor, per_item: bool = False) -> torch.Tensor:
-    """Isotropic TV ``sum |D x|_2`` (over the whole batch, or one value per batch item)."""
+    """Isotropic TV ``sum |D x|_2`` (over the whole batch, or one value per batch item; the
+    same bits on any number of threads)."""
     mag = gradient(x).pow(2).sum(dim=1).sqrt()
-    return mag.sum(dim=(1, 2)) if per_item else mag.sum()
+    return fixed_sum(mag, per_item)
 
 
 def shrink_isotropic(v: torch.Tensor, threshold: float) -> torch.Tensor:

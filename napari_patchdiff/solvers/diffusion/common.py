@@ -8,6 +8,7 @@ import torch
 
 from ...errors import InputError
 from ...events import CancelToken
+from ...linalg import fixed_norm
 from ...noise_source import NoiseSource, as_noise_source
 from ...params import SEED, Param
 from ...priors.sampling import edm_sigmas
@@ -93,7 +94,7 @@ def grad_residual(op, y, prior, x, sigma, noise):
         xg = x.detach().requires_grad_(True)
         d = denoise(prior, xg, sigma, noise)
         r = y - op.forward(d)
-        res = torch.linalg.vector_norm(r.reshape(r.shape[0], -1), dim=1)
+        res = fixed_norm(r, per_item=True)  # the same bits on any number of threads
         (g,) = torch.autograd.grad(res.sum(), xg)
     return d.detach(), res.detach(), g
 
