@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from .devices import parse_device
 from .errors import InputError
 from .executors import RayExecutor
 from .events import Cancelled, CancelToken, StepEvent
@@ -53,6 +54,7 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
     """
     from .executors import resolve_executor
 
+    _check_run(problem, cancel, on_event, "solve")
     executor = resolve_executor(cluster)
     used = method_params(problem, method, **params)
     prior = resolve_prior(problem, method, prior, adapt, precision)
@@ -84,7 +86,22 @@ def sample(problem: Problem, method: str = "dds", prior=None, samples: int = 8,
     workers and gives the same samples."""
     from .uncertainty import run_ensemble
 
+    _check_run(problem, kwargs.get("cancel"), kwargs.get("on_event"), "sample")
     return run_ensemble(problem, method, prior=prior, samples=samples, design=design, **kwargs)
+
+
+def _check_run(problem, cancel, on_event, what: str) -> None:
+    """InputError unless ``problem`` is a Problem, ``cancel`` None or a CancelToken and
+    ``on_event`` None or callable (else a bare AttributeError or TypeError mid-run)."""
+    if not isinstance(problem, Problem):
+        raise InputError(f"{what} needs a Problem (see simulate, load_measurement, "
+                         f"from_measurement), got {type(problem).__name__}")
+    if cancel is not None and not callable(getattr(cancel, "check", None)):
+        raise InputError(f"cancel must be a CancelToken or None, got {type(cancel).__name__} "
+                         f"{cancel!r}"[:120])
+    if on_event is not None and not callable(on_event):
+        raise InputError(f"on_event must be a function of one event or None, got "
+                         f"{type(on_event).__name__} {on_event!r}"[:120])
 
 
 def calibrate(truth: Truth, operator: str, *, prior, method: str = "dds", samples: int = 8,
@@ -106,6 +123,13 @@ def calibrate(truth: Truth, operator: str, *, prior, method: str = "dds", sample
     from .uncertainty import run_ensemble
     from .uncertainty.calibration import fit_calibration, prior_identity, shaping_params
 
+    if not isinstance(truth, Truth):
+        raise InputError(f"calibrate needs a Truth (see load_truth, truth_from_array), got "
+                         f"{type(truth).__name__}")
+    if on_event is not None and not callable(on_event):
+        raise InputError(f"on_event must be a function of one event or None, got "
+                         f"{type(on_event).__name__}")
+    device = parse_device(device)
     x = np.asarray(truth.x)
     stack = x[None] if x.ndim == 2 else x
     chosen = list(range(stack.shape[0])) if slices is None else _calibration_slices(slices)

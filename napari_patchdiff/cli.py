@@ -386,13 +386,10 @@ class _Progress:
 
 
 def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device {name!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} asked for, but torch sees no CUDA device")
-    return dev
+    """``--device`` checked (see :func:`napari_patchdiff.devices.parse_device`)."""
+    from .devices import parse_device
+
+    return parse_device(name, "--device")
 
 
 def _problem(args) -> api.Problem:

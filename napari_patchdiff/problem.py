@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from . import conventions, io
+from .devices import parse_device
 from .errors import InputError, InputWarning
 from .modality import stated_modality
 from .operators import OPERATORS, Operator, add_noise, make_operator
@@ -114,9 +116,7 @@ class Problem:
 
     def to(self, device) -> "Problem":
         """This problem with its operator and measurement on ``device`` (itself if there)."""
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device {device!r}: torch sees no CUDA device")
+        dev = parse_device(device)
         if dev == self.op.device:
             return self
         return dataclasses.replace(self, op=self.op.to(dev), y=self.y.to(dev))
@@ -147,8 +147,17 @@ def check_problem_memory(op: Operator, slices: int) -> None:
                     f"reconstructing {shape} pixels with {op.name}")
 
 
+def _check_source(source, what: str, hint: str) -> None:
+    """InputError unless ``source`` names a file (a str or a path)."""
+    if not isinstance(source, (str, os.PathLike)):
+        got = f"{type(source).__name__} {source!r}"
+        raise InputError(f"{what} needs a file path{hint}, got {got[:80]}")
+
+
 def load_truth(source, modality: str | None = None, slice: int | None = None) -> Truth:
     """Read a ground truth in its own units (a path, or ``sample:ct`` / ``sample:mri``)."""
+    _check_source(source, "load_truth", " or 'sample:ct' / 'sample:mri' (for an array: "
+                  "truth_from_array)")
     if isinstance(source, str) and source.startswith("sample:"):
         from .samples import load_sample
 
@@ -165,6 +174,9 @@ def truth_from_array(arr, meta=None, modality=None, slice=None) -> Truth:
     given that differs from the one the metadata states is used, with an
     :class:`~napari_patchdiff.errors.InputWarning`."""
     meta = dict(meta or {})
+    if isinstance(arr, torch.Tensor):  # a copy: the caller's tensor (and its graph) untouched
+        arr = arr.detach().to("cpu")
+        arr = (arr.float() if arr.dtype == torch.bfloat16 else arr).numpy().copy()
     arr = np.asarray(arr)
     if np.iscomplexobj(arr):
         raise InputError(f"complex data ({arr.dtype}) is not supported; take the magnitude "
@@ -218,6 +230,7 @@ def simulate(truth: Truth, operator: str, noise_std: float = 0.0, seed: int = 0,
     if not isinstance(truth, Truth):
         raise InputError(f"simulate needs a Truth (see load_truth, truth_from_array), got "
                          f"{type(truth).__name__}")
+    device = parse_device(device)
     noise_std, seed = NOISE_STD.check(noise_std), SEED.check(seed, "the noise seed")
     op = make_operator(operator, truth.x.shape[-2:], device=device, dtype=dtype, **op_params)
     check_problem_memory(op, 1 if truth.x.ndim == 2 else truth.x.shape[0])
@@ -236,6 +249,9 @@ def from_measurement(y, operator: str, image_shape, noise_std: float = 0.0, devi
     ``noise_std`` is taken as it is (0 unless given); ``noise_origin`` records where it came
     from (see :class:`Problem`). :func:`load_measurement` estimates it when nothing gives it."""
     noise_std = NOISE_STD.check(noise_std)
+    device = parse_device(device)
+    if isinstance(y, torch.Tensor):  # a copy: the caller's tensor (and its graph) untouched
+        y = y.detach().to("cpu").clone()
     if noise_origin not in NOISE_ORIGINS:
         raise InputError(f"noise_origin must be one of {', '.join(NOISE_ORIGINS)}, got "
                          f"{noise_origin!r}")
@@ -277,6 +293,7 @@ def load_measurement(path, operator: str | None = None, image_shape=None,
     :meth:`~napari_patchdiff.operators.Operator.estimate_noise`; ``problem.noise_origin`` says
     which ("given", "sidecar" or "estimated").
     """
+    _check_source(path, "load_measurement", "")
     y, meta = io.read_measurement(path)
     name = Path(path).name
     recorded = {"operator": meta.get("operator"), "image_shape": meta.get("image_shape")}

@@ -52,6 +52,9 @@ def resolve_prior(problem: Problem, method: str, prior=None, adapt=None,
     problem's measurement when ``adapt`` is True or a dict of adaptation parameters
     (:mod:`napari_patchdiff.adapt`), at ``precision`` ("float32", "bfloat16"; None: the
     prior's own, see :class:`~napari_patchdiff.priors.Prior`); ``None`` for classical methods."""
+    if not (adapt is None or isinstance(adapt, (bool, dict))):
+        raise InputError(f"adapt must be True, False, None or a dict of adaptation parameters "
+                         f"(e.g. {{'steps': 3, 'lr': 1e-3}}), got {adapt!r}"[:160])
     if not needs_prior(method):
         if prior is not None:
             raise InputError(f"method {method!r} does not use a prior; drop --prior")

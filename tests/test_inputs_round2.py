@@ -203,3 +203,64 @@ def test_cli_modality_override_is_one_note_line(hu_says_mri, capsys, tmp_path):
     assert len(notes) == 1 and "mri" in notes[0] and "Warning" not in err, err
     report = json.loads((tmp_path / "ct" / "report.json").read_text())
     assert report["modality"] == "ct"
+
+
+# -- 12: bad arguments at the API's entry points; --device meta --------------------------------
+
+
+def test_the_api_entry_points_raise_input_errors(truth, hu):
+    problem = api.simulate(truth, "denoise", noise_std=0.1)
+    cuda = "cuda:7" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    cases = {
+        "load_truth(None)": lambda: api.load_truth(None),
+        "load_truth(123)": lambda: api.load_truth(123),
+        "load_measurement(None)": lambda: api.load_measurement(None),
+        "simulate on " + cuda: lambda: api.simulate(truth, "denoise", device=cuda),
+        "simulate on banana": lambda: api.simulate(truth, "denoise", device="banana"),
+        "simulate on meta": lambda: api.simulate(truth, "denoise", device="meta"),
+        "simulate on device 3.5": lambda: api.simulate(truth, "denoise", device=3.5),
+        "from_measurement on meta": lambda: api.from_measurement(
+            np.zeros((64, 64), np.float32), "denoise", (64, 64), device="meta"),
+        "problem.to(meta)": lambda: problem.to("meta"),
+        "problem.to(banana)": lambda: problem.to("banana"),
+        "calibrate on banana": lambda: api.calibrate(truth, "denoise", prior="ct",
+                                                     device="banana"),
+        "solve(None)": lambda: api.solve(None, "fbp"),
+        "sample(None)": lambda: api.sample(None, "dds", prior="ct"),
+        "cancel=True": lambda: api.solve(problem, "cg", cancel=True),
+        "on_event=1": lambda: api.solve(problem, "cg", on_event=1),
+        "adapt='yes'": lambda: api.solve(problem, "dds", prior="ct", adapt="yes"),
+        "calibrate(None)": lambda: api.calibrate(None, "denoise", prior="ct"),
+    }
+    failures = []
+    for label, call in cases.items():
+        try:
+            call()
+        except InputError as exc:
+            if "\n" in str(exc) or not str(exc):
+                failures.append(f"{label}: message {str(exc)!r}")
+        except Exception as exc:  # noqa: BLE001 - the point of the test
+            failures.append(f"{label}: {type(exc).__name__}: {exc}")
+        else:
+            failures.append(f"{label}: accepted")
+    assert not failures, "\n".join(failures)
+
+
+def test_a_tensor_that_requires_grad_is_detached_not_changed(hu):
+    x = torch.tensor(hu[0], requires_grad=True)
+    t = api.truth_from_array(x, {"modality": "ct"})
+    np.testing.assert_array_equal(t.x, api.truth_from_array(hu[0], {"modality": "ct"}).x)
+    assert x.requires_grad and x.grad is None
+    np.testing.assert_array_equal(x.detach().numpy(), hu[0])
+    y = torch.zeros(64, 64, requires_grad=True)
+    p = api.from_measurement(y, "denoise", (64, 64))
+    assert not p.y.requires_grad and y.requires_grad
+    p.y += 1
+    assert float(y.detach().abs().max()) == 0  # the problem holds a copy
+
+
+def test_cli_device_meta_is_one_line(capsys, tmp_path):
+    code, _, err = _cli(capsys, "reconstruct", "sample:ct", "--slice", 0, "--operator",
+                        "denoise", "--method", "cg", "--device", "meta", "--out",
+                        tmp_path / "o", "--quiet")
+    assert "meta" in _one_line_error(code, err)

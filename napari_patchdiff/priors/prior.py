@@ -242,6 +242,9 @@ def load_prior(name_or_path, device="cpu", mode: str | None = None,
     it exactly (see :mod:`~napari_patchdiff.priors.checkpoint`), never in place of a missing
     ``.safetensors`` file.
     """
+    from ..devices import parse_device
+
+    device = parse_device(device)
     shipped = shipped_priors()
     key = str(name_or_path)
     if key in shipped:

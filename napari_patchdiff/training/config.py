@@ -162,10 +162,9 @@ class TrainConfig:
             ip = _integer("inference_patch_size", self.inference_patch_size, 1)
         set_("inference_patch_size", ip)
 
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise InputError(f"unknown device {self.device!r}: {exc}") from None
+        from ..devices import parse_device
+
+        device = parse_device(self.device)
         set_("device", str(device))
         set_("channels_last", device.type == "cpu" if self.channels_last is None
              else bool(self.channels_last))
