@@ -401,7 +401,8 @@ def _problem(args) -> api.Problem:
         if args.operator is None:
             raise InputError("--operator is needed to simulate a measurement of TRUTH")
         op_params = _collect(args, OPERATORS, args.operator, "operator")
-        truth = api.load_truth(args.truth, modality=args.modality, slice=args.slice)
+        truth = api.load_truth(args.truth, modality=args.modality, slice=args.slice,
+                               operator=args.operator)
         if args.modality is None and not args.quiet:
             print(f"napari-patchdiff: modality {truth.modality}: "
                   f"{truth.meta['modality_reason']}", file=sys.stderr)
@@ -573,7 +574,7 @@ def cmd_calibrate(args) -> int:
     op_params = _collect(args, OPERATORS, args.operator, "operator")
     method_params = _collect(args, SOLVERS, args.method, "method")
     seed = method_params.pop("seed", args.seed)
-    truth = api.load_truth(args.truth, modality=args.modality)
+    truth = api.load_truth(args.truth, modality=args.modality, operator=args.operator)
     progress = _Progress(f"calibrate {args.method}", args.quiet)
     slices = args.slices or list(range(truth.x.shape[0] if truth.x.ndim == 3 else 1))
     done = [0]

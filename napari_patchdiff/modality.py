@@ -62,7 +62,8 @@ def stated_modality(meta: dict | None) -> tuple[str | None, str]:
     return None, ""
 
 
-def infer_modality(array, meta: dict | None = None) -> tuple[str, str]:
+def infer_modality(array, meta: dict | None = None,
+                   told: tuple[str, str] | None = None) -> tuple[str, str]:
     """The intensity convention of ``array`` (``"ct"``, ``"mri"`` or ``"unit"``) and the reason,
     in words; :class:`InputError` (asking for ``--modality``) when it cannot be told safely.
 
@@ -83,6 +84,13 @@ def infer_modality(array, meta: dict | None = None) -> tuple[str, str]:
       air as well as raw 12-bit CT values and MRI magnitudes;
     - other non-negative values (whole numbers above 4095, or values with fractions, which
       neither raw CT values nor DICOM HU have): ``"mri"``.
+
+    ``told``: ``(modality, who)`` from elsewhere, e.g. ``("mri", "the operator mri-cartesian")``
+    (the operator measures what it measures), settles what the values leave open, where the
+    values allow that reading unchanged: MRI for non-negative whole numbers up to 4095; CT for
+    partly negative values without air (a HU crop; not for values within [-200, 1], a signed
+    normalised scale). Signed data stay refused for MRI (its magnitude would change them) and
+    whole numbers for CT (HU or raw 12-bit values: a CT operator cannot tell).
     """
     meta = meta or {}
     given, units = meta.get("modality"), str(meta.get("units") or "").strip()
@@ -111,22 +119,44 @@ def infer_modality(array, meta: dict | None = None) -> tuple[str, str]:
         raise InputError(f"cannot tell the modality: {span} go far below air in HU (-1024), "
                          f"so they are not CT in HU; {_ASK}")
     if lo < 0:
+        if told is not None and told[0] == "ct" and hi > 1:
+            return "ct", f"{told[1]} measures CT; {span} hold no air: a HU crop"
         raise InputError(f"cannot tell the modality: {span} are partly negative but hold no "
                          f"air (below {HU_AIR_BELOW:g} HU), as a CT crop in HU or signed MRI "
-                         f"data would; {_ASK}")
+                         f"data would{_not_told(told, signed=True)}; {_ASK}")
     if hi <= 1:
         return "unit", "all values in [0, 1]"
     whole = not np.issubdtype(finite.dtype, np.floating) or bool(
         np.all(finite == np.round(finite)))
     if whole and hi <= AMBIGUOUS_MAX:
+        if told is not None and told[0] == "mri":
+            return "mri", (f"{told[1]} measures MRI; non-negative whole numbers ({span}): MRI "
+                           "magnitudes")
         raise InputError(f"cannot tell the modality: non-negative whole numbers ({span}, at most "
                          f"{AMBIGUOUS_MAX}) fit CT (HU without air, or raw 12-bit values) as "
-                         f"well as MRI magnitudes; {_ASK}")
+                         f"well as MRI magnitudes{_not_told(told, signed=False)}; {_ASK}")
     if whole:
         return "mri", (f"non-negative whole numbers up to {hi:g}, above {AMBIGUOUS_MAX} (raw "
                        "12-bit CT): MRI magnitudes")
     return "mri", (f"non-negative values up to {hi:.6g} with fractions, no air: MRI "
                    "magnitudes")
+
+
+def _not_told(told: tuple[str, str] | None, signed: bool) -> str:
+    """Why ``told`` (see :func:`infer_modality`) did not settle it, for a refusal of signed
+    values or of non-negative whole numbers."""
+    if told is None:
+        return ""
+    modality, who = told
+    if modality == "mri" and signed:
+        why = "its magnitudes would change these signed values"
+    elif modality == "ct" and signed:
+        why = "values within [-200, 1] are no HU image"
+    elif modality == "ct":
+        why = "not whether these are HU or raw stored values"
+    else:
+        why = "the values do not fit it"
+    return f" ({who} says {modality}, but {why})"
 
 
 def _check_magnitudes(array, reason: str) -> None:

@@ -154,8 +154,10 @@ def _check_source(source, what: str, hint: str) -> None:
         raise InputError(f"{what} needs a file path{hint}, got {got[:80]}")
 
 
-def load_truth(source, modality: str | None = None, slice: int | None = None) -> Truth:
-    """Read a ground truth in its own units (a path, or ``sample:ct`` / ``sample:mri``)."""
+def load_truth(source, modality: str | None = None, slice: int | None = None,
+               operator: str | None = None) -> Truth:
+    """Read a ground truth in its own units (a path, or ``sample:ct`` / ``sample:mri``);
+    ``operator``: the one it will be measured with (see :func:`truth_from_array`)."""
     _check_source(source, "load_truth", " or 'sample:ct' / 'sample:mri' (for an array: "
                   "truth_from_array)")
     if isinstance(source, str) and source.startswith("sample:"):
@@ -164,14 +166,24 @@ def load_truth(source, modality: str | None = None, slice: int | None = None) ->
         arr, meta = load_sample(source.split(":", 1)[1])
     else:
         arr, meta = io.read_image(source)
-    return truth_from_array(arr, meta, modality=modality, slice=slice)
+    return truth_from_array(arr, meta, modality=modality, slice=slice, operator=operator)
 
 
-def truth_from_array(arr, meta=None, modality=None, slice=None) -> Truth:
+def _operator_says(operator: str | None) -> tuple[str, str] | None:
+    """``(modality, who)`` of an operator that measures one modality (CT, MRI), else None."""
+    if operator is None:
+        return None
+    said = getattr(OPERATORS.get(operator), "modality", None)
+    return (said, f"the operator {operator}") if said else None
+
+
+def truth_from_array(arr, meta=None, modality=None, slice=None, operator=None) -> Truth:
     """A :class:`Truth` from a real 2D image or 3D volume in its own units (``modality``
     inferred from the metadata or the values when not given, see
-    :func:`napari_patchdiff.io.infer_modality`; the reason is kept in ``meta``). A ``modality``
-    given that differs from the one the metadata states is used, with an
+    :func:`napari_patchdiff.io.infer_modality`; the reason is kept in ``meta``). Where neither
+    the metadata nor the values can tell, the ``operator`` the truth will be measured with may:
+    an MRI operator means MRI, a CT operator CT, where the values allow that reading. A
+    ``modality`` given that differs from the one the metadata states is used, with an
     :class:`~napari_patchdiff.errors.InputWarning`."""
     meta = dict(meta or {})
     if isinstance(arr, torch.Tensor):  # a copy: the caller's tensor (and its graph) untouched
@@ -202,7 +214,8 @@ def truth_from_array(arr, meta=None, modality=None, slice=None) -> Truth:
             affine[:, 3] += index * affine[:, 0]
             meta["affine"] = affine.tolist()
     if modality is None:
-        modality, meta["modality_reason"] = io.infer_modality(arr, meta)
+        modality, meta["modality_reason"] = io.infer_modality(arr, meta,
+                                                              _operator_says(operator))
     elif modality not in conventions.MODALITIES:
         raise InputError(f"unknown modality {modality!r}; choose one of "
                          f"{', '.join(conventions.MODALITIES)}")

@@ -264,3 +264,41 @@ def test_cli_device_meta_is_one_line(capsys, tmp_path):
                         "denoise", "--method", "cg", "--device", "meta", "--out",
                         tmp_path / "o", "--quiet")
     assert "meta" in _one_line_error(code, err)
+
+
+# -- 15: the operator tells the modality the values cannot -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mr_magnitudes(tmp_path_factory):
+    """MR magnitudes as whole numbers up to 1523 in a TIFF without metadata: CT or MRI?"""
+    path = tmp_path_factory.mktemp("mr") / "mr.tif"
+    tifffile.imwrite(path, load_sample("mri")[0][12, 96:160, 96:160])
+    return path
+
+
+def test_an_mri_operator_tells_the_modality(mr_magnitudes):
+    with pytest.raises(InputError, match="--modality"):
+        api.load_truth(mr_magnitudes)
+    t = api.load_truth(mr_magnitudes, operator="mri-cartesian")
+    assert t.modality == "mri" and "mri-cartesian" in t.meta["modality_reason"]
+    with pytest.raises(InputError, match="--modality"):  # a denoiser says nothing
+        api.load_truth(mr_magnitudes, operator="denoise")
+
+
+def test_a_ct_operator_tells_the_modality_of_a_hu_crop_without_air(tmp_path):
+    soft = np.linspace(-120, 60, 64 * 64).reshape(64, 64).astype(np.int16)
+    np.save(tmp_path / "soft.npy", soft)
+    t = api.load_truth(tmp_path / "soft.npy", operator="ct-parallel")
+    assert t.modality == "ct" and "ct-parallel" in t.meta["modality_reason"]
+    np.testing.assert_allclose(t.to_units(t.x), soft, atol=0.1)
+    with pytest.raises(InputError, match="--modality"):  # magnitudes would change the data
+        api.load_truth(tmp_path / "soft.npy", operator="mri-cartesian")
+
+
+def test_cli_mri_operator_on_mr_magnitudes(mr_magnitudes, capsys, tmp_path):
+    code, _, err = _cli(capsys, "reconstruct", mr_magnitudes, "--operator", "mri-cartesian",
+                        "--method", "zero-filled", "--out", tmp_path / "o")
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["modality"] == "mri" and "mri-cartesian" in report["modality_reason"]

@@ -139,6 +139,8 @@ BACKEND = Param("backend", str, "matrix", "ray transform backend", ("matrix", "o
 
 class _CTBase(Operator):
     initial_name = "fbp"
+    #: what it measures: the modality of a truth the values cannot tell (problem.load_truth)
+    modality = "ct"
     measurement_units = "line integrals of normalised attenuation, pixel-length units"
     #: the angular range of a complete scan, in degrees
     full_range = 180.0

@@ -45,6 +45,8 @@ class CartesianMRI(Operator):
     """Single-coil Cartesian MRI with an equispaced or random line mask and a sampled centre."""
 
     name = "mri-cartesian"
+    #: what it measures: the modality of a truth the values cannot tell (problem.load_truth)
+    modality = "mri"
     is_complex = True
     initial_name = "zero-filled"
     measurement_units = "complex k-space, orthonormal FFT (same energy as the image)"
