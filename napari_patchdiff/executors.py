@@ -29,8 +29,11 @@ it (``pip install "napari-patchdiff[ray]"`` adds it).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -155,7 +158,8 @@ class RayExecutor(Executor):
             ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
             return ray
         try:
-            ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+            with _quiet_stderr():
+                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
         except Exception as exc:  # ConnectionError, RuntimeError, ...: say where and why
             raise InputError(f"cannot connect to the Ray cluster at {self.address}: "
                              f"{_first_line(exc)}") from None
@@ -313,8 +317,21 @@ def _first_line(exc) -> str:
     return text[0] if text else type(exc).__name__
 
 
+#: an HTTP/2 client's connection preface and an empty SETTINGS frame. A Ray cluster's address
+#: (its GCS, or the Ray Client server of ``ray://``) is a gRPC server, which answers with a
+#: SETTINGS frame of its own (a 9-byte frame header of type 4) at once
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS = 4
+
+
 def _probe(address: str, timeout: float) -> None:
-    """InputError unless ``host:port`` (of ``[ray://]host:port``) accepts a TCP connection."""
+    """InputError unless ``host:port`` (of ``[ray://]host:port``) answers as a gRPC server (a
+    Ray cluster does) within ``timeout`` seconds in all.
+
+    A TCP connect alone is not enough: a firewall or a proxy on the way accepts connections to
+    any address, and another service may hold the port; ray.init then retried for half a
+    minute, printing its own logs, before it failed. So the probe also says hello in HTTP/2 and
+    waits for the server's SETTINGS frame (with TLS, ``RAY_USE_TLS``, only the connect)."""
     if address == "auto":
         return
     bare = address.split("://", 1)[1] if "://" in address else address
@@ -323,13 +340,61 @@ def _probe(address: str, timeout: float) -> None:
         raise InputError(f"Ray cluster address {address!r}: expected HOST:PORT (e.g. "
                          f"ray:10.0.0.5:6379, the address `ray start --head` prints), "
                          f"ray://HOST:10001 or ray:auto")
+    deadline = time.monotonic() + timeout
+    where = f"cannot reach the Ray cluster at {address}"
+    hint = "is `ray start --head` running there, and is this its address?"
+    head, connected = b"", False
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            connected = True
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            conn.sendall(_HTTP2_HELLO)
+            while len(head) < 9:
+                conn.settimeout(max(0.01, deadline - time.monotonic()))
+                part = conn.recv(9 - len(head))
+                if not part:
+                    break
+                head += part
+    except socket.timeout:
+        what = ("it accepted the connection but did not answer" if connected else
+                "the connection timed out")
+        raise InputError(f"{where} ({what} within {timeout:g} s): {hint}") from None
     except OSError as exc:
-        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
-        raise InputError(f"cannot reach the Ray cluster at {address} ({why} after at most "
-                         f"{timeout:g} s): is `ray start --head` running there, and is the "
-                         f"port open?") from None
+        raise InputError(f"{where} ({exc.strerror or exc} after at most {timeout:g} s): is "
+                         f"`ray start --head` running there, and is the port open?") from None
+    if len(head) < 9 or head[3] != _SETTINGS:
+        raise InputError(f"{where}: something answers on that port, but not as a Ray cluster "
+                         f"does (gRPC): {hint}")
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Ray's own output during ``ray.init``: its C++ core writes to the stderr file descriptor
+    (``logging_level`` does not reach it), a line per retry while a cluster does not answer. It
+    goes to a temporary file and is written to stderr afterwards only when the connect
+    succeeded; a failure is the one line of the InputError."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr descriptor: nothing to quieten
+        yield
+        return
+    ok = False
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok:
+                tmp.seek(0)
+                text = tmp.read()
+                if text:
+                    os.write(2, text)
 
 
 def parse_cluster(spec) -> Executor:

@@ -7,9 +7,12 @@ for the module and skip when the ``ray`` extra is not installed; the option chec
 without Ray."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import threading
 import time
 
 import numpy as np
@@ -130,6 +133,73 @@ def test_bad_cluster_options_on_the_command_line(tmp_path, capsys, monkeypatch):
         assert not out.exists()
 
 
+@contextlib.contextmanager
+def _listener(reply: bytes | None = None):
+    """A port on 127.0.0.1 that accepts connections (the kernel completes them) and never
+    answers, or answers ``reply`` and closes: what a firewall, a proxy or another service
+    holding the port looks like to a TCP connect."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def answer():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(64)
+                conn.sendall(reply)
+
+    if reply is not None:
+        threading.Thread(target=answer, daemon=True).start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        srv.close()
+
+
+def test_an_address_that_does_not_answer_like_ray_is_one_line_within_seconds(monkeypatch, capfd,
+                                                                              tmp_path):
+    """Something accepts the TCP connection but is no Ray cluster (issue 30 item 13: the probe
+    passed and ray.init retried for 25 s, printing 20 lines of its own logs): refused by the
+    probe, before Ray is asked to connect. Loopback only; ray.init is replaced so that no test
+    can start Ray's retries."""
+    ray = pytest.importorskip("ray")
+    calls = []
+
+    def no_init(*args, **kwargs):
+        calls.append(kwargs.get("address"))
+        raise ConnectionError("ray.init would retry here")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_init)
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT", 1.0)
+    with _listener() as silent, _listener(b"HTTP/1.1 400 Bad Request\r\n\r\n") as web:
+        t0 = time.perf_counter()
+        with pytest.raises(InputError, match=f"cannot reach the Ray cluster at 127.0.0.1:{silent}"
+                                             r".*did not answer"):
+            executors.RayExecutor(f"127.0.0.1:{silent}").connect()
+        with pytest.raises(InputError, match=f"cannot reach the Ray cluster at ray://127.0.0.1:{web}"
+                                             r".*not as a Ray cluster"):
+            executors.RayExecutor(f"ray://127.0.0.1:{web}").connect()
+        assert time.perf_counter() - t0 < 10
+        assert not calls
+        monkeypatch.setattr(executors, "CONNECT_TIMEOUT", 5.0)  # the CLI at the default wait
+        crop = tmp_path / "crop.tif"
+        tifffile.imwrite(crop, _crop()[1])
+        out = tmp_path / "never"
+        t0 = time.perf_counter()
+        assert main(["sample", str(crop), "--modality", "ct", "--operator", "denoise",
+                     "--noise", "0.05", "--prior", "ct", "--samples", "2", "--nfe", "2",
+                     "--cluster", f"ray:127.0.0.1:{silent}", "--out", str(out), "--quiet"]) == 2
+        assert time.perf_counter() - t0 < 10
+    err = capfd.readouterr().err.strip().splitlines()  # the file descriptor: Ray's C++ logs too
+    assert len(err) == 1 and "did not answer" in err[0], err
+    assert not calls and not out.exists()
+
+
 # -- on a local Ray instance ----------------------------------------------------------------------
 
 
@@ -143,6 +213,12 @@ def test_ray_samples_are_bit_identical_to_local(ray_cluster, tiny_prior, local_r
     r = res.report["executor"]
     assert r["executor"] == "ray" and r["workers"] == workers and r["devices"] == ["cpu"]
     assert res.report["nfe"] == 4 * 3  # four batches of three evaluations, counted once each
+
+
+def test_the_probe_accepts_a_ray_cluster(ray_cluster):
+    """The probe's HTTP/2 hello gets the GCS's SETTINGS frame (its port on 127.0.0.1)."""
+    port = int(ray_cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1])
+    executors._probe(f"127.0.0.1:{port}", executors.CONNECT_TIMEOUT)
 
 
 def test_rqmc_groups_on_ray_match_local(ray_cluster, tiny_prior):
