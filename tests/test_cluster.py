@@ -215,6 +215,26 @@ def test_ray_samples_are_bit_identical_to_local(ray_cluster, tiny_prior, local_r
     assert res.report["nfe"] == 4 * 3  # four batches of three evaluations, counted once each
 
 
+def test_a_ray_worker_matches_a_local_run_at_the_same_thread_count(ray_cluster):
+    """Bit-identical at the same thread count (tests/test_reproducibility.py): with the shipped
+    CT prior on the 64 x 64 crop (8 patches per network call, where oneDNN's convolutions round
+    differently on 1 and 2 threads on the development CPU), a worker of 2 threads gives a
+    2-thread local run's samples (the other tests here compare 1 with 1)."""
+    import torch
+
+    problem = _slice_problem()
+    kw = dict(prior="ct", samples=2, design="antithetic", batch=2, seed=5, **DDS)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        local = api.sample(problem, "dds", **kw).samples
+    finally:
+        torch.set_num_threads(before)
+    remote = api.sample(problem, "dds", cluster=api.RayExecutor(workers=1, threads=2), **kw)
+    assert remote.report["executor"]["workers"] == 1
+    np.testing.assert_array_equal(remote.samples, local)
+
+
 def test_the_probe_accepts_a_ray_cluster(ray_cluster):
     """The probe's HTTP/2 hello gets the GCS's SETTINGS frame (its port on 127.0.0.1)."""
     port = int(ray_cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1])
