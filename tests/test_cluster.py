@@ -200,6 +200,18 @@ def test_an_address_that_does_not_answer_like_ray_is_one_line_within_seconds(mon
     assert not calls and not out.exists()
 
 
+def test_rays_own_output_during_a_failed_connect_is_held_back(capfd):
+    """What Ray's C++ core writes to the stderr descriptor during ray.init is dropped when the
+    connect fails (the InputError's line says why) and written out when it succeeds."""
+    with pytest.raises(RuntimeError):
+        with executors._quiet_stderr():
+            os.write(2, b"rpc_client.h:153: Failed to connect to GCS\n")
+            raise RuntimeError("no cluster")
+    with executors._quiet_stderr():
+        os.write(2, b"connected, with a warning\n")
+    assert capfd.readouterr().err == "connected, with a warning\n"
+
+
 # -- on a local Ray instance ----------------------------------------------------------------------
 
 
