@@ -124,7 +124,10 @@ class AdaptingPrior(Prior):
     def _denoise(self, x, sigma, generator):
         if self.stopped is None:
             self._adapt(x.detach(), sigma)
-        return self.inner._denoise(x, sigma, generator)
+        out = self.inner._denoise(x, sigma, generator)
+        if self.evaluations and not torch.isfinite(out).all():
+            raise self._diverged()
+        return out
 
     def to(self, device) -> "AdaptingPrior":
         raise InputError("move the base prior before adapting it")
@@ -154,8 +157,12 @@ class AdaptingPrior(Prior):
         for _ in range(int(self.params["steps"])):
             with torch.enable_grad():
                 d = self.inner._denoise(x[idx], s, torch.Generator().manual_seed(grid))
+                if not torch.isfinite(d).all():
+                    raise self._diverged()
                 train, held = self._losses(d, idx)
                 self.evaluations += 1
+                if not torch.isfinite(train.detach()):
+                    raise self._diverged()
                 loss = (float(train.detach()), float(held.detach()))
                 if self._overfitting(*loss) or (floor > 0 and loss[0] <= floor):
                     self.stopped = self.stopped or "the training residual reached the noise level"
@@ -165,6 +172,15 @@ class AdaptingPrior(Prior):
                 self.optimizer.step()
         sig = float(s if not isinstance(s, torch.Tensor) else s.float().mean())
         self.history.append((sig, *loss))
+
+    def _diverged(self) -> InputError:
+        """The error of an adaptation whose adapters blew up (a learning rate far too large):
+        it says so, not that some image holds NaN."""
+        n = self.evaluations
+        return InputError(f"the test-time adaptation diverged: the adapted prior's output became "
+                          f"NaN or infinite after {n} adapter step{'s' if n != 1 else ''} at "
+                          f"learning rate {float(self.params['lr']):g}; use a smaller "
+                          f"--adapt-lr (adapt={{'lr': ...}} in the API), e.g. 10 times smaller")
 
     def _overfitting(self, train: float, held: float) -> bool:
         """Whether the held-out entries have been fitted clearly worse than the trained ones

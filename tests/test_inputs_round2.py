@@ -266,6 +266,30 @@ def test_cli_device_meta_is_one_line(capsys, tmp_path):
     assert "meta" in _one_line_error(code, err)
 
 
+# -- 14: messages that say what went wrong ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory, hu):
+    """A tiny CT patch prior for 64 x 64 images (3 training steps)."""
+    from napari_patchdiff.conventions import hu_to_unit
+    from napari_patchdiff.training import TrainConfig, TrainingVolume, train
+
+    out = tmp_path_factory.mktemp("prior") / "tiny"
+    config = TrainConfig(modality="ct", network="tiny", patch_sizes=(16,), patch_probs=(1.0,),
+                         batch=2, pad=8, inference_patch_size=16, steps=3, val_fraction=0)
+    for _ in train([TrainingVolume(hu_to_unit(hu[1]), "crop")], out, config):
+        pass
+    return out
+
+
+def test_a_diverging_adaptation_says_so(tiny_prior, truth):
+    problem = api.simulate(truth, "ct-parallel", views=10)
+    with pytest.raises(InputError, match=r"diverged.*smaller.*adapt.lr") as exc:
+        api.solve(problem, "dds", prior=str(tiny_prior), adapt={"lr": 1e8, "steps": 2}, nfe=5)
+    assert "NaN or infinite values" not in str(exc.value).split("diverged")[0]
+
+
 # -- 15: the operator tells the modality the values cannot -------------------------------------
 
 
