@@ -290,6 +290,25 @@ def test_a_diverging_adaptation_says_so(tiny_prior, truth):
     assert "NaN or infinite values" not in str(exc.value).split("diverged")[0]
 
 
+# -- 14b: a prior file that is not a .safetensors checkpoint
+
+
+def test_a_prior_file_that_is_not_safetensors_says_so(tmp_path, capsys, hu):
+    path = tmp_path / "random.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(256))
+    from napari_patchdiff.priors import load_prior, read_metadata
+
+    for call in (lambda: load_prior(path), lambda: read_metadata(path)):
+        with pytest.raises(InputError, match=r"random\.bin exists.*not a \.safetensors"):
+            call()
+    np.save(tmp_path / "crop.npy", hu[0])
+    code, _, err = _cli(capsys, "reconstruct", tmp_path / "crop.npy", "--modality", "ct",
+                        "--operator", "denoise", "--method", "dds", "--prior", path, "--out",
+                        tmp_path / "o", "--quiet")
+    line = _one_line_error(code, err)
+    assert "not a .safetensors" in line and "not found" not in line
+
+
 # -- 15: the operator tells the modality the values cannot -------------------------------------
 
 

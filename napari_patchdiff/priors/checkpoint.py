@@ -175,6 +175,10 @@ def _resolve_weights(path) -> Path:
         return paths["weights"]
     if p.is_dir():
         raise InputError(f"{p} is a folder, not a prior checkpoint (.safetensors)")
+    if p.is_file() and p.suffix != ".json":  # random.bin: not "random.bin.safetensors not found"
+        raise InputError(f"{p} exists but is not a .safetensors checkpoint (a prior is read "
+                         f"from NAME.safetensors, with NAME.json beside it); name the "
+                         f".safetensors file")
     hint = ""
     if paths["pt"].is_file():
         hint = (f" ({paths['pt'].name} is there, but .pt files are read only when named "
