@@ -633,10 +633,12 @@ def _train_config(args):
 
 def cmd_train(args) -> int:
     from .priors.checkpoint import checkpoint_paths, read_metadata
+    from .training.loop import output_paths
 
     if args.threads:
         torch.set_num_threads(args.threads)
     config = _train_config(args)  # bad options fail before the volumes are read
+    output_paths(args.out, config, ("--resume", "--overwrite"))  # in this command's words
     print(f"training a {config.kind} prior ({config.network}) on {' '.join(args.volumes)}, "
           f"device {config.device}", file=sys.stderr)
     weights = checkpoint_paths(args.out)["weights"]

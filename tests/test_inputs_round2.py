@@ -309,6 +309,19 @@ def test_a_prior_file_that_is_not_safetensors_says_so(tmp_path, capsys, hu):
     assert "not a .safetensors" in line and "not found" not in line
 
 
+# -- 14d: train onto an existing checkpoint
+
+
+def test_train_onto_a_checkpoint_names_the_cli_options(tmp_path, capsys):
+    (tmp_path / "ckpt.safetensors").write_bytes(b"x")
+    code, _, err = _cli(capsys, "train", "ct", "--network", "tiny", "--steps", 1, "--out",
+                        tmp_path / "ckpt", "--quiet")
+    line = _one_line_error(code, err)
+    assert "--resume" in line and "--overwrite" in line and "resume=True" not in line
+    with pytest.raises(InputError, match="resume=True"):  # the API keeps its own words
+        api.train("ct", tmp_path / "ckpt", network="tiny", steps=1)
+
+
 # -- 15: the operator tells the modality the values cannot -------------------------------------
 
 

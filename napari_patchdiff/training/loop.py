@@ -149,17 +149,20 @@ def train(volumes, out, config: TrainConfig, cancel=None) -> Iterator[TrainEvent
 # before the first step
 
 
-def output_paths(out, config: TrainConfig) -> dict:
+def output_paths(out, config: TrainConfig,
+                 options: tuple[str, str] = ("resume=True", "overwrite=True")) -> dict:
     """The checkpoint's paths; refuses to replace a checkpoint unless resuming or overwriting,
-    and to resume one without its training state."""
+    and to resume one without its training state. ``options``: how the messages name resuming
+    and overwriting (the API's keywords; the CLI passes ``("--resume", "--overwrite")``)."""
+    resume, overwrite = options
     paths = checkpoint_paths(out)
     if not config.resume and not config.overwrite and paths["weights"].exists():
-        raise InputError(f"{paths['weights']} exists; pass resume=True to continue it or "
-                         "overwrite=True to replace it")
+        raise InputError(f"{paths['weights']} exists; pass {resume} to continue it or "
+                         f"{overwrite} to replace it")
     if (config.resume and not config.overwrite and paths["weights"].exists()
             and not paths["state"].exists()):
         raise InputError(f"cannot resume {paths['weights']}: its training state "
-                         f"{paths['state'].name} is missing (pass overwrite=True to start afresh)")
+                         f"{paths['state'].name} is missing (pass {overwrite} to start afresh)")
     return paths
 
 
