@@ -30,14 +30,18 @@ the same with :func:`atomic_output` / :func:`atomic_write_text`
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from .dicom import read_dicom
-from .errors import InputError
+from .errors import InputError, InputWarning
 from .files import (
     apply_umask,
     atomic_output,
@@ -237,9 +241,38 @@ def _load_npy(p: Path) -> np.ndarray:
     return np.load(p, allow_pickle=False)
 
 
+@contextlib.contextmanager
+def _tifffile_log():
+    """What tifffile logs while a file is read, collected instead of printed (above the one-line
+    error of a damaged file it would only confuse); the logger is left as it was."""
+    logger = logging.getLogger("tifffile")
+    said: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        said.append(re.sub(r"^<[^>]*>\s*", "", record.getMessage()))  # drop "<TiffFile 'x'>"
+        return False
+
+    logger.addFilter(keep)
+    try:
+        yield said
+    finally:
+        logger.removeFilter(keep)
+
+
 def _load_tiff(p: Path):
     """A TIFF's array and shaped metadata; the declared shape is checked against the file size
-    (uncompressed data) and the memory before reading."""
+    (uncompressed data) and the memory before reading. Several series, colour samples and an
+    ImageJ file with fewer images than it declares are refused; what tifffile logs is kept off
+    the terminal: dropped with an error, one :class:`InputWarning` after a read that worked."""
+    with _tifffile_log() as said:
+        array, shaped = _read_tiff_file(p)
+    if said:
+        text = "; ".join(dict.fromkeys(said))  # each message once
+        warnings.warn(InputWarning(f"{p.name}: tifffile reported: {text[:240]}"), stacklevel=3)
+    return array, shaped
+
+
+def _read_tiff_file(p: Path):
     with tifffile.TiffFile(p) as tif:
         if len(tif.series) > 1:  # tif.asarray() would read the first and drop the others
             shapes = ", ".join(str(tuple(s.shape)) for s in tif.series[:3])
@@ -250,6 +283,16 @@ def _load_tiff(p: Path):
         if tif.series:
             series = tif.series[0]
             shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+            if series.axes.endswith("S"):  # samples last: it would read as rows of 3 pixels
+                kind = {3: "RGB", 4: "RGBA"}.get(shape[-1], f"{shape[-1]} samples per pixel")
+                raise InputError(f"{p.name} is a colour image ({kind}, shape {shape}); "
+                                 f"reconstruction needs a grayscale image or volume: convert "
+                                 f"it first (e.g. skimage.color.rgb2gray) or keep one channel")
+            declared = (tif.imagej_metadata or {}).get("images") if tif.is_imagej else None
+            planes = math.prod(shape[:-2]) if len(shape) > 2 else 1
+            if isinstance(declared, int) and planes < declared:
+                raise InputError(f"{p.name} is truncated or corrupt: its ImageJ header "
+                                 f"declares {declared} images but only {planes} can be read")
             nbytes = math.prod(shape) * dtype.itemsize
             if series.keyframe.compression == 1:  # uncompressed: the bytes must be there
                 check_file_size(p, nbytes, shape, dtype)

@@ -309,6 +309,24 @@ def test_a_prior_file_that_is_not_safetensors_says_so(tmp_path, capsys, hu):
     assert "not a .safetensors" in line and "not found" not in line
 
 
+# -- 14c: a colour TIFF
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_a_colour_tiff_asks_for_grayscale(tmp_path, channels):
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, np.zeros((32, 32, channels), np.uint8), photometric="rgb")
+    with pytest.raises(InputError, match=r"colour.*\(32, 32, %d\).*grayscale" % channels):
+        io.read_image(path)
+
+
+def test_a_three_slice_volume_written_by_tifffile_still_reads(tmp_path, hu):
+    """tifffile stored a (3, H, W) array as planar RGB by default: still a 3-slice volume."""
+    tifffile.imwrite(tmp_path / "vol.tif", hu[1], photometric="rgb", planarconfig="separate")
+    array, _ = io.read_image(tmp_path / "vol.tif")
+    np.testing.assert_array_equal(array, hu[1])
+
+
 # -- 14d: train onto an existing checkpoint
 
 
@@ -320,6 +338,32 @@ def test_train_onto_a_checkpoint_names_the_cli_options(tmp_path, capsys):
     assert "--resume" in line and "--overwrite" in line and "resume=True" not in line
     with pytest.raises(InputError, match="resume=True"):  # the API keeps its own words
         api.train("ct", tmp_path / "ckpt", network="tiny", steps=1)
+
+
+# -- 14e: a truncated TIFF, and what tifffile logs
+
+
+def _truncated_imagej(tmp_path, hu):
+    path = tmp_path / "full.tif"
+    tifffile.imwrite(path, hu[1], imagej=True)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    return cut
+
+
+def test_a_truncated_tiff_is_one_line_without_tifffile_logs(tmp_path, hu, caplog, capsys):
+    cut = _truncated_imagej(tmp_path, hu)
+    level = logging.getLogger("tifffile").level
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(InputError, match=r"cut\.tif is truncated or corrupt"):
+            io.read_image(cut)
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")], caplog.records
+    assert logging.getLogger("tifffile").level == level
+    assert not logging.getLogger("tifffile").filters  # nothing left changed
+    code, _, err = _cli(capsys, "reconstruct", cut, "--modality", "ct", "--operator",
+                        "denoise", "--out", tmp_path / "o", "--quiet")
+    assert "truncated" in _one_line_error(code, err)
 
 
 # -- 15: the operator tells the modality the values cannot -------------------------------------
