@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
+from .memory import check_adaptation_memory
 from .params import Param
 from .priors.lora import add_lora, lora_parameters, merge_lora
 from .priors.prior import Prior
@@ -94,6 +95,10 @@ class AdaptingPrior(Prior):
                  **params):
         if not hasattr(prior, "denoiser"):
             raise InputError("test-time adaptation needs a prior with a network (load_prior)")
+        # before any adapter exists: the rank, the images per step and the image size scale
+        # the adapters' parameters, Adam's state and the activations kept for the backward pass
+        check_adaptation_memory(prior, int(params["rank"]), op.image_shape,
+                                min(int(params["batch"]), int(y.shape[0])))
         super().__init__(dict(prior.metadata), prior.device)
         self.base, self.op, self.params = prior, op, dict(params)
         self.y = y.to(op.device)
