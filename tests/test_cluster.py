@@ -429,6 +429,6 @@ def test_the_reconstruct_widget_runs_an_ensemble_on_ray(ray_cluster, tiny_prior,
     assert rec.run() is None and "unknown cluster" in rec.panel.status.text()
     s.reconstruct("dds", samples=4, design="antithetic", batch=2, cluster="ray", nfe=2, seed=4)
     assert s.wait(120)
-    layer = viewer.layers["samples"]
+    layer = viewer.layers["dds #1 samples"]  # runs name their layers "<method> #n ..."
     assert layer.data.shape == (4, 1, 64, 64)
     assert layer.metadata["executor"]["executor"] == "ray" and layer.metadata["samples"] == 4
