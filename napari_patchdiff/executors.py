@@ -84,6 +84,11 @@ class Executor:
     def describe(self) -> dict[str, Any]:
         return {"executor": self.name}
 
+    def workers_here(self, items: int) -> int:
+        """How many of ``items`` this machine runs at once (for the memory estimate of
+        :mod:`napari_patchdiff.memory`): one, here."""
+        return 1
+
 
 class LocalExecutor(Executor):
     """Items one after another in this process, on ``device`` (the work's pure path; the
@@ -164,6 +169,22 @@ class RayExecutor(Executor):
             raise InputError(f"cannot connect to the Ray cluster at {self.address}: "
                              f"{_first_line(exc)}") from None
         return ray
+
+    def workers_here(self, items: int) -> int:
+        """How many of ``items`` run at once on this machine: the workers of a Ray instance
+        here (``address`` None or ``auto``): ``workers``, else one per GPU of this machine or,
+        without GPUs, one per ``threads`` CPUs, never more than the items; none for a cluster's
+        address (its workers' memory is the cluster's)."""
+        if self.address not in (None, "auto"):
+            return 0
+        if self.workers is not None:
+            n = self.workers
+        else:
+            import torch
+
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            n = gpus or (os.cpu_count() or 1) // self.threads
+        return max(1, min(n, items))
 
     def describe(self) -> dict[str, Any]:
         out = {"executor": "ray", "address": self.address or "local Ray instance"}

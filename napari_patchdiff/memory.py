@@ -8,10 +8,17 @@ shapes, found once per network by a forward pass on a tiny input (:func:`conv_pr
 * test-time adaptation (:func:`adaptation_bytes`): the adapters' parameters with their gradients
   and Adam's two moments (four copies), the adapters' own activations (``rank`` channels at
   every adapted layer, kept for the backward pass) and the network's activations kept for the
-  backward pass of one adaptation step (``adapt batch`` images, all their patches at once).
+  backward pass of one adaptation step (``adapt batch`` images, all their patches at once);
+* an ensemble (:func:`ensemble_bytes`): the finished samples and their float64 summary, and
+  per worker on this machine (one locally, ``--workers`` of a Ray instance started here) one
+  batch's working arrays and one network call's activations (a chunk of ``max_batch`` patches,
+  or all patches of the batch kept for the backward pass of the samplers that differentiate
+  through the network).
 
 The estimates are within a factor of about two of the measured peaks (``tests/test_adapt.py``
-measures one); they exist to refuse settings that cannot fit (rank 100000 on a 256 x 256 slice wants
+measures one; a 256 x 256 slice with the shipped CT prior, estimated against measured: adaptation
+at rank 4 and 32, 1.12 and 1.41 GiB against 1.28 and 1.50; a DPS batch of 2, 2.17 against 2.01
+GiB; a DDS batch of 2, 0.55 against 0.37 GiB); they exist to refuse settings that cannot fit (rank 100000 on a 256 x 256 slice wants
 about 1 TiB; it ran for minutes until the kernel killed it), not to budget memory finely.
 """
 from __future__ import annotations
@@ -24,13 +31,23 @@ from torch import nn
 
 from .errors import InputError
 
-__all__ = ["ACTIVATION_FACTOR", "ConvLayer", "adaptation_bytes", "check_adaptation_memory",
-           "conv_profile", "memory_limit", "network_pixels"]
+__all__ = ["ACTIVATION_FACTOR", "GRADIENT_METHODS", "ConvLayer", "adaptation_bytes",
+           "check_adaptation_memory", "check_ensemble_memory", "conv_profile",
+           "ensemble_bytes", "memory_limit", "network_pixels"]
 
 #: tensors of a convolution output's size that a network evaluation keeps per convolution
-#: under autograd (the output, the normalised and the activated map, the skip sum); measured
-#: against peak memory (module docstring)
+#: under autograd (the output, the normalised and the activated map, the skip sum); without
+#: autograd every output once bounds the skip connections and temporaries alive at a time.
+#: Measured against peak memory (module docstring)
 ACTIVATION_FACTOR = 4
+INFERENCE_FACTOR = 1
+#: the samplers that differentiate through the network (their batch's activations all live at
+#: once)
+GRADIENT_METHODS = ("dps", "padis")
+#: image-sized float32 arrays a sampler run keeps per batch item (iterates, CG vectors, the
+#: denoised estimate, noise); float64 arrays per sample in an ensemble's summary
+WORKING_ARRAYS = 16
+SUMMARY_ARRAYS = 4
 
 
 @dataclass(frozen=True)
@@ -121,8 +138,9 @@ def _gib(nbytes: int) -> str:
     return f"{gib:.3g}" if gib < 1000 else f"{gib:,.0f}"
 
 
-def _activation_per_pixel(layers: list[ConvLayer], itemsize: int) -> float:
-    return ACTIVATION_FACTOR * itemsize * sum(c.out_channels * c.scale for c in layers)
+def _activation_per_pixel(layers: list[ConvLayer], itemsize: int, grad: bool = True) -> float:
+    factor = ACTIVATION_FACTOR if grad else INFERENCE_FACTOR
+    return factor * itemsize * sum(c.out_channels * c.scale for c in layers)
 
 
 def adaptation_bytes(prior, rank: int, image_shape, images: int) -> tuple[int, int]:
@@ -159,3 +177,43 @@ def check_adaptation_memory(prior, rank: int, image_shape, images: int) -> None:
                      f"step) needs about {_gib(need)} GiB but this computer has "
                      f"{_gib(2 * limit)} GiB of memory (refusing work over half of it): "
                      f"{advice}")
+
+
+def ensemble_bytes(prior, method: str, image_shape, slices: int, samples: int, batch: int,
+                   workers: int = 1) -> int:
+    """Bytes an ensemble of ``samples`` samples (``slices`` slices of ``image_shape`` each),
+    drawn ``batch`` at a time by ``workers`` workers on this machine, needs at once (module
+    docstring)."""
+    h, w = (int(s) for s in image_shape[-2:])
+    image = h * w
+    items = batch * slices
+    kept = samples * slices * image * (4 + 8 * SUMMARY_ARRAYS)
+    working = items * image * 4 * WORKING_ARRAYS
+    network = 0
+    prior = getattr(prior, "base", prior)  # an adapting prior: its base's network
+    if getattr(getattr(prior, "denoiser", None), "net", None) is not None:
+        grad = method in GRADIENT_METHODS  # all the batch's patches at once, kept for backward
+        per_pixel = _activation_per_pixel(conv_profile(_network(prior)), 4, grad)
+        pixels = items * network_pixels(prior, (h, w))
+        chunk = getattr(prior, "max_batch", None)
+        if not grad and chunk:  # without autograd: max_batch patches (or images) per call
+            p = getattr(prior, "patch_size", None)
+            pixels = min(pixels, chunk * (p * p if p else network_pixels(prior, (h, w))))
+        network = int(pixels * per_pixel)
+    return kept + workers * (working + network)
+
+
+def check_ensemble_memory(prior, method: str, image_shape, slices: int, samples: int,
+                          batch: int, workers: int = 1) -> None:
+    """InputError, before sampling, when the ensemble would need more than half of this
+    computer's memory; the message names the samples, the batch and the workers."""
+    need, limit = ensemble_bytes(prior, method, image_shape, slices, samples, batch,
+                                 workers), memory_limit()
+    if need <= limit:
+        return
+    h, w = image_shape[-2:]
+    on = f" on {workers} workers of this machine" if workers > 1 else ""
+    raise InputError(f"an ensemble of {samples} samples of {slices} x {h} x {w} drawn {batch} at "
+                     f"a time{on} needs about {_gib(need)} GiB but this computer has "
+                     f"{_gib(2 * limit)} GiB of memory (refusing work over half of it): "
+                     f"use fewer --samples, a smaller --batch or fewer --workers")

@@ -212,6 +212,41 @@ def test_rays_own_output_during_a_failed_connect_is_held_back(capfd):
     assert capfd.readouterr().err == "connected, with a warning\n"
 
 
+def test_an_ensemble_that_cannot_fit_is_refused_before_sampling(monkeypatch):
+    """Samples, batch and the workers of a Ray instance on this machine go through the memory
+    estimate (napari_patchdiff.memory) before anything is sampled or started, here as on a
+    computer of 4 GiB (half of it allowed): the shipped CT prior on the 64 x 64 crop."""
+    from napari_patchdiff import memory
+
+    monkeypatch.setattr(memory, "memory_limit", lambda: 2 * 2**30)
+    if executors.ray_available():
+        import ray
+
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    problem = _slice_problem()
+
+    def sample(**kw):
+        def no_event(ev):
+            raise AssertionError("sampling started")
+
+        return api.sample(problem, "dds", prior="ct", nfe=2, on_event=no_event, **kw)
+
+    with pytest.raises(InputError, match=r"an ensemble of 100000 samples of 1 x 64 x 64 drawn 2 "
+                                         r"at a time needs about [\d.]+ GiB .* fewer --samples"):
+        sample(samples=100000, batch=2)
+    with pytest.raises(InputError, match="drawn 8192 at a time needs"):
+        sample(samples=8192, batch=8192)
+    with pytest.raises(InputError, match="drawn 16 at a time on 4 workers of this machine"):
+        sample(samples=64, batch=16, cluster=api.RayExecutor(workers=4))
+    # what fits: the same ensembles, smaller (estimated only: nothing is run)
+    for kw in (dict(samples=8192, batch=2), dict(samples=64, batch=16, workers=1)):
+        assert memory.ensemble_bytes(api.resolve_prior(problem, "dds", "ct"), "dds", (64, 64), 1,
+                                     **kw) <= 2 * 2**30, kw
+    # a cluster's address: its workers' memory is not this machine's
+    assert api.RayExecutor("10.0.0.5:6379", workers=4).workers_here(4) == 0
+
+
 # -- on a local Ray instance ----------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ import torch
 from ..errors import InputError
 from ..events import Cancelled, CancelToken, StepEvent
 from ..executors import Work
+from ..memory import check_ensemble_memory
 from ..noise_source import DESIGNS, GROUP, NoiseSource, StackedNoise, sample_seed
 from ..problem import Problem
 from ..runs import method_params, resolve_prior
@@ -193,6 +194,10 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
     batch = default_batch(samples, d, design) if batch is None else int(batch)
     _check_batch(batch, design)
     batches = plan_batches(samples, design, seed, batch)
+    # samples, batch, image size and the workers on this machine scale the memory: refused
+    # before sampling when over half of it
+    check_ensemble_memory(prior, method, problem.image_shape, d, samples, batch,
+                          executor.workers_here(len(batches)))
     if executor.remote:
         yield from _remote(executor, problem, method, prior, design, seed, batches, used,
                            samples, cancel)
