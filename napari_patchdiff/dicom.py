@@ -32,14 +32,16 @@ _AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 _MODALITIES = {"CT": "ct", "MR": "mri"}
 
 
-def read_dicom(p: Path) -> tuple[np.ndarray, dict]:
+def read_dicom(p: Path, series: str | None = None) -> tuple[np.ndarray, dict]:
     """The image of a DICOM file or series directory ``p``, rescaled to float32, and its
-    metadata (``modality``, ``units``, ``spacing``, ``orientation``, ``origin``, ``affine``).
+    metadata (``modality``, ``units``, ``spacing``, ``orientation``, ``origin``, ``affine``,
+    ``description``: the SeriesDescription, else None). ``series``: the SeriesInstanceUID to
+    read from a directory holding several (see :func:`list_series`).
 
     The size of the decoded series is checked against the memory
     (:func:`~napari_patchdiff.files.check_memory`) before any pixel data is decoded.
     """
-    datasets = _datasets(p)
+    datasets = _datasets(p, series)
     shapes = {(int(ds.Rows), int(ds.Columns), int(getattr(ds, "NumberOfFrames", 1) or 1))
               for ds in datasets}
     if len(shapes) > 1:
@@ -51,7 +53,8 @@ def read_dicom(p: Path) -> tuple[np.ndarray, dict]:
     arrays = [_pixels(ds) for ds in datasets]
     array = arrays[0] if len(arrays) == 1 else np.stack(arrays)
     modality = _MODALITIES.get(str(getattr(datasets[0], "Modality", "")).strip().upper())
-    meta = {"modality": modality, "units": UNITS.get(modality) if modality else None}
+    meta = {"modality": modality, "units": UNITS.get(modality) if modality else None,
+            "description": str(getattr(datasets[0], "SeriesDescription", "") or "") or None}
     meta.update(geometry)
     if array.ndim == 3 and len(datasets) == 1:  # a multi-frame file: no per-frame geometry
         meta["affine"] = None
@@ -60,27 +63,68 @@ def read_dicom(p: Path) -> tuple[np.ndarray, dict]:
     return array, meta
 
 
-def _datasets(p: Path) -> list:
-    """The image datasets of a DICOM file, or of every DICOM file in a directory (one series)."""
+def list_series(p: Path) -> list[dict]:
+    """The image series in directory ``p`` (headers only, no pixel data decoded), in
+    SeriesNumber order: dicts with ``uid`` (SeriesInstanceUID), ``description``
+    (SeriesDescription or None), ``number`` (SeriesNumber or None), ``modality`` and
+    ``files`` (how many image files). InputError when the directory holds no DICOM image."""
+    found: dict[str, dict] = {}
+    for ds in _read_dir(Path(p), stop_before_pixels=True):
+        uid = str(getattr(ds, "SeriesInstanceUID", ""))
+        entry = found.setdefault(uid, {
+            "uid": uid, "description": str(getattr(ds, "SeriesDescription", "") or "") or None,
+            "number": _int_or_none(getattr(ds, "SeriesNumber", None)),
+            "modality": _MODALITIES.get(str(getattr(ds, "Modality", "")).strip().upper()),
+            "files": 0})
+        entry["files"] += 1
+    if not found:
+        raise InputError(f"no DICOM images found in directory {p}")
+    return sorted(found.values(), key=lambda e: (e["number"] is None, e["number"] or 0,
+                                                 e["description"] or "", e["uid"]))
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_dir(p: Path, stop_before_pixels: bool = False) -> list:
+    """The datasets holding an image among the files of directory ``p`` (other files skipped:
+    a README, a thumbnail...)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    if p.is_file():
-        return [pydicom.dcmread(p)]
     datasets = []
     for f in sorted(q for q in p.iterdir() if q.is_file()):
         try:
-            ds = pydicom.dcmread(f)
+            ds = pydicom.dcmread(f, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
-            continue  # not a DICOM file (a README, a thumbnail...)
-        if "PixelData" in ds:
+            continue
+        if "PixelData" in ds or (stop_before_pixels and "Rows" in ds):
             datasets.append(ds)
+    return datasets
+
+
+def _datasets(p: Path, series: str | None = None) -> list:
+    """The image datasets of a DICOM file, or of every DICOM file in a directory (one series,
+    or the one whose SeriesInstanceUID is ``series``)."""
+    import pydicom
+
+    if p.is_file():
+        return [pydicom.dcmread(p)]
+    datasets = _read_dir(p)
     if not datasets:
         raise InputError(f"no DICOM images found in directory {p}")
-    series = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in datasets}
-    if len(series) > 1:
+    if series is not None:
+        datasets = [ds for ds in datasets if str(getattr(ds, "SeriesInstanceUID", "")) == series]
+        if not datasets:
+            raise InputError(f"directory {p} holds no DICOM series {series}")
+    uids = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in datasets}
+    if len(uids) > 1:
         raise InputError(
-            f"directory {p} holds {len(series)} DICOM series; put one series per directory"
+            f"directory {p} holds {len(uids)} DICOM series; put one series per directory"
         )
     return datasets
 

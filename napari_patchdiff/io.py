@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .dicom import read_dicom
+from .dicom import list_series, read_dicom
 from .errors import InputError, InputWarning
 from .files import (
     apply_umask,
@@ -91,6 +91,7 @@ __all__ = [
     "guess_modality",
     "infer_modality",
     "json_safe",
+    "list_dicom_series",
     "physical_memory",
     "read_image",
     "read_measurement",
@@ -105,8 +106,11 @@ __all__ = [
 # --------------------------------------------------------------------------- public API
 
 
-def read_image(path) -> tuple[np.ndarray, dict]:
+def read_image(path, *, series: str | None = None) -> tuple[np.ndarray, dict]:
     """Read a 2D image or 3D volume (slices first) and its metadata.
+
+    ``series``: for a directory holding several DICOM series, the SeriesInstanceUID of the one
+    to read (:func:`list_dicom_series` lists them).
 
     Integer data keep their dtype; floating data are returned as float32; DICOM data are
     rescaled (``RescaleSlope``, ``RescaleIntercept``) to float32. Singleton axes are squeezed.
@@ -119,7 +123,7 @@ def read_image(path) -> tuple[np.ndarray, dict]:
         raise InputError(f"file not found: {p}")
     kind = _kind(p)
     try:
-        array, meta = _READERS[kind](p)
+        array, meta = read_dicom(p, series) if series is not None else _READERS[kind](p)
     except (InputError, MemoryError):
         raise
     except Exception as exc:  # library errors: corrupt files, unexpected layouts
@@ -134,6 +138,22 @@ def read_image(path) -> tuple[np.ndarray, dict]:
         array = array.astype(np.float32)
     check_spacing(meta["spacing"], array.ndim, p)
     return array, meta
+
+
+def list_dicom_series(path) -> list[dict]:
+    """The DICOM image series in a directory, from their headers alone: dicts with ``uid``
+    (pass it to :func:`read_image` as ``series``), ``description``, ``number``, ``modality``
+    and ``files``. InputError for a directory without DICOM images or with unreadable ones."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise InputError(f"not a directory: {p}")
+    try:
+        return list_series(p)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read the DICOM files in {p}: {type(exc).__name__}: "
+                         f"{one_line(exc)}") from exc
 
 
 def write_tiff(path, array, meta: dict | None = None) -> Path:
