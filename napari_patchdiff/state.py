@@ -28,13 +28,17 @@ class Display:
     """How results of the current problem are shown: the spacing of its image axes (the source
     layer's scale), contrast limits and units (the source layer's), where it came from, and for
     one slice of a volume layer ``slice_z = (world z of the slice, z spacing)`` so that stacks
-    of results sit at that slice."""
+    of results sit at that slice. ``translate`` (the source layer's, of the image axes) and
+    ``affine`` (the source's ``metadata["affine"]``, of the slice for one slice of a volume)
+    place results where their input is, in the viewer and in files written from them."""
 
     scale: tuple[float, ...] | None = None
     contrast_limits: tuple[float, float] | None = None
     units: str = UNITS["unit"]
     source: str = ""
     slice_z: tuple[float, float] | None = None
+    translate: tuple[float, ...] | None = None
+    affine: list | None = None
 
 
 class PatchDiffState:

@@ -5,16 +5,18 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLabel,
-                            QPushButton, QWidget)
+                            QMenu, QPushButton, QWidget)
 
 from .. import api, io
 from ..conventions import MODALITIES, UNITS, units_of
 from ..errors import InputError
+from ..geometry import slice_affine
 from ..jobs import error_message, to_units
 from ..operators import OPERATORS
 from ..state import Display, state_for
 from .forms import (MAX_SEED, FormSlot, Section, combo, notify_error, row, scroll_body,
                     spin)
+from .layer_io import read_volume
 from .layers import ROLE, image_layers, plugin_role, show_layer
 
 __all__ = ["MeasurementWidget"]
@@ -23,7 +25,9 @@ __all__ = ["MeasurementWidget"]
 class MeasurementWidget(QWidget):
     """Simulate ``y = A x + noise`` from an image layer, or load a measured file written by the
     CLI (``measurement.tif`` + sidecar); shows the measurement and the operator's direct
-    reconstruction, and hands the problem to the other widgets."""
+    reconstruction, and hands the problem to the other widgets. "Load volume…" opens a NIfTI,
+    DICOM (file or series folder), TIFF or ``.npy`` volume as layers with its geometry
+    (:meth:`load_volume`)."""
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -48,10 +52,19 @@ class MeasurementWidget(QWidget):
         self.seed_box = spin(0, MAX_SEED, 0)
         simulate = QPushButton("Simulate")
         load = QPushButton("Load measurement…")
+        volume = QPushButton("Load volume…")
+        volume.setToolTip("open a NIfTI or DICOM volume (a file, or a folder of one or more "
+                          "DICOM series) as image layers with its voxel spacing and position")
+        menu = QMenu(volume)
+        menu.addAction("NIfTI / DICOM / TIFF file…", self._browse_volume_file)
+        menu.addAction("DICOM folder…", self._browse_volume_folder)
+        volume.setMenu(menu)
+        self.volume_button = volume
         self.info = QLabel("")
         self.info.setWordWrap(True)
 
         form = QFormLayout()
+        form.addRow(volume)
         form.addRow("image", self.layer_box)
         form.addRow("slice", self.slice_box)
         form.addRow("operator", self.operator_box)
@@ -135,13 +148,45 @@ class MeasurementWidget(QWidget):
         except InputError as exc:
             return self._fail(exc)
         scale = tuple(float(s) for s in layer.scale[-truth.x.ndim:])
+        translate = tuple(float(t) for t in layer.translate[-truth.x.ndim:])
         z = None
         if sl is not None:
             z = (float(layer.translate[0] + sl * layer.scale[0]), float(layer.scale[0]))
         units = units_of(truth.modality, layer.metadata)
         where = name + (f", slice {sl}" if sl is not None else "")
-        self._publish(problem, Display(scale, tuple(layer.contrast_limits), units, where, z))
+        self._publish(problem, Display(scale, tuple(layer.contrast_limits), units, where, z,
+                                       translate, _affine_of(layer, sl)))
         return problem
+
+    def _browse_volume_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a volume", "",
+            "Volumes (*.nii *.nii.gz *.dcm *.dicom *.tif *.tiff *.npy);;All files (*)")
+        if path:
+            self.load_volume(path)
+
+    def _browse_volume_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a folder of DICOM files")
+        if path:
+            self.load_volume(path)
+
+    def load_volume(self, path) -> list | None:
+        """Open a volume as image layers, as the plugin's reader does (NIfTI, DICOM file or
+        folder: one layer per series, TIFF, ``.npy``), and choose the first as the image to
+        simulate from: the new layers, or None after showing the error."""
+        try:
+            data = read_volume(path)
+        except (InputError, MemoryError) as exc:
+            return self._fail(exc)
+        from napari.layers import Layer
+
+        layers = [self.viewer.add_layer(Layer.create(*ld)) for ld in data]
+        self._refresh_layers()
+        self.layer_box.setCurrentText(layers[0].name)
+        seconds = sum(ly.metadata.get("read_seconds", 0.0) for ly in layers)
+        shapes = ", ".join(f"{ly.name} {tuple(ly.data.shape)}" for ly in layers)
+        self.info.setText(f"opened {shapes} in {seconds:.2g} s")
+        return layers
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Measured sinogram / k-space", "",
@@ -186,12 +231,17 @@ class MeasurementWidget(QWidget):
         lead = list((display.scale or ())[:-2])[-(y.ndim - 2):] if y.ndim > 2 else []
         scale = (*([1.0] * (y.ndim - 2 - len(lead)) + lead), h * sy / y.shape[-2],
                  w * sx / y.shape[-1])
+        translate = None
+        if display.translate is not None:
+            t = list(display.translate)
+            lead_t = t[:-2][-(y.ndim - 2):] if y.ndim > 2 else []
+            translate = (*([0.0] * (y.ndim - 2 - len(lead_t)) + lead_t), *t[-2:])
         meta.update({ROLE: "measurement",
                      "frame": f"its {y.shape[-2]} x {y.shape[-1]} values stretched over the "
                               f"image's {h} x {w} pixels"})
         lo, hi = float(np.min(y)), float(np.max(y))
         self._layers["measurement"] = show_layer(
-            self.viewer, "measurement", y, metadata=meta, scale=scale,
+            self.viewer, "measurement", y, metadata=meta, scale=scale, translate=translate,
             contrast_limits=(lo, hi) if hi > lo else None,
             layer=self._layers.get("measurement"))
         x = op.initial(problem.y).detach().cpu().numpy()[:, 0]
@@ -199,12 +249,24 @@ class MeasurementWidget(QWidget):
         name = f"initial ({op.initial_name})"
         self._layers[name] = show_layer(
             self.viewer, name, to_units(problem, x), scale=display.scale,
+            translate=display.translate,
             contrast_limits=display.contrast_limits, layer=self._layers.get(name),
             metadata={"operator": op.describe(), "units": display.units, ROLE: "initial",
-                      "modality": problem.truth.modality if problem.truth else None})
+                      "modality": problem.truth.modality if problem.truth else None,
+                      **({"affine": display.affine} if display.affine else {})})
         self.state.set_problem(problem, display)
         self.info.setText(f"{op.name} of {display.source}: {problem.y.shape[0]} slice(s) of "
                           f"{op.image_shape[0]} x {op.image_shape[1]}, measurement "
                           f"{tuple(op.measurement_shape)}, noise {problem.noise_std:g} "
                           f"({problem.noise_origin})"
                           + (f", modality {problem.truth.modality}" if problem.truth else ""))
+
+
+def _affine_of(layer, sl: int | None) -> list | None:
+    """The source layer's ``metadata["affine"]`` (a reader's: 4x4), of slice ``sl`` when one
+    slice of a volume is used; None when the layer has none."""
+    affine = (layer.metadata or {}).get("affine")
+    if affine is None or np.shape(affine) != (4, 4):
+        return None
+    return slice_affine(affine, sl) if sl is not None and layer.ndim == 3 else \
+        np.asarray(affine, dtype=float).tolist()

@@ -393,15 +393,19 @@ class ReconstructWidget(QWidget):
     def _show(self, key, data, report=None, stack=False, units=None, **kw):
         """Show stream ``key`` of this run in its own layer (made at its first update)."""
         d = self._display
-        scale, translate = (tuple(d.scale) if d.scale else None), None
+        scale = tuple(d.scale) if d.scale else None
+        translate = tuple(d.translate) if d.translate else None
         if stack and d.slice_z is not None:  # one slice of a volume: the stack sits at it
             data = np.asarray(data)[:, None]
             scale = (1.0, d.slice_z[1], *scale)
-            translate = (0.0, d.slice_z[0], 0.0, 0.0)
+            translate = (0.0, d.slice_z[0], *(translate or (0.0, 0.0))[-2:])
         elif stack and scale is not None:
             scale = (1.0, *scale)
+            translate = None if translate is None else (0.0, *translate)
         meta = {**(report or {"method": self._job.method}), "units": units or d.units,
                 ROLE: "result"}
+        if d.affine is not None and not stack:  # shaped as the input: saved where it was
+            meta["affine"] = d.affine
         name = self._prefix if key == "estimate" else f"{self._prefix} {key}"
         first = not self._layers
         self._layers[key] = show_layer(self.viewer, name, data, scale=scale,
