@@ -9,11 +9,12 @@ shapes, found once per network by a forward pass on a tiny input (:func:`conv_pr
   and Adam's two moments (four copies), the adapters' own activations (``rank`` channels at
   every adapted layer, kept for the backward pass) and the network's activations kept for the
   backward pass of one adaptation step (``adapt batch`` images, all their patches at once);
-* an ensemble (:func:`ensemble_bytes`): the finished samples and their float64 summary, and
-  per worker on this machine (one locally, ``--workers`` of a Ray instance started here) one
-  batch's working arrays and one network call's activations (a chunk of ``max_batch`` patches,
-  or all patches of the batch kept for the backward pass of the samplers that differentiate
-  through the network).
+* a sampler run (:func:`run_bytes`; a reconstruction's window, an ensemble's batch): per worker
+  on this machine (one locally, ``--workers`` of a Ray instance started here) the run's working
+  arrays and one network call's activations (a chunk of ``max_batch`` patches, or all patches
+  of the batch kept for the backward pass of the samplers that differentiate through the
+  network);
+* an ensemble (:func:`ensemble_bytes`): also the finished samples and their float64 summary.
 
 The estimates are within a factor of about two of the measured peaks (``tests/test_adapt.py``
 measures one; a 256 x 256 slice with the shipped CT prior, estimated against measured: adaptation
@@ -32,8 +33,8 @@ from torch import nn
 from .errors import InputError
 
 __all__ = ["ACTIVATION_FACTOR", "GRADIENT_METHODS", "ConvLayer", "adaptation_bytes",
-           "check_adaptation_memory", "check_ensemble_memory", "conv_profile",
-           "ensemble_bytes", "memory_limit", "network_pixels"]
+           "check_adaptation_memory", "check_ensemble_memory", "check_run_memory",
+           "conv_profile", "ensemble_bytes", "memory_limit", "network_pixels", "run_bytes"]
 
 #: tensors of a convolution output's size that a network evaluation keeps per convolution
 #: under autograd (the output, the normalised and the activated map, the skip sum); without
@@ -179,16 +180,12 @@ def check_adaptation_memory(prior, rank: int, image_shape, images: int) -> None:
                      f"{advice}")
 
 
-def ensemble_bytes(prior, method: str, image_shape, slices: int, samples: int, batch: int,
-                   workers: int = 1) -> int:
-    """Bytes an ensemble of ``samples`` samples (``slices`` slices of ``image_shape`` each),
-    drawn ``batch`` at a time by ``workers`` workers on this machine, needs at once (module
-    docstring)."""
+def run_bytes(prior, method: str, image_shape, items: int, workers: int = 1) -> int:
+    """Bytes ``workers`` sampler runs on this machine need at once, each on ``items`` images of
+    ``image_shape`` (a batch of samples times their slices, or a window of a volume): their
+    working arrays and one network call's activations (module docstring)."""
     h, w = (int(s) for s in image_shape[-2:])
-    image = h * w
-    items = batch * slices
-    kept = samples * slices * image * (4 + 8 * SUMMARY_ARRAYS)
-    working = items * image * 4 * WORKING_ARRAYS
+    working = items * h * w * 4 * WORKING_ARRAYS
     network = 0
     prior = getattr(prior, "base", prior)  # an adapting prior: its base's network
     if getattr(getattr(prior, "denoiser", None), "net", None) is not None:
@@ -200,7 +197,33 @@ def ensemble_bytes(prior, method: str, image_shape, slices: int, samples: int, b
             p = getattr(prior, "patch_size", None)
             pixels = min(pixels, chunk * (p * p if p else network_pixels(prior, (h, w))))
         network = int(pixels * per_pixel)
-    return kept + workers * (working + network)
+    return workers * (working + network)
+
+
+def ensemble_bytes(prior, method: str, image_shape, slices: int, samples: int, batch: int,
+                   workers: int = 1) -> int:
+    """Bytes an ensemble of ``samples`` samples (``slices`` slices of ``image_shape`` each),
+    drawn ``batch`` at a time by ``workers`` workers on this machine, needs at once: the kept
+    samples with their float64 summary and :func:`run_bytes` of the workers."""
+    h, w = (int(s) for s in image_shape[-2:])
+    kept = samples * slices * h * w * (4 + 8 * SUMMARY_ARRAYS)
+    return kept + run_bytes(prior, method, image_shape, batch * slices, workers)
+
+
+def check_run_memory(prior, method: str, image_shape, items: int, workers: int = 1) -> None:
+    """InputError, before a reconstruction starts, when its runs on this machine (``workers``
+    at once, ``items`` images each: the slices of a window, or of the whole problem) would need
+    more than half of this computer's memory (the problem's own arrays are checked when it is
+    made: :func:`napari_patchdiff.problem.check_problem_memory`)."""
+    need, limit = run_bytes(prior, method, image_shape, items, workers), memory_limit()
+    if need <= limit:
+        return
+    h, w = image_shape[-2:]
+    on = f" on {workers} workers of this machine" if workers > 1 else ""
+    raise InputError(f"reconstructing {items} slice(s) of {h} x {w} at a time with {method}{on} "
+                     f"needs about {_gib(need)} GiB but this computer has {_gib(2 * limit)} GiB "
+                     f"of memory (refusing work over half of it): use a smaller --batch"
+                     f"{' or fewer --workers' if workers > 1 else ''}")
 
 
 def check_ensemble_memory(prior, method: str, image_shape, slices: int, samples: int,

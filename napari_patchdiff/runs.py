@@ -131,6 +131,14 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
                                                          precision) or {})
     adapting = objects.get("prior") if hasattr(objects.get("prior"), "history") else None
     batch = VOLUME_BATCH if batch is None else int(batch)
+    if objects.get("prior") is not None and batch >= 1:  # the network's memory, per worker here
+        from .memory import check_run_memory
+
+        whole = problem.volume is None or problem.slices <= batch
+        context = 2 if overlap is None else max(0, int(overlap))  # the default's most
+        check_run_memory(objects["prior"], method, problem.image_shape,
+                         problem.slices if whole else min(problem.slices, batch + 2 * context),
+                         executor.workers_here(1 if whole else -(-problem.slices // batch)))
     if executor.remote:
         if batch < 1 or (overlap is not None and int(overlap) < 0):
             raise InputError(f"a window needs batch >= 1 and overlap >= 0, got {batch}, "

@@ -247,6 +247,37 @@ def test_an_ensemble_that_cannot_fit_is_refused_before_sampling(monkeypatch):
     assert api.RayExecutor("10.0.0.5:6379", workers=4).workers_here(4) == 0
 
 
+def test_a_reconstruction_that_cannot_fit_is_refused_before_it_starts(monkeypatch):
+    """--batch (a volume's window) and --workers of a Ray instance on this machine go through
+    the estimate too, here as on a computer of 4 GiB: DPS keeps every patch of its batch for
+    the backward pass (186 MB per 64 x 64 slice with the shipped CT prior); DDS windows of 2
+    slices (6 with their context) on 8 workers."""
+    from napari_patchdiff import memory
+
+    monkeypatch.setattr(memory, "memory_limit", lambda: 2 * 2**30)
+    if executors.ray_available():
+        import ray
+
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    hu = load_sample("ct")[0][:16, 96:160, 96:160].astype(np.float32)
+    truth = api.truth_from_array(hu, meta={"units": "HU"}, modality="ct")
+    problem = api.simulate(truth, "ct-parallel", noise_std=0.05, seed=0, views=8)
+
+    def no_event(ev):
+        raise AssertionError("the reconstruction started")
+
+    with pytest.raises(InputError, match=r"reconstructing 16 slice\(s\) of 64 x 64 at a time "
+                                         r"with dps needs about .* smaller --batch$"):
+        api.solve(problem, "dps", prior="ct", batch=16, nfe=2, on_event=no_event)
+    with pytest.raises(InputError, match="6 slice.* with dds on 8 workers of this machine"):
+        api.solve(problem, "dds", prior="ct", batch=2, nfe=2, on_event=no_event,
+                  cluster=api.RayExecutor(workers=8))
+    prior = api.resolve_prior(problem, "dds", "ct")
+    assert memory.run_bytes(prior, "dps", (64, 64), 8) <= 2 * 2**30  # batch 4 with context
+    assert memory.run_bytes(prior, "dds", (64, 64), 6, workers=1) <= 2 * 2**30
+
+
 # -- on a local Ray instance ----------------------------------------------------------------------
 
 
