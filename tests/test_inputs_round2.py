@@ -322,13 +322,17 @@ def test_a_three_slice_volume_written_by_tifffile_still_reads(tmp_path, hu):
 
 
 def test_train_onto_a_checkpoint_names_the_cli_options(tmp_path, capsys):
+    # a volume of the shipped sample data (not "ct", which names ../shared/data)
+    vol = tmp_path / "vol.tif"
+    io.write_tiff(vol, load_sample("ct")[0][:2, 96:160, 96:160].astype(np.float32),
+                  {"modality": "ct", "units": "HU"})
     (tmp_path / "ckpt.safetensors").write_bytes(b"x")
-    code, _, err = _cli(capsys, "train", "ct", "--network", "tiny", "--steps", 1, "--out",
+    code, _, err = _cli(capsys, "train", vol, "--network", "tiny", "--steps", 1, "--out",
                         tmp_path / "ckpt", "--quiet")
     line = _one_line_error(code, err)
     assert "--resume" in line and "--overwrite" in line and "resume=True" not in line
     with pytest.raises(InputError, match="resume=True"):  # the API keeps its own words
-        api.train("ct", tmp_path / "ckpt", network="tiny", steps=1)
+        api.train([str(vol)], tmp_path / "ckpt", network="tiny", steps=1)
 
 
 # -- 14e: a truncated TIFF, and what tifffile logs
