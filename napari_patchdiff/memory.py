@@ -139,6 +139,13 @@ def _gib(nbytes: int) -> str:
     return f"{gib:.3g}" if gib < 1000 else f"{gib:,.0f}"
 
 
+def _refuse(what: str, need: int, limit: int, advice: str) -> None:
+    """The one-line InputError of a check below: ``what`` needs ``need`` bytes, over
+    ``limit`` (half of the memory); ``advice`` says what to lower."""
+    raise InputError(f"{what} needs about {_gib(need)} GiB but this computer has "
+                     f"{_gib(2 * limit)} GiB of memory (refusing work over half of it): {advice}")
+
+
 def _activation_per_pixel(layers: list[ConvLayer], itemsize: int, grad: bool = True) -> float:
     factor = ACTIVATION_FACTOR if grad else INFERENCE_FACTOR
     return factor * itemsize * sum(c.out_channels * c.scale for c in layers)
@@ -174,10 +181,8 @@ def check_adaptation_memory(prior, rank: int, image_shape, images: int) -> None:
     h, w = image_shape[-2:]
     advice = (f"use --adapt-rank {fits} or less (adapt={{'rank': {fits}}})" if fits >= 1 else
               "lower --adapt-batch or crop the image")
-    raise InputError(f"test-time adaptation at rank {rank} ({images} image(s) of {h} x {w} per "
-                     f"step) needs about {_gib(need)} GiB but this computer has "
-                     f"{_gib(2 * limit)} GiB of memory (refusing work over half of it): "
-                     f"{advice}")
+    _refuse(f"test-time adaptation at rank {rank} ({images} image(s) of {h} x {w} per step)",
+            need, limit, advice)
 
 
 def run_bytes(prior, method: str, image_shape, items: int, workers: int = 1) -> int:
@@ -220,10 +225,8 @@ def check_run_memory(prior, method: str, image_shape, items: int, workers: int =
         return
     h, w = image_shape[-2:]
     on = f" on {workers} workers of this machine" if workers > 1 else ""
-    raise InputError(f"reconstructing {items} slice(s) of {h} x {w} at a time with {method}{on} "
-                     f"needs about {_gib(need)} GiB but this computer has {_gib(2 * limit)} GiB "
-                     f"of memory (refusing work over half of it): use a smaller --batch"
-                     f"{' or fewer --workers' if workers > 1 else ''}")
+    _refuse(f"reconstructing {items} slice(s) of {h} x {w} at a time with {method}{on}", need,
+            limit, f"use a smaller --batch{' or fewer --workers' if workers > 1 else ''}")
 
 
 def check_ensemble_memory(prior, method: str, image_shape, slices: int, samples: int,
@@ -236,7 +239,5 @@ def check_ensemble_memory(prior, method: str, image_shape, slices: int, samples:
         return
     h, w = image_shape[-2:]
     on = f" on {workers} workers of this machine" if workers > 1 else ""
-    raise InputError(f"an ensemble of {samples} samples of {slices} x {h} x {w} drawn {batch} at "
-                     f"a time{on} needs about {_gib(need)} GiB but this computer has "
-                     f"{_gib(2 * limit)} GiB of memory (refusing work over half of it): "
-                     f"use fewer --samples, a smaller --batch or fewer --workers")
+    _refuse(f"an ensemble of {samples} samples of {slices} x {h} x {w} drawn {batch} at a "
+            f"time{on}", need, limit, "use fewer --samples, a smaller --batch or fewer --workers")
