@@ -207,11 +207,11 @@ class OutputFolder:
         for q in self.path.iterdir():
             if q.is_dir() and (q.name.startswith(_STAGING) or q.name.startswith(_TRASH)):
                 shutil.rmtree(q, ignore_errors=True)
-        parent = self.path.resolve().parent
+        here = self.path.resolve()
         with contextlib.suppress(OSError):
-            for q in parent.iterdir():
+            for q in here.parent.iterdir():
                 m = _LEGACY.match(q.name)
-                if m and m["name"] == self.path.resolve().name and q.is_dir():
+                if m and m["name"] == here.name and q.is_dir():
                     shutil.rmtree(q, ignore_errors=True)
 
     # -- writing --------------------------------------------------------------------------
@@ -273,10 +273,18 @@ def _command() -> str:
     return " ".join(["napari-patchdiff", *sys.argv[1:]]) if sys.argv else ""
 
 
+def _remove(path: Path) -> None:
+    """Remove the file, link or folder ``path`` (a link itself, never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _move_in(src: Path, dst: Path) -> None:
     """``os.replace`` that also replaces a folder of the same name (rename cannot)."""
     if dst.is_dir() and not dst.is_symlink():
-        shutil.rmtree(dst)
+        _remove(dst)
     os.replace(src, dst)
 
 
@@ -286,10 +294,7 @@ def _roll_back(folder: Path, journal: dict) -> None:
     staging, trash = folder / journal["staging"], folder / journal["trash"]
     for n in journal.get("new", []):
         if not (staging / n).exists() and ((folder / n).exists() or (folder / n).is_symlink()):
-            if (folder / n).is_dir() and not (folder / n).is_symlink():
-                shutil.rmtree(folder / n, ignore_errors=True)
-            else:
-                (folder / n).unlink(missing_ok=True)
+            _remove(folder / n)
     for n in journal.get("old", []):
         if (trash / n).exists() or (trash / n).is_symlink():
             _move_in(trash / n, folder / n)
