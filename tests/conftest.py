@@ -14,3 +14,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def crop(tmp_path_factory):
+    """A 64 x 64 HU crop of the shipped CT sample (slice 10) as a TIFF with its sidecar: the
+    small real input of the output-folder and fault tests."""
+    import numpy as np
+
+    from napari_patchdiff import io
+    from napari_patchdiff.samples import load_sample
+
+    d = tmp_path_factory.mktemp("crop")
+    hu = load_sample("ct")[0][10, 96:160, 96:160].astype(np.float32)
+    io.write_tiff(d / "crop.tif", hu, {"modality": "ct", "units": "HU"})
+    return d / "crop.tif"

@@ -9,21 +9,17 @@ the kill-while-writing cases, kills itself with SIGKILL at the named point)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tifffile
 
-from napari_patchdiff import io
 from napari_patchdiff.cli import main
 from napari_patchdiff.outputs import MANIFEST, OutputFolder
-from napari_patchdiff.samples import load_sample
 
 #: a child process: ``python -c CHILD MODE MARKER ARGS...`` runs the CLI with ARGS; MODE
 #: "signal" touches MARKER at the first step (the parent then signals it), "kill-write"
@@ -55,14 +51,6 @@ elif mode == "kill-swap":
     outputs._move_in = move_in
 sys.exit(cli.main(argv))
 """
-
-
-@pytest.fixture(scope="module")
-def crop(tmp_path_factory):
-    d = tmp_path_factory.mktemp("crop")
-    hu = load_sample("ct")[0][10, 96:160, 96:160].astype(np.float32)
-    io.write_tiff(d / "crop.tif", hu, {"modality": "ct", "units": "HU"})
-    return d / "crop.tif"
 
 
 def _args(crop, out, *extra, method="initial"):

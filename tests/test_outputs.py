@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_patchdiff import io
 from napari_patchdiff.cli import main
 from napari_patchdiff.samples import load_sample
-
-
-@pytest.fixture(scope="module")
-def crop(tmp_path_factory):
-    d = tmp_path_factory.mktemp("crop")
-    hu = load_sample("ct")[0][10, 96:160, 96:160].astype(np.float32)
-    io.write_tiff(d / "crop.tif", hu, {"modality": "ct", "units": "HU"})
-    return d / "crop.tif"
 
 
 def _recon(crop, out, *extra):
