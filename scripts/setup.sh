@@ -4,7 +4,8 @@
 #   2. a virtual environment in $VENV (default .venv);
 #   3. the CPU build of torch first, unless the environment already has a torch
 #      (a plain `pip install torch` would pull a multi-GB CUDA build);
-#   4. the package itself, editable, with its Qt, test and Ray extras.
+#   4. the package itself, editable, with its Qt, test, Ray and docs extras (MkDocs for the
+#      documentation site, which the tests build).
 # Re-running it after pyproject.toml changes reinstalls the package; otherwise it does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ fi
 
 stamp="$VENV/.napari-patchdiff-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "[setup] installing napari-patchdiff with extras [qt,test,ray]"
-    $PIP install -q -e ".[qt,test,ray]"
+    echo "[setup] installing napari-patchdiff with extras [qt,test,ray,docs]"
+    $PIP install -q -e ".[qt,test,ray,docs]"
     touch "$stamp"
 fi
