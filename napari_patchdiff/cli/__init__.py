@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, api, io
-from .conventions import MODALITIES
-from .errors import InputError, InputWarning
-from .events import Cancelled, CancelToken
-from .operators import OPERATORS, Param
-from .outputs import OutputFolder, write_ensemble, write_reconstruction
-from .solvers import SOLVERS
-from .uncertainty import DESIGNS
+from .. import __version__, api, io
+from ..conventions import MODALITIES
+from ..errors import InputError, InputWarning
+from ..events import Cancelled, CancelToken
+from ..operators import OPERATORS, Param
+from ..outputs import OutputFolder, write_ensemble, write_reconstruction
+from ..solvers import SOLVERS
+from ..uncertainty import DESIGNS
 
 
 def _flag(name: str) -> str:
@@ -136,7 +136,7 @@ def _cluster_options(p, what: str) -> None:
 
 
 def _executor(args):
-    from .executors import resolve_executor
+    from ..executors import resolve_executor
 
     executor = resolve_executor(args.cluster, args.workers)
     if executor.remote and args.adapt:
@@ -156,7 +156,7 @@ def _say_executor(args, report) -> None:
 
 
 def _adaptation_options(p) -> None:
-    from .adapt import ADAPT_PARAMS
+    from ..adapt import ADAPT_PARAMS
 
     group = p.add_argument_group("test-time adaptation of the prior (diffusion methods)")
     group.add_argument("--adapt", action="store_true", help="adapt the prior to this "
@@ -171,7 +171,7 @@ def _adaptation_options(p) -> None:
 
 def _adaptation(args):
     """``adapt=`` for the API from the options: None, True or the parameters given."""
-    from .adapt import ADAPT_PARAMS
+    from ..adapt import ADAPT_PARAMS
 
     given = {p.name: getattr(args, f"adapt_{p.name}") for p in ADAPT_PARAMS
              if getattr(args, f"adapt_{p.name}") is not None}
@@ -181,7 +181,7 @@ def _adaptation(args):
     if args.save_prior and not args.adapt:
         raise InputError("--save-prior saves an adapted prior: add --adapt")
     if args.save_prior:
-        from .priors.checkpoint import checkpoint_paths
+        from ..priors.checkpoint import checkpoint_paths
 
         target = checkpoint_paths(args.save_prior)["weights"]
         if target.exists() and not args.overwrite:
@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     _problem_options(cal)
     cal.set_defaults(func=cmd_calibrate)
 
-    from .priors.network import CONFIGS
-    from .training.config import KINDS, PADIS_PATCH_SIZES
+    from ..priors.network import CONFIGS
+    from ..training.config import KINDS, PADIS_PATCH_SIZES
 
     tr = sub.add_parser(
         "train",
@@ -387,7 +387,7 @@ class _Progress:
 
 def _device(name: str) -> torch.device:
     """``--device`` checked (see :func:`napari_patchdiff.devices.parse_device`)."""
-    from .devices import parse_device
+    from ..devices import parse_device
 
     return parse_device(name, "--device")
 
@@ -483,7 +483,7 @@ def _measured(args) -> str:
 
 
 def cmd_sample(args) -> int:
-    from .uncertainty import check_level, default_batch, parse_region, region_note, run_ensemble
+    from ..uncertainty import check_level, default_batch, parse_region, region_note, run_ensemble
 
     folder = _output_folder(args)  # checked and locked before any computation
     check_level(args.level)
@@ -556,7 +556,7 @@ def _calibration_arg(value: str):
 
 
 def cmd_calibrate(args) -> int:
-    from .uncertainty import calibration_figure
+    from ..uncertainty import calibration_figure
 
     folder = _output_folder(args)  # checked and locked before any computation
     if args.truth is None or args.measurement is not None:
@@ -609,7 +609,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(Path(args.out), device=_device(args.device), seed=args.seed,
              overwrite=args.overwrite)
@@ -618,7 +618,7 @@ def cmd_demo(args) -> int:
 
 def _train_config(args):
     """The :class:`~napari_patchdiff.training.TrainConfig` of ``train``'s options."""
-    from .training import TrainConfig
+    from ..training import TrainConfig
 
     return TrainConfig(modality=args.modality, network=args.network, kind=args.kind,
                        patch_sizes=tuple(args.patch_sizes),
@@ -632,8 +632,8 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from .priors.checkpoint import checkpoint_paths, read_metadata
-    from .training.loop import output_paths
+    from ..priors.checkpoint import checkpoint_paths, read_metadata
+    from ..training.loop import output_paths
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -700,7 +700,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .priors import read_metadata, shipped_priors
+    from ..priors import read_metadata, shipped_priors
 
     path = shipped_priors().get(args.prior, args.prior)
     meta = read_metadata(path)
@@ -786,6 +786,3 @@ def _run(args) -> int:
               f"left as it was", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
