@@ -609,7 +609,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..demo import run_demo
+    from .demo import run_demo
 
     run_demo(Path(args.out), device=_device(args.device), seed=args.seed,
              overwrite=args.overwrite)
