@@ -231,7 +231,7 @@ def test_a_full_disk_while_writing_keeps_the_earlier_results(crop, tmp_path, cap
         real(folder, *args, **kwargs)
         raise OSError(28, "No space left on device", str(folder / "report.json"))
 
-    monkeypatch.setattr(cli, "write_reconstruction", full_disk)
+    monkeypatch.setattr(cli.reconstruct, "write_reconstruction", full_disk)  # where it is looked up
     assert main(_args(crop, out, "--overwrite", "--noise", "0.2")) == 1
     err = capsys.readouterr().err
     assert "No space left" in err and "Traceback" not in err

@@ -44,7 +44,7 @@ def test_a_failed_write_leaves_the_earlier_results(crop, tmp_path, capsys, monke
         real(folder, *args, **kwargs)
         raise OSError(28, "No space left on device", str(folder / "report.json"))
 
-    monkeypatch.setattr(cli, "write_reconstruction", full_disk)
+    monkeypatch.setattr(cli.reconstruct, "write_reconstruction", full_disk)  # where it is looked up
     code = _recon(crop, out, "--overwrite", "--noise", "0.2")
     err = capsys.readouterr().err
     assert code == 1 and "No space left" in err and "Traceback" not in err

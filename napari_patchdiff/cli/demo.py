@@ -1,4 +1,5 @@
-"""The README's main job: 20-view CT of a held-out lung slice from the shipped sample data.
+"""``napari-patchdiff demo``, the README's main job: 20-view CT of a held-out lung slice from
+the shipped sample data.
 
 Reconstructs it by FBP, ADMM-TV, the fast diffusion sampler DDS and PnP-ADMM with the diffusion
 denoiser (50 network evaluations each, the shipped CT patch prior), and writes ``recon.tif`` (the
@@ -13,6 +14,7 @@ import numpy as np
 
 from .. import api, io
 from ..outputs import OutputFolder, write_report
+from ._common import _device
 
 #: the demo problem: slice 10 of the sample volume is lung2 slice 55 (a test slice)
 DEMO_SLICE = 10
@@ -84,3 +86,24 @@ def comparison_figure(path: Path, truth: np.ndarray, recons: dict, reports: dict
         ax.axis("off")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def add_parser(sub) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="the main job on the shipped sample data (20-view CT of a lung slice)",
+        description="Simulates 20-view parallel-beam CT of a test slice of the shipped CT volume, "
+        "reconstructs it, and writes recon.tif, figure.png and report.json into --out.",
+    )
+    demo.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
+    demo.add_argument("--device", default="cpu", help="torch device")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the results of an earlier demo in --out")
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    run_demo(Path(args.out), device=_device(args.device), seed=args.seed,
+             overwrite=args.overwrite)
+    return 0

@@ -1,0 +1,100 @@
+"""What the commands share while they run: the progress bar, ``--device``, the problem of the
+options (a simulated or a read measurement) and the output folder, which :func:`main` releases
+whatever happens."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from .. import api, io
+from ..errors import InputError
+from ..operators import OPERATORS
+from ..outputs import OutputFolder
+from ._options import _collect
+
+
+class _Progress:
+    """A progress bar on stderr (tqdm: rate and time left) over the steps of a run; ``quiet``
+    silences it. Called with each step event; ``position``/``total`` override the event's
+    (an ensemble counts the steps of all its batches), ``now`` redraws at once (else at most
+    twice a second), keyword arguments are shown after the bar."""
+
+    def __init__(self, label: str, quiet: bool = False, unit: str = "step"):
+        self.label, self.quiet, self.unit, self.bar = label, quiet, unit, None
+
+    def __call__(self, ev, position: int | None = None, total: int | None = None,
+                 now: bool = False, **postfix) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        position = ev.step if position is None else position
+        total = ev.total if total is None else total
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, unit=self.unit, file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.5)
+        self.bar.total = total
+        if getattr(ev, "nfe", 0):
+            postfix.setdefault("nfe", ev.nfe)
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(position - self.bar.n)
+        if now:
+            self.bar.refresh()
+        if position >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _device(name: str) -> torch.device:
+    """``--device`` checked (see :func:`napari_patchdiff.devices.parse_device`)."""
+    from ..devices import parse_device
+
+    return parse_device(name, "--device")
+
+
+def _problem(args) -> api.Problem:
+    dtype = getattr(torch, args.dtype)
+    device = _device(args.device)
+    if (args.truth is None) == (args.measurement is None):
+        raise InputError("give either TRUTH (to simulate a measurement) or --measurement Y")
+    if args.truth is not None:
+        if args.operator is None:
+            raise InputError("--operator is needed to simulate a measurement of TRUTH")
+        op_params = _collect(args, OPERATORS, args.operator, "operator")
+        truth = api.load_truth(args.truth, modality=args.modality, slice=args.slice,
+                               operator=args.operator)
+        if args.modality is None and not args.quiet:
+            print(f"napari-patchdiff: modality {truth.modality}: "
+                  f"{truth.meta['modality_reason']}", file=sys.stderr)
+        return api.simulate(truth, args.operator, noise_std=args.noise_std or 0.0,
+                            seed=args.seed, device=device, dtype=dtype, **op_params)
+    operator = args.operator or io.read_sidecar(args.measurement).get("operator")
+    if operator is None:
+        raise InputError(f"{args.measurement}: no sidecar names the operator; pass --operator")
+    op_params = _collect(args, OPERATORS, operator, "operator")
+    problem = api.load_measurement(args.measurement, operator=args.operator,
+                                   image_shape=args.image_shape, noise_std=args.noise_std,
+                                   slice=args.slice, device=device, dtype=dtype, **op_params)
+    if problem.noise_origin == "estimated" and not args.quiet:
+        print(f"napari-patchdiff: noise std estimated from the measurement: "
+              f"{problem.noise_std:.3g} (give --noise-std to set it)", file=sys.stderr)
+    return problem
+
+
+#: output folders opened by the running command; :func:`main` releases them
+_OPEN_FOLDERS: list[OutputFolder] = []
+
+
+def _output_folder(args) -> OutputFolder:
+    """``--out``, checked and locked; the files the command reads may not lie inside it."""
+    inputs = [args.truth, args.measurement, getattr(args, "roi", None),
+              getattr(args, "calibration", None), args.prior]
+    folder = OutputFolder(args.out, args.overwrite, inputs=[i for i in inputs if i])
+    _OPEN_FOLDERS.append(folder)
+    return folder
