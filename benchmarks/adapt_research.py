@@ -12,12 +12,18 @@ never on the test slices of ood.py. Each variant is a dict of :data:`ADAPT_PARAM
 research-only keys below, run by :class:`Variant` (a subclass, so the package is unchanged until a
 variant wins):
 
+Keys that became package parameters (``ADAPT_PARAMS``: ``every``, ``tv``, ``discrepancy``) are
+passed on; ``stop: False`` means ``discrepancy`` 0. The research-only keys:
+
 - ``warmup``: Adam steps on the adapter before sampling, on noisy copies ``x_ref + sigma z`` of
   the ADMM-TV reconstruction (sigma log-uniform in ``warm_sigma``), loss ``||y - A D(.)||^2`` on
   the training entries of the measurement;
-- ``every``: adapt at every ``every``-th denoiser call only (rounds of ``steps`` steps);
-- ``stop``: ``False`` turns off the noise-level (discrepancy) stop (the held-out guard stays);
-- ``tv``: a TV penalty on the adapted estimate inside the loss (weight per pixel).
+- ``until``: adapt during this fraction of the denoiser calls only (the first ones), then freeze;
+- ``passes``: 2 reconstructs twice, the second time from fresh noise with the adapter the
+  first pass trained, frozen (the time is both passes').
+
+Several processes may run at once (``--variants`` split between them): each re-reads the JSON
+before writing its row.
 """
 from __future__ import annotations
 
@@ -58,14 +64,29 @@ VARIANTS = {
     "warm40lr1e2": {"warmup": 40, "lr": 1e-2, "rank": 8, "stop": False, "freeze": True},
     "rounds5x2": {"steps": 5, "every": 2, "stop": False, "lr": 3e-3, "rank": 8},
     "rounds-lr1e2": {"steps": 3, "every": 3, "stop": False, "lr": 1e-2, "rank": 8},
+    # the rounds above with the other papers' ingredients, one at a time
+    "rounds-cg3": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8, "cg": 3},
+    "rounds-tv0.1": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8, "tv": 0.1},
+    "rounds-tv0.5": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8, "tv": 0.5},
+    "rounds-r16": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 16},
+    "rounds-r4": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 4},
+    "rounds-every5": {"steps": 3, "every": 5, "stop": False, "lr": 3e-3, "rank": 8},
+    "rounds-lr1e3x5": {"steps": 5, "every": 3, "stop": False, "lr": 1e-3, "rank": 8},
+    "rounds-2pass": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8,
+                     "passes": 2},
+    "rounds-first": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8,
+                     "until": 0.5},
 }
-EXTRA = {"warmup": 0, "every": 1, "stop": True, "tv": 0.0, "freeze": False,
-         "warm_sigma": (0.02, 0.3)}
+EXTRA = {"warmup": 0, "freeze": False, "warm_sigma": (0.02, 0.3), "until": 1.0, "passes": 1}
 
 
-def tv(d: torch.Tensor) -> torch.Tensor:
-    return ((d[..., 1:, :] - d[..., :-1, :]).abs().mean()
-            + (d[..., :, 1:] - d[..., :, :-1]).abs().mean())
+def package_params(setting: dict) -> dict:
+    """A variant's values for :data:`ADAPT_PARAMS` (the research names that became package
+    parameters: ``stop: False`` is ``discrepancy 0``)."""
+    given = {k: v for k, v in setting.items() if k not in EXTRA and k != "stop"}
+    if setting.get("stop") is False:
+        given["discrepancy"] = 0.0
+    return given
 
 
 class Variant(AdaptingPrior):
@@ -73,13 +94,8 @@ class Variant(AdaptingPrior):
 
     def __init__(self, prior, op, y, noise_std, x_ref, extra, **params):
         super().__init__(prior, op, y, noise_std, **params)
-        self.extra, self.x_ref, self.calls, self.warm_log = extra, x_ref, 0, []
-
-    def _losses(self, d, idx):
-        train, held = super()._losses(d, idx)
-        if self.extra["tv"]:
-            train = train + self.extra["tv"] * tv(d)
-        return train, held
+        self.extra, self.x_ref, self.warm_log = extra, x_ref, []
+        self.total = 50  # denoiser calls of DDS and PnP-ADMM at their defaults
 
     def _warmup(self) -> None:
         lo, hi = self.extra["warm_sigma"]
@@ -92,9 +108,9 @@ class Variant(AdaptingPrior):
             with torch.enable_grad():
                 d = self.inner._denoise(x, torch.tensor([sigma]),
                                         torch.Generator().manual_seed(grid))
-                train, held = self._losses(d, torch.zeros(1, dtype=torch.long))
+                train, held, penalty = self._losses(d, torch.zeros(1, dtype=torch.long))
                 self.optimizer.zero_grad(set_to_none=True)
-                train.backward()
+                (train + penalty).backward()
                 self.optimizer.step()
             self.evaluations += 1
             self.warm_log.append((sigma, float(train), float(held)))
@@ -104,19 +120,9 @@ class Variant(AdaptingPrior):
             self._warmup()
             if self.extra["freeze"]:
                 self.stopped = "frozen after the warm-up"
-        self.calls += 1
-        if self.stopped is None and (self.calls - 1) % int(self.extra["every"]) == 0:
-            self._adapt(x.detach(), sigma)
-        return self.inner._denoise(x, sigma, generator)
-
-    def _adapt(self, x, sigma):
-        if not self.extra["stop"]:
-            keep, self.noise_std = self.noise_std, 0.0
-            try:
-                return super()._adapt(x, sigma)
-            finally:
-                self.noise_std = keep
-        return super()._adapt(x, sigma)
+        if self.extra["until"] < 1.0 and self.calls >= self.extra["until"] * self.total:
+            self.stopped = self.stopped or f"frozen after {self.extra['until']:g} of the calls"
+        return super()._denoise(x, sigma, generator)
 
 
 def main() -> None:
@@ -125,6 +131,8 @@ def main() -> None:
     ap.add_argument("--case", default="phantom", choices=list(CASES))
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--methods", nargs="*", default=["dds"], choices=["dds", "pnp-admm"])
+    ap.add_argument("--slice", type=int, help="another validation slice (CT: lung2 45-49, "
+                    "the gap between the training and test slices; MRI: brain2 0-4)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--redo", action="store_true")
     args = ap.parse_args()
@@ -133,7 +141,11 @@ def main() -> None:
     data = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     data["machine"] = machine()
     label, operator, params, noise, prior_name = CASES[args.case]
-    x = mri_slices("brain2", [2])[0] if args.case == "mri" else ct_slices([47])[0]
+    default_slice = 2 if args.case == "mri" else 47
+    if args.slice is not None and args.slice != default_slice:
+        label = label.replace(f"slice {default_slice}", f"slice {args.slice}")
+    index = default_slice if args.slice is None else args.slice
+    x = mri_slices("brain2", [index])[0] if args.case == "mri" else ct_slices([index])[0]
     problem = api.simulate(api.truth_from_array(x, modality="unit"), operator,
                            noise_std=noise, seed=0, **params)
     ref = api.solve(problem, "admm-tv")
@@ -148,12 +160,15 @@ def main() -> None:
             setting = VARIANTS[name]
             if setting is not None:
                 extra = {**EXTRA, **{k: v for k, v in setting.items() if k in EXTRA}}
-                given = {k: v for k, v in setting.items() if k not in EXTRA}
+                given = package_params(setting)
                 resolved = ADAPTATION.resolve(problem.op, problem.noise_std, **given)
                 prior = Variant(prior, problem.op, problem.y, problem.noise_std, x_ref, extra,
                                 **resolved)
             t0 = time.perf_counter()
             r = api.solve(problem, method, prior=prior)
+            if setting is not None and extra["passes"] == 2:
+                prior.stopped = "frozen for the second pass"
+                r = api.solve(problem, method, prior=prior)
             seconds = time.perf_counter() - t0
             row = {"psnr": r.report["psnr"], "ssim": r.report["ssim"], "seconds": seconds,
                    "setting": setting}
@@ -162,6 +177,9 @@ def main() -> None:
                            calls=len(prior.history),
                            warm_first=prior.warm_log[0] if prior.warm_log else None,
                            warm_last=prior.warm_log[-1] if prior.warm_log else None)
+            data = json.loads(out.read_text()) if out.exists() else data  # others' rows
+            data["machine"] = machine()
+            data["runs"][f"{label} | ADMM-TV"] = {"psnr": ref.report["psnr"]}
             data["runs"][key] = row
             print(key, round(r.report["psnr"], 3), f"{seconds:.0f} s", flush=True)
             out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

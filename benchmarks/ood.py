@@ -5,11 +5,13 @@
 
 Cases (no default was tuned on any of them): the MRI prior (trained on brain1) on brain2, another
 scan, at 4x and 8x, with realistic noise and noiseless; the CT prior and the phantom prior (trained
-on synthetic images only) on the lung test slices (lung2 50, 55, 60), 20 views; full-resolution
+on synthetic images only) on the lung test slices (lung2 50, 55, 60), 20 views (and 60 views for
+the phantom prior); full-resolution
 512 x 512 lung slices and a non-square 192 x 256 crop with the CT prior trained at 256 x 256.
 Rows: ADMM-TV, DDS and PnP-ADMM (50 evaluations) without and with test-time adaptation, every
 method with the package's defaults. Each cell runs in its own process, one slice at a time, so
-its seconds and peak memory (resident set) are per slice. Cells are cached in ood.json.
+its seconds and peak memory (resident set) are per slice. Cells are cached in ood.json (a cell
+with fewer slices than asked for runs again; several processes may share the file).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ CASES = (
     Case("CT 20 views, phantom prior", "lung", "ct-parallel", {"views": 20}, 0.2, "phantom"),
     Case("CT 20 views, phantom prior, noiseless", "lung", "ct-parallel", {"views": 20}, 0.0,
          "phantom"),
+    Case("CT 60 views, phantom prior", "lung", "ct-parallel", {"views": 60}, 0.2, "phantom"),
     # line integrals of a 512 x 512 slice are twice as long (pixel size 1): twice the noise
     Case("CT 20 views, 512 x 512", "lung512", "ct-parallel", {"views": 20}, 0.4, "ct"),
     Case("CT 20 views, 192 x 256 crop", "lung-crop", "ct-parallel", {"views": 20}, 0.2, "ct"),
@@ -196,10 +199,15 @@ def main() -> None:
             n = 1 if case.data == "lung512" else args.slices
             for row in args.rows:
                 key = f"{case.key} | {row}"
-                if key in data["cells"] and not args.redo:
+                cached = data["cells"].get(key)
+                if cached is not None and cached["slices"] >= n and not args.redo:
                     continue
-                data["cells"][key] = run_cell(case, row, n, args.device, args.threads)
-                c = data["cells"][key]
+                c = run_cell(case, row, n, args.device, args.threads)
+                # several processes may fill ood.json at once (--cases / --rows split between
+                # them): each re-reads it before adding its cell
+                data = json.loads(JSON.read_text()) if JSON.exists() else data
+                data["machine"] = machine(args.device)
+                data["cells"][key] = c
                 print(f"{key}: {c['psnr']:.2f} dB, {c['seconds']:.1f} s/slice, "
                       f"{c['peak_mib']:.0f} MiB", flush=True)
                 JSON.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

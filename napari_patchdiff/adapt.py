@@ -50,12 +50,17 @@ GAP_TOLERANCE = 0.2
 PATIENCE = 3
 
 ADAPT_PARAMS = (
-    Param("steps", int, None, "Adam steps on the adapter before each denoiser call",
-          low=1),
+    Param("steps", int, None, "Adam steps on the adapter per adaptation round", low=1),
+    Param("every", int, None, "an adaptation round before every k-th denoiser call (the "
+          "first included)", low=1),
     Param("rank", int, None, "rank of the low-rank adapters", low=1),
     Param("lr", float, None, "Adam learning rate of the adapters", low=0, open_low=True),
     Param("cg", int, 0, "data-consistency CG steps inside the loss (0: y - A D(x))",
           low=0),
+    Param("tv", float, None, "weight of a total-variation penalty on the adapted estimate in "
+          "the loss (0: none)", low=0),
+    Param("discrepancy", float, None, "stop when the training residual falls to this multiple "
+          "of the noise variance (0: never; the discrepancy principle is 1)", low=0),
     Param("batch", int, 2, "slices (or samples) per adaptation step", low=1),
     Param("holdout", float, 0.1, "fraction of the measurement held out to stop "
           "over-fitting", low=0, high=0.5),
@@ -122,13 +127,15 @@ class AdaptingPrior(Prior):
         self.stopped: str | None = None
         self._gaps = 0
         self.evaluations = 0
+        self.calls = 0  # denoiser calls so far (the rounds' schedule counts them)
         self.pad = getattr(prior, "pad", None)
         self.patch_size = getattr(prior, "patch_size", None)
 
     # -- the prior interface --------------------------------------------------------------------
     def _denoise(self, x, sigma, generator):
-        if self.stopped is None:
+        if self.stopped is None and self.calls % int(self.params["every"]) == 0:
             self._adapt(x.detach(), sigma)
+        self.calls += 1
         out = self.inner._denoise(x, sigma, generator)
         if self.evaluations and not torch.isfinite(out).all():
             raise self._diverged()
@@ -141,7 +148,9 @@ class AdaptingPrior(Prior):
         return self.base.check(image_shape, modality)
 
     # -- adaptation -----------------------------------------------------------------------------
-    def _losses(self, d: torch.Tensor, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    def _losses(self, d: torch.Tensor, idx) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Per measurement entry: the training entries' and the held-out entries' squared
+        residual of the (CG-corrected) estimate ``d``, and the TV penalty on it."""
         rows = idx % self.y.shape[0]  # an ensemble's batch repeats the measurement's slices
         if self.aty is not None:
             d = self.op.solve(d, self.aty[rows], math.inf,
@@ -149,14 +158,17 @@ class AdaptingPrior(Prior):
         r = (self.y[rows] - self.op.forward(d)).abs() ** 2
         train = r[:, ~self.held_out] if self.held_out.any() else r.reshape(r.shape[0], -1)
         held = r[:, self.held_out] if self.held_out.any() else None
-        return train.mean(), (held.mean() if held is not None else train.mean())
+        train, held = train.mean(), (held.mean() if held is not None else train.mean())
+        weight = float(self.params["tv"])
+        return train, held, (weight * total_variation(d) if weight else 0.0)
 
     def _adapt(self, x: torch.Tensor, sigma) -> None:
         b = x.shape[0]
         k = min(b, int(self.params["batch"]))
         idx = torch.randperm(b, generator=self.generator)[:k].to(x.device)
         s = sigma[idx] if isinstance(sigma, torch.Tensor) and sigma.numel() > 1 else sigma
-        floor = self.noise_std ** 2 * (2.0 if self.op.is_complex else 1.0)
+        floor = (float(self.params["discrepancy"]) * self.noise_std ** 2
+                 * (2.0 if self.op.is_complex else 1.0))
         # one patch grid per round: its Adam steps descend one loss
         grid = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         for _ in range(int(self.params["steps"])):
@@ -164,7 +176,7 @@ class AdaptingPrior(Prior):
                 d = self.inner._denoise(x[idx], s, torch.Generator().manual_seed(grid))
                 if not torch.isfinite(d).all():
                     raise self._diverged()
-                train, held = self._losses(d, idx)
+                train, held, penalty = self._losses(d, idx)
                 self.evaluations += 1
                 if not torch.isfinite(train.detach()):
                     raise self._diverged()
@@ -173,7 +185,7 @@ class AdaptingPrior(Prior):
                     self.stopped = self.stopped or "the training residual reached the noise level"
                     break
                 self.optimizer.zero_grad(set_to_none=True)
-                train.backward()
+                (train + penalty).backward()
                 self.optimizer.step()
         sig = float(s if not isinstance(s, torch.Tensor) else s.float().mean())
         self.history.append((sig, *loss))
@@ -234,6 +246,13 @@ class AdaptingPrior(Prior):
                     created=datetime.datetime.now(datetime.timezone.utc).isoformat(
                         timespec="seconds"))
         return str(save_checkpoint(path, merge_lora(self.inner.denoiser), meta))
+
+
+def total_variation(d: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation of the images ``d`` (..., H, W), per pixel: the mean
+    absolute difference between neighbours along each axis, summed over the two axes."""
+    return ((d[..., 1:, :] - d[..., :-1, :]).abs().mean()
+            + (d[..., :, 1:] - d[..., :, :-1]).abs().mean())
 
 
 def adapt_prior(prior, problem, adapt) -> AdaptingPrior:

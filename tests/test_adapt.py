@@ -85,6 +85,29 @@ def test_adaptation_stops_at_the_noise_level(tiny):
     assert all(torch.equal(a, b) for a, b in zip(before, adapting.adapters))  # frozen
 
 
+def test_rounds_every_k_calls_a_tv_penalty_and_no_noise_stop(tiny):
+    """``every``: a round of ``steps`` Adam steps before every k-th denoiser call only;
+    ``tv``: the penalty joins the gradient (different adapters) but not the reported data
+    loss; ``discrepancy`` 0: the noise-level stop never ends it."""
+    prior, truth, _ = tiny
+    problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.5)
+    x = problem.truth_batch + 0.2 * torch.randn(problem.truth_batch.shape,
+                                                generator=torch.Generator().manual_seed(1))
+    runs = {}
+    for name, given in {"plain": {}, "tv": {"tv": 1.0}}.items():
+        adapting = adapt_prior(prior, problem, {"steps": 2, "every": 3, "lr": 3e-3,
+                                                "discrepancy": 0.0, **given})
+        adapting.noise_std = 10.0  # the data loss is far below it: only discrepancy 0 goes on
+        for _ in range(7):
+            adapting.denoise(x, 0.2)
+        runs[name] = adapting
+    plain, tv = runs["plain"], runs["tv"]
+    assert plain.calls == 7 and len(plain.history) == 3  # calls 1, 4 and 7
+    assert plain.evaluations == 6 and plain.stopped is None
+    assert plain.history[0][1] == pytest.approx(tv.history[0][1])  # the same data loss first
+    assert not all(torch.equal(a, b) for a, b in zip(plain.adapters, tv.adapters))
+
+
 def test_one_adapter_for_a_volume_trained_on_slice_minibatches(tiny):
     prior, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)

@@ -25,8 +25,10 @@ __all__ = ["ReconstructWidget"]
 #: the parameters that set a method's budget, shown first (the rest: "Method parameters")
 BUDGET = ("nfe", "iterations")
 #: labels that say what a field is where the parameter name alone would not
-ADAPT_LABELS = {"steps": "adaptation steps", "rank": "adapter rank", "lr": "learning rate",
-                "cg": "CG steps in the loss", "batch": "slices per adaptation step"}
+ADAPT_LABELS = {"steps": "steps per round", "every": "a round every k calls",
+                "rank": "adapter rank", "lr": "learning rate", "cg": "CG steps in the loss",
+                "tv": "TV weight in the loss", "discrepancy": "stop at noise level x",
+                "batch": "slices per adaptation step"}
 PARAM_LABELS = {"cg_iterations": "CG iterations per step"}
 
 

@@ -251,6 +251,9 @@ FALLBACK: dict[str, Tuned] = {
     "adapt.steps": Tuned(1, "as for CT (adapt_tuning.md), untuned here"),
     "adapt.rank": Tuned(4, "the D3IP paper's range 4-12, untuned here"),
     "adapt.lr": Tuned(1e-3, "the D3IP paper's Adam rate, untuned here"),
+    "adapt.every": Tuned(1, "a round before every denoiser call, untuned here"),
+    "adapt.tv": Tuned(0.0, "no TV penalty, untuned here"),
+    "adapt.discrepancy": Tuned(1.0, "the discrepancy principle, untuned here"),
 }
 
 _OVERRIDES: dict[str, dict[str, Any]] = {}
