@@ -174,7 +174,7 @@ def test_train_two_patch_sizes_without_probabilities(tmp_path, capsys):
     (["--patch-sizes", "32", "64", "--patch-probs", "1"], "1 patch probabilities for 2"),
     (["--patch-probs", "0.5", "0.7", "-0.2"], ">= 0"),
     (["--patch-probs", "0.2", "0.2", "0.2"], "sum to 1"),
-    (["--lr", "nan"], "lr must be finite"),
+    (["--lr", "nan"], "lr must be a finite number"),
     (["--ema", "1.5"], "ema"),
     (["--steps", "0"], "steps"),
     (["--memorisation-threshold", "0.9"], "memorisation_threshold must be > 1"),
@@ -188,6 +188,46 @@ def test_train_bad_options_exit_2_with_one_line(tmp_path, capsys, options, messa
     assert code == 2 and message in err, err
     assert err.startswith("napari-patchdiff: error:") and err.strip().count("\n") == 0, err
     assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_train_options_are_the_declared_ones_with_their_defaults(capsys):
+    """``train``'s options, TrainConfig's fields and their defaults all come from TRAIN_PARAMS:
+    the CLI's defaults are the API's (the Prior widget's: tests/test_widgets.py), and so is the
+    config the CLI makes when no option is given."""
+    import dataclasses
+
+    from napari_patchdiff.cli import build_parser
+    from napari_patchdiff.cli.train import OPTIONS, _train_config
+    from napari_patchdiff.training import TrainConfig
+    from napari_patchdiff.training.config import TRAIN_PARAMS
+
+    declared = {p.name: p.default for p in TRAIN_PARAMS}
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert fields == declared  # the API's defaults, in the same order
+    args = build_parser().parse_args(["train", "vol.tif", "--out", "p"])
+    cli = {name: getattr(args, name) for name in OPTIONS}
+    assert set(OPTIONS) <= set(declared)
+    for name, value in cli.items():  # argparse gives lists where the API takes tuples
+        assert (tuple(value) if isinstance(value, list) else value) == declared[name], name
+    assert _train_config(args) == TrainConfig()
+    with pytest.raises(SystemExit):  # the declared help names the other options by their flags
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "exceeds --memorisation-threshold at two" in shown and "``" not in shown
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "sample", "calibrate"])
+def test_run_options_are_the_declared_ones(command):
+    """--seed, --device, --precision (and --cluster, --workers where the command has them) take
+    the defaults of napari_patchdiff.params.RUN_PARAMS, which the Reconstruct widget shows."""
+    from napari_patchdiff.cli import build_parser
+    from napari_patchdiff.params import RUN_PARAMS
+
+    args = build_parser().parse_args([command, "sample:ct", "--out", "o"])
+    for p in RUN_PARAMS:
+        if hasattr(args, p.name):
+            assert getattr(args, p.name) == p.default, p.name
+    assert {p.name for p in RUN_PARAMS if not hasattr(args, p.name)} <= {"cluster", "workers"}
 
 
 def test_info_on_corrupt_checkpoint(tmp_path, capsys):

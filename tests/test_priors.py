@@ -596,7 +596,7 @@ def test_train_config_derives_its_defaults_once():
     (dict(modality="pet"), "modality"),
     (dict(network="huge"), "network configuration"),
     (dict(steps=0), "steps"),
-    (dict(lr=float("nan")), "lr must be finite"),
+    (dict(lr=float("nan")), "lr must be a finite number"),
     (dict(lr=-1e-4), "lr must be >= 0"),
     (dict(ema=1.0), "ema"),
     (dict(ema=0.0), "ema"),

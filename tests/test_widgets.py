@@ -200,6 +200,42 @@ def test_train_a_prior_from_layers(session, tmp_path):
     p.configure(stop_on_memorisation=False)
 
 
+def test_widget_defaults_are_the_cli_and_api_defaults(make_napari_viewer):
+    """The Prior widget's training fields start at the declared defaults (TRAIN_PARAMS) that
+    TrainConfig and ``napari-patchdiff train`` use, but for WIDGET_DEFAULTS, the one documented
+    difference (a quick run); the Reconstruct widget's run fields at those of RUN_PARAMS, which
+    ``reconstruct`` and ``sample`` take. Their tooltips are the declared help."""
+    from napari_patchdiff.cli import build_parser
+    from napari_patchdiff.params import PRECISION, RUN_PARAMS
+    from napari_patchdiff.training import TrainConfig
+    from napari_patchdiff.training.config import TRAIN_PARAMS, WIDGET_DEFAULTS
+
+    s = open_viewer(sample=None, viewer=make_napari_viewer())
+    gui = s.prior.train_options()
+    api = {p.name: p.default for p in TRAIN_PARAMS}
+    cli = vars(build_parser().parse_args(["train", "vol.tif", "--out", "p"]))
+    assert WIDGET_DEFAULTS == {"steps": 2000}  # the override, documented where it is declared
+    for name, value in gui.items():
+        expected = WIDGET_DEFAULTS.get(name, api[name])
+        assert value == expected, name
+        assert (tuple(cli[name]) if isinstance(cli[name], list) else cli[name]) == api[name]
+    assert {k for k in gui if gui[k] != api[k]} == set(WIDGET_DEFAULTS)
+    assert TrainConfig(**gui) == TrainConfig(**WIDGET_DEFAULTS)
+    assert "'save to'" in s.prior.resume_box.toolTip() and "``" not in (
+        s.prior.early_stop_box.toolTip())
+    rec, run = s.reconstructor, {p.name: p for p in RUN_PARAMS}
+    for command in ("reconstruct", "sample"):
+        args = build_parser().parse_args([command, "sample:ct", "--out", "o"])
+        assert rec.seed_box.value() == args.seed == run["seed"].default
+        assert rec.device_box.currentText() == args.device == run["device"].default
+        assert rec.cluster_box.currentText() == args.cluster == run["cluster"].default
+        assert args.precision is None and rec.precision_box.currentText() == "float32"
+    assert rec.precision_box.toolTip() == PRECISION.help
+    s.prior.configure(steps=7, batch=0, patch_sizes=(16, 32), resume=True)
+    assert {k: v for k, v in s.prior.train_options().items() if gui[k] != v} == {
+        "steps": 7, "patch_sizes": (16, 32), "resume": True}
+
+
 def test_load_a_measurement_written_by_the_cli(session, tmp_path):
     from napari_patchdiff import cli
 

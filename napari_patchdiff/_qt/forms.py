@@ -12,9 +12,12 @@ from ..errors import InputError
 from ..params import Param
 
 __all__ = ["MAX_SEED", "ParamForm", "FormSlot", "Section", "combo", "spin", "row", "fmt",
-           "notify_error", "scroll_body", "grow_dock", "show_row"]
+           "notify_error", "scroll_body", "grow_dock", "show_row", "param_field", "field_value",
+           "set_field"]
 
-MAX_SEED = 2**31 - 1
+#: the largest value of a spin box (Qt's int)
+MAX_INT = 2**31 - 1
+MAX_SEED = MAX_INT
 
 
 def notify_error(message: str) -> None:
@@ -45,6 +48,59 @@ def spin(lo, hi, value, special: str | None = None) -> QSpinBox:
     if special:
         box.setSpecialValueText(special)
     return box
+
+
+def param_field(p: Param, default: Any = None, text: str = "", tooltip: str | None = None
+                ) -> QWidget:
+    """An input for the declared parameter ``p`` starting at ``default`` (None: "auto", for a
+    parameter resolved from the others): a check box (labelled ``text``) for a flag, a combo
+    box for choices, a spin box for an integer (its declared bounds), a line edit otherwise
+    (values separated by spaces for a ``many``). ``tooltip``: its help (default ``p.help``).
+    Read it back with :func:`field_value`."""
+    if p.type is bool:
+        w = QCheckBox(text)
+        w.setChecked(bool(default))
+    elif p.choices:
+        w = combo((["auto"] if default is None else []) + list(p.choices), default)
+    elif p.type is int and not p.many:
+        lo = -MAX_INT if p.low is None else int(p.low) + bool(p.open_low)
+        hi = MAX_INT if p.high is None else min(int(p.high) - bool(p.open_high), MAX_INT)
+        auto = default is None
+        w = spin(lo - auto, hi, lo - 1 if auto else int(default), "auto" if auto else None)
+    else:
+        shown = " ".join(map(fmt, default)) if p.many and default is not None else default
+        w = QLineEdit("" if shown is None else fmt(shown))
+        w.setPlaceholderText("auto")
+    w.setToolTip(p.help if tooltip is None else tooltip)
+    return w
+
+
+def field_value(p: Param, w: QWidget) -> Any:
+    """The value of an input made by :func:`param_field`, checked by ``p`` (InputError naming
+    it otherwise); None for "auto"."""
+    if isinstance(w, QCheckBox):
+        return p.check(w.isChecked())
+    if isinstance(w, QComboBox):
+        return None if w.currentText() == "auto" else p.check(w.currentText(), text=True)
+    if isinstance(w, QSpinBox):
+        auto = w.specialValueText() and w.value() == w.minimum()
+        return None if auto else p.check(w.value())
+    text = w.text().strip()
+    return None if not text and p.default is None else p.check(text, text=True)
+
+
+def set_field(p: Param, w: QWidget, value: Any) -> None:
+    """Set an input made by :func:`param_field` as a user would (None: "auto")."""
+    if isinstance(w, QCheckBox):
+        w.setChecked(bool(value))
+    elif isinstance(w, QComboBox):
+        w.setCurrentText("auto" if value is None else str(value))
+    elif isinstance(w, QSpinBox):
+        w.setValue(w.minimum() if value is None else int(value))
+    elif p.many and value is not None and not isinstance(value, str):
+        w.setText(" ".join(map(fmt, value)))
+    else:
+        w.setText("" if value is None else str(value))
 
 
 def row(*widgets) -> QHBoxLayout:

@@ -5,21 +5,53 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
-                            QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton, QWidget)
+from qtpy.QtWidgets import (QFileDialog, QFormLayout, QLabel, QLineEdit, QListWidget,
+                            QListWidgetItem, QPlainTextEdit, QPushButton, QWidget)
 
 from ..errors import InputError
 from ..jobs import TrainJob, Update, UpdateKind, devices, train_updates
+from ..params import DEVICE, render_help
 from ..state import state_for
-from .forms import Section, combo, row, scroll_body, spin
+from ..training.config import TRAIN_PARAMS, WIDGET_DEFAULTS
+from .forms import Section, combo, field_value, param_field, row, scroll_body, set_field
 from .job_panel import JobPanel
 from .layers import image_layers
 
-__all__ = ["PriorWidget", "describe_prior"]
+__all__ = ["PriorWidget", "describe_prior", "TRAIN_FIELDS", "TRAIN_DEFAULTS"]
 
 
 _FILE = "checkpoint file…"
 _NONE = "(none)"
+#: the training options the widget offers (declared in
+#: :data:`napari_patchdiff.training.config.TRAIN_PARAMS`; the device is picked from this
+#: machine's), in the form's order: fields, then check boxes after "save to"
+TRAIN_FIELDS = ("network", "steps", "batch", "patch_sizes", "device")
+TRAIN_FLAGS = ("resume", "overwrite", "stop_on_memorisation")
+#: the widget's defaults: the declared ones but for the documented WIDGET_DEFAULTS
+TRAIN_DEFAULTS = {**{p.name: p.default for p in TRAIN_PARAMS}, **WIDGET_DEFAULTS}
+#: labels where the option's name would not say it (check boxes: their text)
+TRAIN_LABELS = {"out": "save to", "resume": "continue that checkpoint",
+                "overwrite": "replace that checkpoint",
+                "stop_on_memorisation": "stop when it memorises"}
+_TRAIN_PARAMS = {p.name: p for p in TRAIN_PARAMS}
+
+
+def _label(name: str) -> str:
+    return TRAIN_LABELS.get(name, name.replace("_", " "))
+
+
+def _tooltip(name: str) -> str:
+    """The option's declared help, naming the options it refers to as the widget does: a
+    field by its label, another by its words and the value used."""
+    def refer(other: str) -> str:
+        if other in TRAIN_FIELDS + TRAIN_FLAGS or other == "out":
+            return f"'{_label(other)}'"
+        default = TRAIN_DEFAULTS.get(other)
+        return f"the {_label(other)}" + ("" if default is None else f" ({default:g})")
+
+    return render_help(_TRAIN_PARAMS[name].help, refer)
+
+
 def describe_prior(meta: dict, runs_on: list[str] | None = None) -> str:
     """A few labelled lines about a prior from its checkpoint metadata; ``runs_on``: the
     devices this machine offers (default: :func:`napari_patchdiff.jobs.devices`)."""
@@ -76,19 +108,16 @@ class PriorWidget(QWidget):
 
         self.layers = QListWidget()
         self.layers.setMaximumHeight(90)
-        self.network_box = combo(("tiny", "cpu", "gpu"), "cpu")
-        self.network_box.setToolTip("network size: tiny (tests), cpu (3.7 M), gpu (25 M)")
-        self.steps_box = spin(1, 10_000_000, 2000)
-        self.batch_box = spin(0, 4096, 0, "auto")
-        self.sizes_edit = QLineEdit("16 32 64")
-        self.device_box = combo(devices())
-        self.resume_box = QCheckBox("continue that checkpoint")
-        self.resume_box.setToolTip("continue training the checkpoint at 'save to'")
-        self.overwrite_box = QCheckBox("replace that checkpoint")
-        self.overwrite_box.setToolTip("replace the checkpoint at 'save to'")
-        self.early_stop_box = QCheckBox("stop when it memorises")
-        self.early_stop_box.setToolTip("stop when it starts memorising its training patches "
-                                       "(memorisation gap above 2 twice)")
+        #: the training options' inputs, built from their declarations
+        self.fields = {name: param_field(_TRAIN_PARAMS[name], TRAIN_DEFAULTS[name],
+                                         _label(name), _tooltip(name))
+                       for name in TRAIN_FIELDS + TRAIN_FLAGS if name != DEVICE.name}
+        self.fields[DEVICE.name] = self.device_box = combo(devices(), DEVICE.default)
+        self.device_box.setToolTip(DEVICE.help)
+        self.network_box, self.steps_box = self.fields["network"], self.fields["steps"]
+        self.batch_box, self.sizes_edit = self.fields["batch"], self.fields["patch_sizes"]
+        self.resume_box, self.overwrite_box = self.fields["resume"], self.fields["overwrite"]
+        self.early_stop_box = self.fields["stop_on_memorisation"]
         self.out_edit = QLineEdit(str(Path.home() / "napari-patchdiff" / "prior"))
         out_browse = QPushButton("…")
         self.panel = JobPanel("Train")
@@ -101,15 +130,11 @@ class PriorWidget(QWidget):
         self.sections = [self.train_section]
         tform = self.train_section.form
         tform.addRow("image layers", self.layers)
-        tform.addRow("network", self.network_box)
-        tform.addRow("steps", self.steps_box)
-        tform.addRow("batch", self.batch_box)
-        tform.addRow("patch sizes", self.sizes_edit)
-        tform.addRow("device", self.device_box)
-        tform.addRow("save to", row(self.out_edit, out_browse))
-        tform.addRow(self.resume_box)
-        tform.addRow(self.overwrite_box)
-        tform.addRow(self.early_stop_box)
+        for name in TRAIN_FIELDS:
+            tform.addRow(_label(name), self.fields[name])
+        tform.addRow(_label("out"), row(self.out_edit, out_browse))
+        for name in TRAIN_FLAGS:
+            tform.addRow(self.fields[name])
         tform.addRow(self.panel)
         tform.addRow(self.loss)
         layout = scroll_body(self, min_height=100)
@@ -199,26 +224,26 @@ class PriorWidget(QWidget):
     def configure(self, layers=None, network=None, steps=None, batch=None, patch_sizes=None,
                   device=None, out=None, resume=None, overwrite=None,
                   stop_on_memorisation=None) -> None:
-        """Set the training inputs as a user would."""
+        """Set the training inputs as a user would (None: leave as it is; ``batch`` 0:
+        auto)."""
         if layers is not None:
             for i in range(self.layers.count()):
                 item = self.layers.item(i)
                 item.setCheckState(Qt.CheckState.Checked if item.text() in layers
                                    else Qt.CheckState.Unchecked)
-        for box, value in ((self.network_box, network), (self.device_box, device)):
+        given = dict(network=network, steps=steps, batch=batch, patch_sizes=patch_sizes,
+                     device=device, resume=resume, overwrite=overwrite,
+                     stop_on_memorisation=stop_on_memorisation)
+        for name, value in given.items():
             if value is not None:
-                box.setCurrentText(str(value))
-        for box, value in ((self.steps_box, steps), (self.batch_box, batch)):
-            if value is not None:
-                box.setValue(int(value))
-        if patch_sizes is not None:
-            self.sizes_edit.setText(" ".join(str(p) for p in patch_sizes))
+                set_field(_TRAIN_PARAMS[name], self.fields[name], value)
         if out is not None:
             self.out_edit.setText(str(out))
-        for box, value in ((self.resume_box, resume), (self.overwrite_box, overwrite),
-                           (self.early_stop_box, stop_on_memorisation)):
-            if value is not None:
-                box.setChecked(bool(value))
+
+    def train_options(self) -> dict:
+        """The training options set in the widget (InputError naming a bad one)."""
+        return {name: self.device_box.currentText() if name == DEVICE.name
+                else field_value(_TRAIN_PARAMS[name], w) for name, w in self.fields.items()}
 
     def train(self):
         """Train on the checked layers in a thread worker; the result becomes the prior."""
@@ -230,21 +255,10 @@ class PriorWidget(QWidget):
             names = self.checked_layers()
             images = [(n, np.array(self.viewer.layers[n].data),
                        dict(self.viewer.layers[n].metadata)) for n in names]
-            try:
-                sizes = tuple(int(s) for s in self.sizes_edit.text().replace(",", " ").split())
-            except ValueError:
-                raise InputError(f"patch sizes: expected integers, got "
-                                 f"{self.sizes_edit.text()!r}") from None
             out = self.out_edit.text().strip()
             if not out:
                 raise InputError("choose where to save the prior")
-            config = TrainConfig(network=self.network_box.currentText(),
-                                 steps=self.steps_box.value(),
-                                 batch=self.batch_box.value() or None, patch_sizes=sizes,
-                                 resume=self.resume_box.isChecked(),
-                                 overwrite=self.overwrite_box.isChecked(),
-                                 device=self.device_box.currentText(),
-                                 stop_on_memorisation=self.early_stop_box.isChecked(),
+            config = TrainConfig(**self.train_options(),
                                  log_every=1)  # every step: the updates are paced by time
             job = TrainJob(out=out, config=config)
         except InputError as exc:

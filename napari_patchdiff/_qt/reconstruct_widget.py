@@ -12,6 +12,7 @@ from ..adapt import ADAPT_PARAMS, ADAPTATION
 from ..errors import InputError
 from ..executors import CLUSTER_CHOICES
 from ..jobs import ReconJob, Update, UpdateKind, bounds_advice, devices, recon_updates
+from ..params import CLUSTER, DEVICE, PRECISION, SEED
 from ..solvers import SOLVERS
 from ..state import Display, state_for
 from ..uncertainty import DESIGNS
@@ -65,22 +66,20 @@ class ReconstructWidget(QWidget):
         self.method_box = combo(names, "admm-tv", [SOLVERS.doc(n) for n in names])
         self.budget = FormSlot()  # the method's budget: nfe or iterations
         self.params = FormSlot()  # the rest of its parameters (advanced)
-        self.seed_box = spin(0, MAX_SEED, 0)
-        self.seed_box.setToolTip("seed of the sampler's noise stream (runs are reproducible)")
+        # the run's options, as declared in napari_patchdiff.params.RUN_PARAMS
+        self.seed_box = spin(SEED.low, min(SEED.high, MAX_SEED), SEED.default)
+        self.seed_box.setToolTip(SEED.help)
         randomise = QPushButton("Randomise")
-        self.device_box = combo(devices())
-        self.precision_box = combo(("float32", "bfloat16"))
-        self.precision_box.setToolTip(
-            "the prior network's arithmetic (diffusion methods): bfloat16 made DDS and "
-            "PnP-ADMM 2.4-2.9 times as fast on a CPU with AMX, same PSNR")
+        self.device_box = combo(devices(), DEVICE.default)
+        self.device_box.setToolTip(DEVICE.help)
+        self.precision_box = combo(PRECISION.choices)  # the first, float32: the default (None)
+        self.precision_box.setToolTip(PRECISION.help)
         self.cluster_box = QComboBox()
         self.cluster_box.setEditable(True)
         self.cluster_box.addItems(list(CLUSTER_CHOICES))
-        self.cluster_box.setToolTip(
-            "where an ensemble's batches and a volume's windows run: local (here), ray (workers "
-            "of a Ray instance started on this machine) or type ray:ADDRESS for an existing Ray "
-            "cluster (`ray start --head` prints it); the same results either way (needs "
-            "pip install 'napari-patchdiff[ray]')")
+        self.cluster_box.setCurrentText(CLUSTER.default)
+        self.cluster_box.setToolTip(f"where an ensemble's batches and a volume's windows run: "
+                                    f"{CLUSTER.help}")
         self.samples_box = spin(1, 1024, 1)
         self.samples_box.setToolTip("posterior samples (diffusion methods): mean, std, bounds")
         self.design_box = combo(DESIGNS)
@@ -289,9 +288,7 @@ class ReconstructWidget(QWidget):
         if cluster is not None:
             self.cluster_box.setCurrentText(str(cluster))
         if precision is not None:
-            if self.precision_box.findText(precision) < 0:
-                raise InputError(f"unknown precision {precision!r}; choose float32 or bfloat16")
-            self.precision_box.setCurrentText(precision)
+            self.precision_box.setCurrentText(PRECISION.check(precision))
         if adapt is not None:
             self.adapt_box.setChecked(bool(adapt))
             self.adapt_form.set_values(adapt if isinstance(adapt, dict) else {})
@@ -325,15 +322,15 @@ class ReconstructWidget(QWidget):
                                if diffusion and self.adapt_box.isChecked() else None),
                         calibration=self._calibration(), cluster=self._cluster(),
                         precision=(self.precision_box.currentText()
-                                   if diffusion and self.precision_box.currentText() != "float32"
-                                   else None))
+                                   if diffusion and self.precision_box.currentText()
+                                   != PRECISION.choices[0] else None))
 
     def _cluster(self):
         from ..executors import parse_cluster
 
-        text = self.cluster_box.currentText().strip() or "local"
+        text = self.cluster_box.currentText().strip() or CLUSTER.default
         parse_cluster(text)  # InputError (shown in the panel) for a bad choice or no ray
-        return None if text == "local" else text
+        return None if text == CLUSTER.default else text
 
     def _calibration(self):
         text = self.calibration_box.currentText().strip() or "auto"

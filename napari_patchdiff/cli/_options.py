@@ -1,7 +1,10 @@
 """The options several commands share, and reading them back: one option per parameter of the
 operators and methods (``--views``, ``--nfe``, ...), the options that define a problem
-(reconstruct, sample, calibrate), where the work runs (``--cluster``) and the test-time
-adaptation of the prior (``--adapt ...``)."""
+(reconstruct, sample, calibrate), where and how the work runs (``--seed``, ``--device``,
+``--precision``, ``--cluster``: :data:`napari_patchdiff.params.RUN_PARAMS`) and the test-time
+adaptation of the prior (``--adapt ...``). :func:`_param_option` turns any declared
+:class:`~napari_patchdiff.params.Param` into its option (``train``'s come from
+:data:`napari_patchdiff.training.config.TRAIN_PARAMS`)."""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +13,41 @@ import sys
 from ..conventions import MODALITIES
 from ..errors import InputError
 from ..operators import OPERATORS, Param
+from ..params import CLUSTER, DEVICE, PRECISION, SEED, WORKERS, render_help
 from ..solvers import SOLVERS
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+#: how the help names arguments that are not options
+_POSITIONAL = {"volumes": "VOLUMES", "truth": "TRUTH"}
+
+
+def _cli_help(text: str) -> str:
+    """A declared help text as ``--help`` shows it: the parameters it names as their flags."""
+    return render_help(text, lambda name: _POSITIONAL.get(name) or _flag(name))
+
+
+def _param_option(parser, p: Param, *aliases: str, help: str | None = None,
+                  metavar: str | None = None) -> None:
+    """Add ``--NAME`` (and ``aliases``) for the declared parameter ``p``, read back as
+    ``args.NAME``: its type, choices, default and help (``help`` replaces it); a flag for a
+    bool, one or more values for a ``many``."""
+    kw: dict = dict(dest=p.name, help=_cli_help(p.help if help is None else help))
+    value = p.default
+    if p.type is bool:
+        kw.update(action="store_true", default=bool(value))
+    else:
+        kw.update(type=p.type, default=list(value) if p.many and value is not None else value)
+        if p.many:
+            kw["nargs"] = "+"
+        if p.choices:
+            kw["choices"] = p.choices
+        if metavar:
+            kw["metavar"] = metavar
+    parser.add_argument(_flag(p.name), *aliases, **kw)
 
 
 #: options of ``reconstruct`` itself that also feed a method parameter of the same name
@@ -88,19 +121,13 @@ def _problem_options(p) -> None:
                    "integrals (pixel-length units), MRI orthonormal k-space (each of real and "
                    "imaginary part), image units otherwise (default 0; with --measurement: the "
                    "sidecar's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the measurement noise and of "
-                   "the diffusion samplers' noise stream")
+    _seed_option(p, "also of the measurement noise simulated from TRUTH")
     p.add_argument("--slice", type=int, help="reconstruct only this slice of a volume")
     p.add_argument("--modality", choices=MODALITIES,
                    help="intensity convention of TRUTH (default: guessed from metadata/values)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    _param_option(p, DEVICE)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--precision", choices=("float32", "bfloat16"),
-                   help="the prior network's arithmetic (diffusion methods; default float32): "
-                   "bfloat16 made DDS and PnP-ADMM 2.4-2.9 times as fast on a CPU with AMX, "
-                   "at the PSNR of float32 within 0.02 dB "
-                   "(benchmarks/results/speed_compare*.md); slower on CPUs without bfloat16 "
-                   "instructions")
+    _param_option(p, PRECISION)
     p.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier "
                    "run in --out (the new ones are written aside and moved in when complete)")
@@ -110,25 +137,24 @@ def _problem_options(p) -> None:
     _adaptation_options(p)
 
 
+def _seed_option(p, also: str = "") -> None:
+    """``--seed``: the run's seed (:data:`~napari_patchdiff.params.SEED`); ``also``: what else
+    this command seeds with it."""
+    _param_option(p, SEED, help=f"{SEED.help}; {also}" if also else None)
+
+
 def _cluster_options(p, what: str) -> None:
     group = p.add_argument_group("where the work runs (napari_patchdiff.executors)")
-    group.add_argument("--cluster", default="local", metavar="local|ray|ray:ADDRESS",
-                       help=f"local (default): here; ray: {what} on the workers of a Ray "
-                       "instance started on this machine; ray:ADDRESS: on an existing Ray "
-                       "cluster (the address `ray start --head` prints). Same results; needs "
-                       "pip install 'napari-patchdiff[ray]'")
-    group.add_argument("--workers", type=int, help="Ray workers (default: one per GPU of the "
-                       "cluster, else one per CPU)")
+    _param_option(group, CLUSTER, metavar="local|ray|ray:ADDRESS",
+                  help=f"where {what} run: {CLUSTER.help}")
+    _param_option(group, WORKERS)
 
 
 def _executor(args):
     from ..executors import resolve_executor
 
     executor = resolve_executor(args.cluster, args.workers)
-    if executor.remote and args.adapt:
-        raise InputError("--adapt trains its adapter through the run in turn, so it runs "
-                         "locally only: drop --cluster, or adapt once (reconstruct --adapt "
-                         "--save-prior PATH) and use --prior PATH on the cluster")
+    executor.check_adaptation(args.adapt)  # before the problem is read
     return executor
 
 

@@ -14,7 +14,9 @@ import numpy as np
 
 from .. import api, io
 from ..outputs import OutputFolder, write_report
+from ..params import DEVICE
 from ._common import _device
+from ._options import _param_option, _seed_option
 
 #: the demo problem: slice 10 of the sample volume is lung2 slice 55 (a test slice)
 DEMO_SLICE = 10
@@ -96,8 +98,8 @@ def add_parser(sub) -> None:
         "reconstructs it, and writes recon.tif, figure.png and report.json into --out.",
     )
     demo.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
-    demo.add_argument("--device", default="cpu", help="torch device")
-    demo.add_argument("--seed", type=int, default=0)
+    _param_option(demo, DEVICE)
+    _seed_option(demo, "also of the measurement noise")
     demo.add_argument("--overwrite", action="store_true",
                       help="replace the results of an earlier demo in --out")
     demo.set_defaults(func=cmd_demo)

@@ -7,16 +7,25 @@ import sys
 import torch
 
 from .. import api
-from ..conventions import MODALITIES
 from ..errors import InputError
 from ..events import Cancelled, CancelToken
 from ._common import _device, _Progress
+from ._options import _param_option
+
+
+#: the training options this command offers (declared in
+#: :data:`napari_patchdiff.training.config.TRAIN_PARAMS`), in the order of ``--help``; the others
+#: (validation split and noise levels, logging, channels-last) keep their defaults
+OPTIONS = ("modality", "kind", "network", "patch_sizes", "patch_probs", "steps", "batch", "lr",
+           "ema", "pad", "seed", "device", "resume", "init", "overwrite", "save_every",
+           "memorisation_probes", "stop_on_memorisation", "memorisation_threshold", "val_every")
+#: how ``--help`` shows some of them
+_METAVARS = {"init": "PRIOR", "memorisation_probes": "N", "memorisation_threshold": "GAP"}
+_ALIASES = {"network": ("--config",)}
+_NOTES = {"network": "; --config is the older name of this option"}
 
 
 def add_parser(sub) -> None:
-    from ..priors.network import CONFIGS
-    from ..training.config import KINDS, PADIS_PATCH_SIZES
-
     tr = sub.add_parser(
         "train",
         help="train a patch (or whole-image) diffusion prior on a few volumes",
@@ -30,69 +39,35 @@ def add_parser(sub) -> None:
                     "the training split of the development data (shared/data), 'phantoms' "
                     "synthetic CT-like images (no data needed)")
     tr.add_argument("--out", required=True, help="checkpoint path (without or with .safetensors)")
-    tr.add_argument("--modality", choices=MODALITIES,
-                    help="intensity convention of VOLUMES (default: guessed)")
+    _option(tr, "modality")
     tr.add_argument("--bin", type=int, default=1, help="average BIN x BIN blocks first "
                     "(2 turns 512 x 512 CT into the 256 x 256 working size)")
-    tr.add_argument("--kind", default="patch", choices=KINDS,
-                    help="patch prior (PaDIS) or the whole-image comparison prior")
-    tr.add_argument("--network", "--config", dest="network", default="cpu",
-                    choices=tuple(CONFIGS), help="network size: tiny (tests), cpu (~3.7 M "
-                    "parameters), gpu (~25 M); --config is the older name of this option")
-    tr.add_argument("--patch-sizes", type=int, nargs="+", default=list(PADIS_PATCH_SIZES),
-                    help="training patch sizes (default 16 32 64)")
-    tr.add_argument("--patch-probs", type=float, nargs="+",
-                    help="their probabilities, one per size, summing to 1 (default 0.2 0.3 0.5 "
-                    "for 16 32 64, else equal)")
-    tr.add_argument("--steps", type=int, default=20000, help="total optimiser steps")
-    tr.add_argument("--batch", type=int, help="images per step at the largest patch size "
-                    "(smaller patches get proportionally more); default 8 (patch) / 4 (whole)")
-    tr.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    tr.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights, in (0, 1)")
-    tr.add_argument("--pad", type=int, help="zero padding of the canvas (default 24 for "
-                    "patch priors, 0 for whole-image priors)")
-    _run_options(tr)
+    for name in OPTIONS[1:OPTIONS.index("device") + 1]:
+        _option(tr, name)
+    tr.add_argument("--threads", type=int, help="torch CPU threads")
+    for name in OPTIONS[OPTIONS.index("resume"):OPTIONS.index("overwrite") + 1]:
+        _option(tr, name)
+    tr.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    for name in OPTIONS[OPTIONS.index("overwrite") + 1:]:
+        _option(tr, name)
     tr.set_defaults(func=cmd_train)
 
 
-def _run_options(tr) -> None:
-    """Where the training runs, its checkpoints, and its validation and memorisation monitor."""
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
-    tr.add_argument("--threads", type=int, help="torch CPU threads")
-    tr.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
-    tr.add_argument("--init", metavar="PRIOR", help="start from this prior's weights (shipped "
-                    "name or checkpoint) with a fresh optimiser: fine-tuning")
-    tr.add_argument("--overwrite", action="store_true", help="start afresh over --out")
-    tr.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
-    tr.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
-    tr.add_argument("--memorisation-probes", type=int, default=32, metavar="N",
-                    help="training patches of the memorisation monitor, measured at every "
-                    "validation (0: off); its gap (loss on rotated over loss on drawn training "
-                    "patches) is about 1 for a prior that generalises and climbs as it memorises")
-    tr.add_argument("--stop-on-memorisation", action="store_true",
-                    help="end the run when the memorisation gap exceeds --memorisation-threshold "
-                    "at two validations in a row, keeping the weights of the last validation "
-                    "before (the checkpoint's early_stop says which steps)")
-    tr.add_argument("--memorisation-threshold", type=float, default=2.0, metavar="GAP",
-                    help="the onset threshold of --stop-on-memorisation (default 2.0; the shipped "
-                    "priors measure 1.06-1.32)")
-    tr.add_argument("--val-every", type=int, default=500, help="validation every N steps")
+def _option(tr, name: str) -> None:
+    """The option of the declared training option ``name``."""
+    from ..training.config import TRAIN_PARAMS
+
+    p = next(p for p in TRAIN_PARAMS if p.name == name)
+    _param_option(tr, p, *_ALIASES.get(name, ()), help=p.help + _NOTES.get(name, ""),
+                  metavar=_METAVARS.get(name))
 
 
 def _train_config(args):
     """The :class:`~napari_patchdiff.training.TrainConfig` of ``train``'s options."""
     from ..training import TrainConfig
 
-    return TrainConfig(modality=args.modality, network=args.network, kind=args.kind,
-                       patch_sizes=tuple(args.patch_sizes),
-                       patch_probs=None if args.patch_probs is None else tuple(args.patch_probs),
-                       batch=args.batch, steps=args.steps, lr=args.lr, ema=args.ema, pad=args.pad,
-                       seed=args.seed, device=str(_device(args.device)), resume=args.resume,
-                       overwrite=args.overwrite, init=args.init, save_every=args.save_every,
-                       val_every=args.val_every, memorisation_probes=args.memorisation_probes,
-                       stop_on_memorisation=args.stop_on_memorisation,
-                       memorisation_threshold=args.memorisation_threshold)
+    options = {name: getattr(args, name) for name in OPTIONS}
+    return TrainConfig(**{**options, "device": str(_device(args.device))})
 
 
 class _CtrlC(CancelToken):
