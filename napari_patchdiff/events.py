@@ -1,4 +1,5 @@
-"""Typed events that every solver generator yields, and the cancel token it checks.
+"""Typed events that every solver generator yields, the cancel token it checks, and the one
+loop that drives them to the end (:class:`Drive`).
 
 The GUI, the CLI and the tests all drive the same generators and read the same events.
 """
@@ -66,11 +67,51 @@ class StepEvent:
         return self.step >= self.total
 
 
-def run_to_end(generator) -> StepEvent:
-    """Drive a solver generator to the end and return its last event."""
-    last = None
-    for last in generator:
-        pass
-    if last is None:
-        raise RuntimeError("the solver yielded no event")
-    return last
+class Drive:
+    """Drives a stream of events to its end: the one loop of the API, ensembles, the GUI's jobs,
+    the executors and their workers.
+
+    Iterating yields the events and keeps the latest as :attr:`last`; :meth:`final` returns it,
+    or raises ``error("<what> yielded no step")`` when there was none. Used as a context
+    manager, a cancel raised in its block (:class:`Cancelled`, or Ctrl-C's KeyboardInterrupt)
+    leaves with the run's partial result: ``exc.partial = partial(last)`` (``last`` None before
+    the first event), so that a caller keeps what was computed.
+    """
+
+    def __init__(self, events, partial=None, what: str = "the solver",
+                 error: type[Exception] = RuntimeError):
+        self.events, self.partial, self.what, self.error = events, partial, what, error
+        self.last: Any = None
+
+    def __iter__(self):
+        for event in self.events:
+            self.last = event
+            yield event
+
+    def final(self):
+        """The last event (an error if the stream yielded none)."""
+        if self.last is None:
+            raise self.error(f"{self.what} yielded no step")
+        return self.last
+
+    def run(self, on_event=None):
+        """Every event to ``on_event`` (if given); returns :meth:`final`."""
+        for event in self:
+            if on_event is not None:
+                on_event(event)
+        return self.final()
+
+    def __enter__(self) -> "Drive":
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        if self.partial is not None and isinstance(exc, (Cancelled, KeyboardInterrupt)):
+            exc.partial = self.partial(self.last)
+        return False
+
+
+def run_to_end(generator, on_event=None, what: str = "the solver",
+               error: type[Exception] = RuntimeError) -> StepEvent:
+    """Drive a solver generator to the end (each event to ``on_event``) and return its last
+    event; ``error`` if it yielded none (see :class:`Drive`)."""
+    return Drive(generator, what=what, error=error).run(on_event)
