@@ -34,7 +34,8 @@ import torch
 
 from .errors import InputError
 
-__all__ = ["DESIGNS", "GROUP", "NoiseSource", "StackedNoise", "sample_seed", "as_noise_source"]
+__all__ = ["DESIGNS", "GROUP", "NoiseSource", "StackedNoise", "sample_seed", "run_noise",
+           "as_noise_source"]
 
 #: ensemble noise designs (see :mod:`napari_patchdiff.uncertainty.ensemble`)
 DESIGNS = ("iid", "antithetic", "rqmc")
@@ -158,6 +159,19 @@ class StackedNoise(NoiseSource):
     def __repr__(self) -> str:
         return f"StackedNoise({len(self.sources)} streams, counts={self.counts})"
 
+
+#: run ``k`` of an ensemble (a batch) or of a volume (a window) seeds its prior's generator (the
+#: patch shifts) from stream ``PRIOR_STREAMS + k``, apart from the streams of samples and slices
+PRIOR_STREAMS = 10**6
+
+
+def run_noise(sources, counts, seed: int, run: int, device="cpu",
+              dtype: torch.dtype = torch.float32) -> StackedNoise:
+    """The noise of run ``run`` of base ``seed``: ``sources`` stacked (``counts`` batch items
+    each), the prior's generator seeded from stream :data:`PRIOR_STREAMS` + ``run``. A run's
+    noise depends on these alone, not on where or after what it runs."""
+    return StackedNoise(sources, counts, prior_seed=sample_seed(seed, PRIOR_STREAMS + run),
+                        device=device, dtype=dtype)
 
 def as_noise_source(noise: NoiseSource | None, seed: int, device, dtype) -> NoiseSource:
     """``noise`` itself, or a new :class:`NoiseSource` from ``seed`` if it is None."""
