@@ -1,28 +1,36 @@
-"""Where independent sampler runs execute: in this process (the default) or on a Ray cluster.
+"""Where the runs of a reconstruction execute: in this process (the default) or on a Ray cluster.
 
-This module is the one place that chooses (:func:`resolve_executor`): ``cluster=None`` or
-``"local"`` runs everything in this process, as always; ``"ray"`` starts a Ray instance on this
-machine (or uses the one this process is already connected to); ``"ray:ADDRESS"`` connects to an
-existing cluster (``ray start --head`` prints the address; ``ray:auto`` finds one started on
-this machine). A :class:`RayExecutor` may also be given directly, e.g. with a number of workers.
+Every run goes through an executor: the one run of an image, the windows of a volume
+(:mod:`napari_patchdiff.volumes`) and the batches of an ensemble
+(:mod:`napari_patchdiff.uncertainty.ensemble`), from the API, the command line and the GUI's
+jobs alike. This module is the one place that chooses (:func:`resolve_executor`):
+``cluster=None`` or ``"local"`` runs everything in this process (:data:`LOCAL`); ``"ray"``
+starts a Ray instance on this machine (or uses the one this process is already connected to);
+``"ray:ADDRESS"`` connects to an existing cluster (``ray start --head`` prints the address;
+``ray:auto`` finds one started on this machine). A :class:`RayExecutor` may also be given
+directly, e.g. with a number of workers.
 
-What runs on the cluster is a *work*: a picklable object with ``load(device)`` (called once per
-worker: it rebuilds the operator and moves the prior to the worker's device, so a prior is
-loaded once per worker, not once per batch) and ``run(item) -> dict`` (one batch of an
-ensemble, one window of a volume; a pure function of the item). :meth:`RayExecutor.stream`
-starts one Ray actor per worker (a GPU each where the cluster has GPUs, else ``threads`` CPUs),
-hands each the next item as soon as it is free, and yields ``(position, result)`` as items
-finish, in whatever order they finish. The callers (:mod:`napari_patchdiff.uncertainty.ensemble`,
-:mod:`napari_patchdiff.runs`) turn results into the same events a local run yields. Since every
-item draws its noise from streams seeded by (seed, sample or slice index) and (seed, batch
-index) only, a result does not depend on the worker that computed it, nor on the number of
-workers.
+What an executor runs is a *work* (:class:`Work`): the measurement, the operator and the prior,
+and ``steps(item, cancel)``, the step generator of one item (one batch of an ensemble, one
+window of a volume; a pure function of the item). :meth:`Executor.stream` yields
+:class:`ItemEvent` s: the :class:`LocalExecutor` runs the items one after another on the work's
+own objects and yields every step as it goes, then the item's end; a :class:`RayExecutor`
+ships the work to its workers (picklable: the operator travels as a recipe, the prior on the
+CPU; ``load(device)`` rebuilds them once per worker, so a prior is loaded once per worker, not
+once per batch), one Ray actor per worker (a GPU each where the cluster has GPUs, else
+``threads`` CPUs), hands each the next item as soon as it is free, and yields each item's last
+step (:meth:`Work.event`, rebuilt from what the worker returns) as items finish, in whatever
+order they finish. Since every item draws its noise from streams seeded by (seed, sample or
+slice index) and (seed, batch or window index) only, a result does not depend on the executor
+or the worker that computed it, nor on the number of workers.
 
 Faults: a worker process that dies mid-item (killed, out of memory, a lost node) is restarted
 by Ray (``max_restarts``) and its item run again (``max_task_retries``); an item's result is
-yielded once, when it arrives, so nothing is lost or duplicated. A cancel kills the actors
-(stopping their remote work) and raises :class:`~napari_patchdiff.events.Cancelled`; the results
-already yielded stay with the caller.
+yielded once, when it arrives, so nothing is lost or duplicated. A cancel stops the local run
+at its next step (or between items) and kills the Ray actors (stopping their remote work);
+either raises :class:`~napari_patchdiff.events.Cancelled`, and the events already yielded stay
+with the caller. Test-time adaptation trains its adapter through the steps in turn, so it runs
+locally only (:meth:`Executor.check_adaptation`).
 
 ``ray`` is imported here only, and only when a Ray executor is used: the package works without
 it (``pip install "napari-patchdiff[ray]"`` adds it).
@@ -30,6 +38,7 @@ it (``pip install "napari-patchdiff[ray]"`` adds it).
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import socket
 import sys
@@ -38,11 +47,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from .errors import InputError, JobError
-from .events import Cancelled, CancelToken
+import numpy as np
+import torch
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "resolve_executor", "parse_cluster", "Work",
-           "CLUSTER_CHOICES", "OperatorRecipe", "ray_available"]
+from .errors import InputError, JobError
+from .events import Cancelled, CancelToken, Drive, StepEvent, run_to_end
+
+__all__ = ["Executor", "LocalExecutor", "LOCAL", "RayExecutor", "ItemEvent", "Work",
+           "resolve_executor", "parse_cluster", "CLUSTER_CHOICES", "OperatorRecipe",
+           "ray_available"]
 
 #: what the cluster option accepts (the GUI's choices; ``ray:ADDRESS`` is typed in)
 CLUSTER_CHOICES = ("local", "ray")
@@ -71,14 +84,25 @@ def _ray():
     return ray
 
 
+@dataclass(frozen=True)
+class ItemEvent:
+    """What :meth:`Executor.stream` yields: ``event``, a step of item ``position``'s run (every
+    step as it goes on the local executor; the last one, rebuilt from the worker's result, on a
+    cluster), and/or ``finished``: that run has ended (``event`` was, or is, its last step)."""
+
+    position: int
+    event: StepEvent | None = None
+    finished: bool = False
+
+
 class Executor:
-    """Runs items of a work; :attr:`remote` is False for the in-process executor."""
+    """Runs the items of a work; :attr:`remote` is False for the in-process executor."""
 
     remote = False
     name = "local"
 
-    def stream(self, work, items: Sequence, cancel: CancelToken | None = None
-               ) -> Iterator[tuple[int, dict]]:
+    def stream(self, work: "Work", items: Sequence, cancel: CancelToken | None = None
+               ) -> Iterator[ItemEvent]:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -89,22 +113,35 @@ class Executor:
         :mod:`napari_patchdiff.memory`): one, here."""
         return 1
 
+    def check_adaptation(self, adapting) -> None:
+        """InputError if a prior is to adapt (``adapting`` true: ``adapt`` given, or a prior
+        already adapting) on a remote executor: the adapter trains through the run's steps
+        (an ensemble's batches) in turn, so adaptation runs locally only."""
+        if self.remote and adapting:
+            raise InputError("test-time adaptation trains its adapter through the run's steps "
+                             "(an ensemble's batches) in turn, so it runs locally only: drop the "
+                             "cluster (--cluster), or adapt once (reconstruct --adapt "
+                             "--save-prior PATH) and use that prior (--prior PATH) on the "
+                             "cluster")
+
 
 class LocalExecutor(Executor):
-    """Items one after another in this process, on ``device`` (the work's pure path; the
-    ensemble and volume code run locally through their own streaming loops instead)."""
-
-    def __init__(self, device="cpu"):
-        self.device = device
+    """Items one after another in this process, on the work's own operator, measurement and
+    prior (no copies): every step of an item's run as it goes, then the item's end. The cancel
+    token is checked by the method at every step and here between items."""
 
     def stream(self, work, items, cancel=None):
-        work.load(self.device)
         for i, item in enumerate(items):
-            if cancel is not None:
+            if i and cancel is not None:
                 cancel.check()
-            yield i, work.run(item)
+            drive = Drive(work.steps(item, cancel), what=work.what)
+            for event in drive:
+                yield ItemEvent(i, event)
+            drive.final()
+            yield ItemEvent(i, finished=True)
 
 
+#: the in-process executor (``cluster=None`` or ``"local"``)
 LOCAL = LocalExecutor()
 
 
@@ -205,9 +242,10 @@ class RayExecutor(Executor):
         return max(1, min(workers, n_items)), gpus, self.threads
 
     def stream(self, work, items, cancel=None):
-        """Run ``work.run(item)`` for every item on the cluster; yield ``(position, result)``
-        as each finishes (each result gains ``worker`` (pid), ``host``, ``device``,
-        ``worker_seconds`` and ``wall_seconds`` from hand-out to arrival)."""
+        """Run ``work.run(item)`` for every item on the cluster; yield each item's last step
+        (:meth:`Work.event`) as it finishes (its ``info`` gains ``worker`` (pid), ``host``,
+        ``device``, ``worker_seconds``, ``load_seconds`` and ``wall_seconds`` from hand-out to
+        arrival)."""
         items = list(items)
         if not items:
             return
@@ -243,7 +281,7 @@ class RayExecutor(Executor):
                     out["wall_seconds"] = time.perf_counter() - started
                     if queue:
                         hand_out(actor)
-                    yield i, out
+                    yield ItemEvent(i, work.event(out), finished=True)
             self.last.update(_worker_facts(ray, actors))
         finally:
             for actor in actors:  # stops remote work on a cancel, an error or a closed stream
@@ -472,24 +510,65 @@ class OperatorRecipe:
 
 
 class Work:
-    """The shared part of a work (see the module docstring): the measurement, the operator as a
-    recipe and the prior, all on the CPU so that they pickle; :meth:`load` rebuilds the
-    operator on the worker's device and moves the measurement and the prior there. Subclasses
-    add ``run(item)``."""
+    """The runs of a reconstruction as items (see the module docstring): the operator, the
+    measurement and the prior, and :meth:`steps`, the step generator of one item. Subclasses
+    give ``what`` (for messages) and :meth:`solver`. Here (the local executor) the work runs on
+    the problem's own objects; pickled for a worker it carries the operator as a recipe and
+    the measurement and the prior on the CPU, and :meth:`load` rebuilds them on the worker's
+    device."""
+
+    what = "the work"
+    #: what a worker adds to an item's result; :meth:`event` hands them on in ``info``
+    FACTS = ("worker", "host", "device", "worker_seconds", "wall_seconds", "load_seconds")
 
     def __init__(self, problem, prior):
-        self.recipe = OperatorRecipe.of(problem.op)
-        self.y = problem.y.detach().to("cpu")
-        self.volume = problem.volume
-        if prior is not None and str(getattr(prior, "device", "cpu")) != "cpu":
-            import copy
+        self.op, self.y, self.volume, self.prior = problem.op, problem.y, problem.volume, prior
 
-            prior = copy.deepcopy(prior).to("cpu")
-        self.prior = prior
-        self.op = None
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if state["op"] is not None:  # operators hold ODL/ASTRA objects that do not pickle
+            state.update(recipe=OperatorRecipe.of(self.op), op=None)
+        state["y"] = self.y.detach().to("cpu")
+        prior = self.prior
+        if prior is not None and str(getattr(prior, "device", "cpu")) != "cpu":
+            state["prior"] = copy.deepcopy(prior).to("cpu")
+        return state
 
     def load(self, device) -> None:
+        """On a worker: the operator rebuilt on ``device``, the measurement and prior moved."""
         self.op = self.recipe.build(device)
         self.y = self.y.to(self.op.device)
         if self.prior is not None:
             self.prior.to(self.op.device)
+
+    def solver(self, item, cancel: CancelToken | None = None) -> Iterator[StepEvent]:
+        """The method's step generator for ``item``."""
+        raise NotImplementedError
+
+    def steps(self, item, cancel: CancelToken | None = None) -> Iterator[StepEvent]:
+        """The step events of ``item``'s run; with an adapting prior each ``info`` carries
+        ``adapt_loss``, the latest self-supervised loss."""
+        adapting = getattr(self.prior, "adapting", False)
+        for event in self.solver(item, cancel):
+            if adapting and self.prior.last_loss is not None:
+                event.info["adapt_loss"] = self.prior.last_loss
+            yield event
+
+    def run(self, item) -> dict:
+        """On a worker: ``item``'s run to the end, its last step as plain values (the estimate
+        ``(B, H, W)`` on the CPU, the scalar ``info``; ``nfe``: the network evaluations of this
+        run)."""
+        nfe0 = int(getattr(self.prior, "nfe", 0))
+        last = run_to_end(self.steps(item), what=self.what)
+        return {"estimate": last.estimate.detach().to("cpu").numpy()[:, 0], "step": last.step,
+                "total": last.total, "nfe": int(getattr(self.prior, "nfe", 0)) - nfe0,
+                "info": {k: v for k, v in last.info.items()
+                         if isinstance(v, (int, float, str, bool))}}
+
+    def event(self, out: dict) -> StepEvent:
+        """Here: the last step of a worker's run (:meth:`run`'s result), on this operator's
+        device, with the worker's :data:`FACTS` in ``info``."""
+        est = torch.from_numpy(np.array(out["estimate"]))[:, None]  # writable (Ray's are not)
+        info = {**out["info"], **{k: out[k] for k in self.FACTS if k in out}}
+        return StepEvent(out["step"], out["total"], est.to(self.op.device, self.op.dtype), None,
+                         nfe=out["nfe"], info=info)

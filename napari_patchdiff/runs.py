@@ -1,8 +1,10 @@
 """One run of a method on a problem: its parameters, its prior, its step generator, its report.
 
 The API (:mod:`napari_patchdiff.api`), ensembles (:mod:`napari_patchdiff.uncertainty`) and the
-GUI's jobs (:mod:`napari_patchdiff.jobs`) all start a run through :func:`iterate` and describe
-it with :func:`make_report`.
+GUI's jobs (:mod:`napari_patchdiff.jobs`) all start a run through :func:`iterate` (or
+:func:`~napari_patchdiff.uncertainty.ensemble`), which runs it on an executor
+(:mod:`napari_patchdiff.executors`, here or on a cluster), drive it with
+:class:`~napari_patchdiff.events.Drive` and describe it with :func:`make_report`.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import torch
 from . import metrics
 from .errors import InputError
 from .events import CancelToken, StepEvent
-from .executors import Work
 from .problem import Problem
 from .solvers import get_solver
 
@@ -80,7 +81,7 @@ def resolve_prior(problem: Problem, method: str, prior=None, adapt=None,
         prior = prior.with_precision(precision)
     modality = problem.truth.modality if problem.truth is not None else None
     prior.check(problem.op.image_shape, None if modality == "unit" else modality)
-    if adapt and not hasattr(prior, "history"):  # not adapting yet
+    if adapt and not getattr(prior, "adapting", False):  # not adapting yet
         from .adapt import adapt_prior
 
         prior = adapt_prior(prior, problem, adapt)
@@ -112,152 +113,33 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
     runs window by window in bounded memory, with ``overlap`` slices of context (default 2 when
     the method couples slices along z, else 0); see :mod:`napari_patchdiff.volumes`.
 
-    ``cluster`` (see :func:`napari_patchdiff.executors.resolve_executor`): "ray" or
-    "ray:ADDRESS" runs the windows on Ray workers at once (a run of one window, or of one
-    image, on one worker); each finished window is one step event, windows in the order they
-    finish, with the same result as here.
+    ``cluster`` (see :func:`napari_patchdiff.executors.resolve_executor`): None or "local" runs
+    here, step by step; "ray" or "ray:ADDRESS" runs the windows on Ray workers at once (a run
+    of one window, or of one image, on one worker); each finished window is one step event,
+    windows in the order they finish, with the same result as here.
     """
     from .executors import resolve_executor
-    from .volumes import VOLUME_BATCH, iterate_volume
+    from .volumes import VOLUME_BATCH, VolumeWork, iterate_volume, windows
 
     executor = resolve_executor(cluster)
-    if executor.remote and (adapt or hasattr(prior, "history")):
-        raise InputError("test-time adaptation trains its adapter through the run's steps in "
-                         "turn, so it runs locally only: drop the cluster, or adapt once "
-                         "(--adapt --save-prior PATH) and use that prior on the cluster")
-    spec = get_solver(method)
-    objects = ({"prior": resolve_prior(problem, method, prior, adapt, precision)}
-               if needs_prior(method) else resolve_prior(problem, method, prior, adapt,
-                                                         precision) or {})
-    adapting = objects.get("prior") if hasattr(objects.get("prior"), "history") else None
+    executor.check_adaptation(adapt or getattr(prior, "adapting", False))
+    prior = resolve_prior(problem, method, prior, adapt, precision)
     batch = VOLUME_BATCH if batch is None else int(batch)
-    if objects.get("prior") is not None and batch >= 1:  # the network's memory, per worker here
+    whole = problem.volume is None or problem.slices <= batch
+    if prior is not None and batch >= 1:  # the network's memory, per worker here
         from .memory import check_run_memory
 
-        whole = problem.volume is None or problem.slices <= batch
         context = 2 if overlap is None else max(0, int(overlap))  # the default's most
-        check_run_memory(objects["prior"], method, problem.image_shape,
+        check_run_memory(prior, method, problem.image_shape,
                          problem.slices if whole else min(problem.slices, batch + 2 * context),
                          executor.workers_here(1 if whole else -(-problem.slices // batch)))
-    if executor.remote:
-        if batch < 1 or (overlap is not None and int(overlap) < 0):
-            raise InputError(f"a window needs batch >= 1 and overlap >= 0, got {batch}, "
-                             f"{overlap}")
-        used = method_params(problem, method, **params)
-        if overlap is None:
-            overlap = _coupled_overlap(used)
-        return _remote_volume(executor, problem, method, objects.get("prior"), params, batch,
-                              int(overlap), int(used.get("seed", 0)), cancel)
-    if problem.volume is None or problem.slices <= batch:
-        steps = spec(problem.op, problem.y, noise_std=problem.noise_std, cancel=cancel,
-                     volume=problem.volume, **objects, **params)
-    else:
-        used = method_params(problem, method, **params)
-        if overlap is None:
-            overlap = _coupled_overlap(used)
-
-        def run(part: Problem, noise):
-            if adapting is not None:
-                adapting.focus(part.y)
-            extra = {"noise_source": noise} if "noise_source" in spec.objects else {}
-            return spec(part.op, part.y, noise_std=part.noise_std, cancel=cancel,
-                        volume=part.volume, **objects, **extra, **params)
-
-        steps = iterate_volume(problem, run, batch=batch, overlap=int(overlap),
-                               seed=int(used.get("seed", 0)), cancel=cancel)
-    return steps if adapting is None else _with_adapt_loss(steps, adapting)
-
-
-class VolumeWork(Work):
-    """A reconstruction's windows (or its one run) as work for a cluster worker (see
-    :mod:`napari_patchdiff.executors`). An item is None (the whole problem in one run, as
-    :func:`iterate` runs it here) or ``(k, window)``: window ``k`` of
-    :func:`~napari_patchdiff.volumes.windows`, with the noise streams
-    :func:`~napari_patchdiff.volumes.iterate_volume` gives it (one per slice, seeded by the
-    slice index; the prior's by the window index), so its slices are those of a local run."""
-
-    def __init__(self, problem: Problem, method: str, prior, params: dict, seed: int):
-        super().__init__(problem, prior)
-        self.method, self.params, self.seed = method, dict(params), int(seed)
-        self.noise_std = problem.noise_std
-
-    def run(self, item) -> dict:
-        from .noise_source import NoiseSource, StackedNoise, sample_seed
-        from .solvers import Volume
-
-        spec = get_solver(self.method)
-        objects = {} if self.prior is None else {"prior": self.prior}
-        nfe0 = int(getattr(self.prior, "nfe", 0))
-        op, dev, dt = self.op, self.op.device, self.op.dtype
-        if item is None:
-            steps = spec(op, self.y, noise_std=self.noise_std, volume=self.volume, **objects,
-                         **self.params)
-            keep = slice(None)
-        else:
-            k, w = item
-            depth = w.stop - w.start
-            part_volume = (Volume(depth, self.volume.spacing if self.volume else None)
-                           if depth >= 2 else None)
-            noise = StackedNoise([NoiseSource(sample_seed(self.seed, i), False, dev, dt)
-                                  for i in range(w.start, w.stop)], [1] * depth,
-                                 prior_seed=sample_seed(self.seed, 10**6 + k), device=dev,
-                                 dtype=dt)
-            extra = {"noise_source": noise} if "noise_source" in spec.objects else {}
-            steps = spec(op, self.y[w.start:w.stop], noise_std=self.noise_std,
-                         volume=part_volume, **objects, **extra, **self.params)
-            keep = slice(w.keep_start - w.start, w.keep_stop - w.start)
-        last = None
-        for last in steps:
-            pass
-        if last is None:
-            raise RuntimeError(f"method {self.method!r} yielded no step")
-        return {"estimate": last.estimate.detach()[keep].to("cpu").numpy(), "steps": last.step,
-                "total": last.total, "nfe": int(getattr(self.prior, "nfe", 0)) - nfe0,
-                "info": {k: v for k, v in last.info.items()
-                         if isinstance(v, (int, float, str, bool))}}
-
-
-def _remote_volume(executor, problem: Problem, method: str, prior, params: dict, batch: int,
-                   overlap: int, seed: int, cancel) -> Iterator[StepEvent]:
-    """:func:`iterate`'s windows on a cluster: one step event per finished window (the whole
-    volume so far, ``info``: ``window``, ``finished``, ``worker``, ``host``, ``device``)."""
-    from .volumes import windows
-
-    work = VolumeWork(problem, method, prior, params, seed)
-    depth = problem.slices
-    whole = problem.volume is None or depth <= batch
-    items = [None] if whole else list(enumerate(windows(depth, batch, overlap)))
-    with torch.no_grad():
-        volume = problem.op.initial(problem.y).to(problem.op.dtype)
-    finished: list[int] = []
-    step = nfe = 0
-    try:
-        for i, out in executor.stream(work, items, cancel):
-            est = torch.from_numpy(np.array(out["estimate"])).to(volume.device, volume.dtype)
-            info = {**out["info"], "worker": out["worker"], "host": out["host"],
-                    "device": out["device"], "worker_seconds": out["worker_seconds"],
-                    "wall_seconds": out["wall_seconds"], "load_seconds": out["load_seconds"]}
-            step += out["steps"]
-            nfe += out["nfe"]
-            if whole:
-                yield StepEvent(out["steps"], out["total"], est, None, nfe=nfe, info=info)
-                continue
-            w = items[i][1]
-            volume[w.keep_start:w.keep_stop] = est
-            finished = sorted(finished + list(range(w.keep_start, w.keep_stop)))
-            yield StepEvent(step, out["total"] * len(items), volume, None, nfe=nfe, info={
-                **info, "window": (w.start, w.stop), "window_step": out["steps"],
-                "finished": finished})
-    except Cancelled as exc:
-        raise Cancelled(f"cancelled with {len(finished)} of {depth} slices finished",
-                        volume) from exc
-
-
-def _with_adapt_loss(steps, prior) -> Iterator[StepEvent]:
-    for ev in steps:
-        if prior.last_loss is not None:
-            ev.info["adapt_loss"] = prior.last_loss
-        yield ev
+    used = method_params(problem, method, **params)  # bad parameters fail here, not mid-run
+    if executor.remote or not whole:  # windows are checked on a cluster even when one fits
+        overlap = _coupled_overlap(used) if overlap is None else int(overlap)
+        parts = windows(problem.slices, batch, overlap)
+    items = [None] if whole else list(enumerate(parts))
+    work = VolumeWork(problem, method, prior, params, int(used.get("seed", 0)))
+    return iterate_volume(problem, work, executor, items, cancel)
 
 
 def to_array(problem: Problem, estimate: torch.Tensor) -> np.ndarray:
@@ -287,7 +169,7 @@ def make_report(problem: Problem, method: str, params: dict, last: StepEvent, se
     }
     if prior is not None:
         report["prior"] = prior_info(prior)
-        if hasattr(prior, "summary"):
+        if getattr(prior, "adapting", False):
             report["adaptation"] = prior.summary()
     if problem.slice_index is not None:  # one slice of a volume or a measurement stack
         report["slice"] = problem.slice_index

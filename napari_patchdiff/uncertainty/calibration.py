@@ -249,7 +249,7 @@ def prior_identity(prior) -> tuple[str, str]:
     a prior adapted to one measurement is named apart from its base."""
     meta = getattr(prior, "metadata", None) or {}
     name = str(meta.get("name", prior))
-    if hasattr(prior, "history") or meta.get("adapted_from"):  # adapted to this measurement
+    if getattr(prior, "adapting", False) or meta.get("adapted_from"):  # adapted to this measurement
         name += " (adapted)"
     return name, str(meta.get("created") or "")
 

@@ -19,8 +19,9 @@ Noise designs (antithetic sampling for diffusion models: Jia et al., arXiv 2506.
 Samples are batched: one sampler run draws ``batch`` samples (times the slices of a volume) at
 once through a :class:`~napari_patchdiff.noise_source.StackedNoise`. The same seed, design and
 batch size give the same ensemble. Batches are independent (:func:`plan_batches`,
-:func:`run_batch`), so they may also run at once on a Ray cluster (``cluster=``, see
-:mod:`napari_patchdiff.executors`), which gives the same samples.
+:func:`run_batch`): they run as the items of an :class:`EnsembleWork` on an executor (see
+:mod:`napari_patchdiff.executors`), one after another here, or at once on a Ray cluster
+(``cluster=``), which gives the same samples.
 """
 from __future__ import annotations
 
@@ -30,13 +31,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 
 from ..errors import InputError
-from ..events import Cancelled, CancelToken, StepEvent
-from ..executors import Work
+from ..events import CancelToken, Drive, StepEvent
+from ..executors import Executor, Work
 from ..memory import check_ensemble_memory
-from ..noise_source import DESIGNS, GROUP, NoiseSource, StackedNoise, sample_seed
+from ..noise_source import DESIGNS, GROUP, NoiseSource, run_noise, sample_seed
 from ..problem import Problem
 from ..runs import method_params, resolve_prior
 from ..solvers import SOLVERS, get_solver
@@ -138,10 +138,8 @@ def run_batch(spec, op, y, b: Batch, *, prior, design: str, seed: int, slices: i
               cancel=None, **used) -> Iterator[StepEvent]:
     """The step events of one batch's sampler run (the pure core of :func:`ensemble`: a
     local run and a cluster worker both call it)."""
-    noise = StackedNoise([_source(design, s, a, m, op.device, op.dtype)
-                          for s, a, _, m in b.streams],
-                         [slices] * len(b.streams), prior_seed=sample_seed(seed, 10**6 + b.index),
-                         device=op.device, dtype=op.dtype)
+    noise = run_noise([_source(design, s, a, m, op.device, op.dtype) for s, a, _, m in b.streams],
+                      [slices] * len(b.streams), seed, b.index, op.device, op.dtype)
     yb = y.repeat(len(b.streams), *([1] * (y.ndim - 1)))
     return spec.run(op, yb, prior=prior, noise_source=noise, cancel=cancel, seed=seed,
                     volume=volume, **used)
@@ -183,10 +181,7 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
         raise InputError(f"method {method!r} is not a posterior sampler; an ensemble needs one of "
                          f"{', '.join(samplers)}")
     executor = resolve_executor(cluster)
-    if executor.remote and (adapt or hasattr(prior, "history")):
-        raise InputError("test-time adaptation trains one adapter through an ensemble's batches "
-                         "in turn, so it runs locally only: drop the cluster, or adapt once "
-                         "(reconstruct --adapt --save-prior PATH) and sample with that prior")
+    executor.check_adaptation(adapt or getattr(prior, "adapting", False))
     prior = resolve_prior(problem, method, prior, adapt, precision)
     used = method_params(problem, method, **params)
     used.pop("seed", None)
@@ -198,27 +193,28 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
     # before sampling when over half of it
     check_ensemble_memory(prior, method, problem.image_shape, d, samples, batch,
                           executor.workers_here(len(batches)))
-    if executor.remote:
-        yield from _remote(executor, problem, method, prior, design, seed, batches, used,
-                           samples, cancel)
-        return
-    op, y = problem.op, problem.y
-    nfe0 = int(getattr(prior, "nfe", 0))
-    t0 = time.perf_counter()
-    for b in batches:
-        last = None
-        for last in run_batch(spec, op, y, b, prior=prior, design=design, seed=seed, slices=d,
-                              volume=problem.volume, cancel=cancel, **used):
-            info = {**last.info, "batch": b.index, "samples": b.samples}
-            if getattr(prior, "last_loss", None) is not None:
-                info["adapt_loss"] = prior.last_loss
-            yield StepEvent(last.step, last.total, last.estimate, last.denoised,
-                            nfe=int(getattr(prior, "nfe", 0)) - nfe0, info=info)
-        if last is None:
-            raise RuntimeError(f"method {method!r} yielded no step")
-        est = last.estimate.detach().to("cpu").float().numpy()[:, 0]
-        yield from _sample_events(b, est, d, samples, problem.squeeze,
-                                  int(getattr(prior, "nfe", 0)) - nfe0, time.perf_counter() - t0)
+    work = EnsembleWork(problem, method, prior, design, seed, used)
+    yield from _batch_events(problem, work, executor, batches, samples, cancel)
+
+
+def _batch_events(problem: Problem, work: "EnsembleWork", executor: Executor,
+                  batches: list[Batch], samples: int, cancel) -> Iterator:
+    """:func:`ensemble`'s events from its batches on ``executor``: each step of a batch (here;
+    on a cluster its last step, when it finishes), then the batch's samples."""
+    d, nfe, t0, last = problem.slices, 0, time.perf_counter(), {}
+    for item in executor.stream(work, batches, cancel):
+        b = batches[item.position]
+        ev = item.event
+        if ev is not None:
+            last[b.index] = ev
+            yield StepEvent(ev.step, ev.total, ev.estimate, ev.denoised, nfe=nfe + ev.nfe,
+                            info={**ev.info, "batch": b.index, "samples": b.samples})
+        if item.finished:
+            ev = last.pop(b.index)
+            nfe += ev.nfe
+            est = ev.estimate.detach().to("cpu").float().numpy()[:, 0]
+            yield from _sample_events(b, est, d, samples, problem.squeeze, nfe,
+                                      time.perf_counter() - t0)
 
 
 def _sample_events(b: Batch, est: np.ndarray, d: int, total: int, squeeze: bool, nfe: int,
@@ -230,46 +226,19 @@ def _sample_events(b: Batch, est: np.ndarray, d: int, total: int, squeeze: bool,
 
 
 class EnsembleWork(Work):
-    """An ensemble's batches as work for a cluster worker (see
-    :mod:`napari_patchdiff.executors`): picklable (the operator travels as a recipe, the prior
-    as itself, on the CPU); :meth:`load` once per worker, :meth:`run` once per batch."""
+    """An ensemble's batches as work for an executor (see :mod:`napari_patchdiff.executors`):
+    an item is a :class:`Batch`, its run :func:`run_batch`."""
 
     def __init__(self, problem: Problem, method: str, prior, design: str, seed: int, used):
         super().__init__(problem, prior)
         self.method, self.design, self.seed, self.used = method, design, int(seed), dict(used)
         self.slices = problem.slices
+        self.what = f"method {method!r}"
 
-    def run(self, b: Batch) -> dict:
-        nfe0 = int(getattr(self.prior, "nfe", 0))
-        last = None
-        for last in run_batch(get_solver(self.method), self.op, self.y, b, prior=self.prior,
-                              design=self.design, seed=self.seed, slices=self.slices,
-                              volume=self.volume, **self.used):
-            pass
-        if last is None:
-            raise RuntimeError(f"method {self.method!r} yielded no step")
-        return {"estimate": last.estimate.detach().to("cpu").float().numpy()[:, 0],
-                "steps": last.step, "total": last.total,
-                "nfe": int(getattr(self.prior, "nfe", 0)) - nfe0}
-
-
-def _remote(executor, problem: Problem, method: str, prior, design: str, seed: int,
-            batches: list[Batch], used, samples: int, cancel) -> Iterator:
-    """:func:`ensemble`'s batches on a cluster, as their results arrive."""
-    work = EnsembleWork(problem, method, prior, design, seed, used)
-    d, nfe, t0 = problem.slices, 0, time.perf_counter()
-    for i, out in executor.stream(work, batches, cancel):
-        b = batches[i]
-        nfe += out["nfe"]
-        est = np.array(out["estimate"])  # writable (Ray returns read-only views)
-        info = {"batch": b.index, "samples": b.samples, "worker": out["worker"],
-                "host": out["host"], "device": out["device"],
-                "worker_seconds": out["worker_seconds"], "wall_seconds": out["wall_seconds"],
-                "load_seconds": out["load_seconds"]}
-        yield StepEvent(out["steps"], out["total"], torch.from_numpy(est)[:, None], None,
-                        nfe=nfe, info=info)
-        yield from _sample_events(b, est, d, samples, problem.squeeze, nfe,
-                                  time.perf_counter() - t0)
+    def solver(self, b: Batch, cancel: CancelToken | None = None) -> Iterator[StepEvent]:
+        return run_batch(get_solver(self.method), self.op, self.y, b, prior=self.prior,
+                         design=self.design, seed=self.seed, slices=self.slices,
+                         volume=self.volume, cancel=cancel, **self.used)
 
 
 class Accumulator:
@@ -366,29 +335,39 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     acc = Accumulator(design, *resolve_calibration(
         calibration, problem=problem, method=method, prior=prior,
         params=method_params(problem, method, **params), samples=samples, level=level))
-    try:
-        for ev in ensemble(problem, method, prior=prior, samples=samples, design=design,
-                           batch=batch, seed=seed, cancel=cancel, cluster=executor, **params):
+
+    def partial(last) -> EnsembleResult | None:  # the whole pairs or groups finished so far
+        out = acc.summary(truth, roi, level)
+        if out is not None:
+            out.report.update(cancelled=True, seconds=time.perf_counter() - t0,
+                              sample_indices=acc.indices, executor=executor.describe())
+        return out
+
+    with Drive(ensemble(problem, method, prior=prior, samples=samples, design=design,
+                        batch=batch, seed=seed, cancel=cancel, cluster=executor, **params),
+               partial, what=f"method {method!r}") as drive:
+        for ev in drive:
             if isinstance(ev, SampleEvent):
                 acc.add(ev)
             if on_event is not None:
                 on_event(ev)
-    except (Cancelled, KeyboardInterrupt) as exc:
-        exc.partial = acc.summary(truth, roi, level)
-        if exc.partial is not None:
-            exc.partial.report.update(cancelled=True, seconds=time.perf_counter() - t0,
-                                      sample_indices=acc.indices, executor=executor.describe())
-        raise
-    result = acc.summary(truth, roi, level)
     batch = batch or default_batch(samples, problem.slices, design)
-    result.report.update(method=method, seed=seed, batch=batch, nfe=acc.nfe,
-                         precision=getattr(prior, "precision", "float32"),
-                         seconds=round(time.perf_counter() - t0, 3),
-                         nfe_per_sample=acc.nfe / math.ceil(samples / batch))
+    return _reported(acc.summary(truth, roi, level), problem, prior, executor, method=method,
+                     seed=seed, batch=batch, nfe=acc.nfe,
+                     precision=getattr(prior, "precision", "float32"),
+                     seconds=round(time.perf_counter() - t0, 3),
+                     nfe_per_sample=acc.nfe / math.ceil(samples / batch))
+
+
+def _reported(result: EnsembleResult, problem: Problem, prior, executor: Executor,
+              **facts) -> EnsembleResult:
+    """``result`` with the run's ``facts`` in its report, and the slice, the executor (on a
+    cluster) and the adaptation where they apply."""
+    result.report.update(facts)
     if problem.slice_index is not None:  # one slice of a volume or a measurement stack
         result.report["slice"] = problem.slice_index
     if executor.remote:
         result.report["executor"] = executor.describe()
-    if hasattr(prior, "summary"):
+    if getattr(prior, "adapting", False):
         result.report["adaptation"] = prior.summary()
     return result
