@@ -22,7 +22,7 @@ import numpy as np
 from .devices import parse_device
 from .errors import InputError
 from .executors import RayExecutor
-from .events import Cancelled, CancelToken, StepEvent
+from .events import CancelToken, Drive, StepEvent
 from .problem import (Problem, Truth, from_measurement, load_measurement, load_truth, simulate,
                       truth_from_array)
 from .runs import (Result, iterate, make_report, method_params, needs_prior, resolve_prior,
@@ -58,19 +58,19 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
     executor = resolve_executor(cluster)
     used = method_params(problem, method, **params)
     prior = resolve_prior(problem, method, prior, adapt, precision)
-    t0, last = time.perf_counter(), None
-    try:
-        for last in iterate(problem, method, cancel=cancel, prior=prior, batch=batch,
-                            overlap=overlap, cluster=executor, **used):
-            if on_event is not None:
-                on_event(last)
-    except (Cancelled, KeyboardInterrupt) as exc:
-        if last is not None:
-            exc.partial = result_of(problem, method, used, last, time.perf_counter() - t0, prior)
-            exc.partial.report["cancelled"] = True
-        raise
-    if last is None:
-        raise RuntimeError(f"method {method!r} yielded no step")
+    t0 = time.perf_counter()
+
+    def partial(last) -> Result | None:  # the last completed step, as a cancelled result
+        if last is None:
+            return None
+        out = result_of(problem, method, used, last, time.perf_counter() - t0, prior)
+        out.report["cancelled"] = True
+        return out
+
+    with Drive(iterate(problem, method, cancel=cancel, prior=prior, batch=batch,
+                       overlap=overlap, cluster=executor, **used),
+               partial, what=f"method {method!r}") as drive:
+        last = drive.run(on_event)
     result = result_of(problem, method, used, last, time.perf_counter() - t0, prior)
     if executor.remote:
         result.report["executor"] = executor.describe()

@@ -23,7 +23,7 @@ import torch
 
 from . import metrics
 from .errors import InputError, JobError
-from .events import Cancelled, CancelToken, StepEvent
+from .events import Cancelled, CancelToken, Drive, StepEvent
 from .problem import Problem
 from .runs import make_report, method_params, needs_prior, to_array
 from .uncertainty import Accumulator, SampleEvent, default_batch, ensemble
@@ -185,6 +185,19 @@ def _load_prior(source, device):
     return load_prior(source, device=device)
 
 
+def _job_prior(job: ReconJob, problem: Problem, load_prior: Callable):
+    """The prior ``job`` runs with (None for a classical method), checked against ``problem``
+    and wrapped when the job adapts it (:func:`~napari_patchdiff.runs.resolve_prior`)."""
+    from .runs import resolve_prior
+
+    prior = None
+    if needs_prior(job.method):
+        if not job.prior:
+            raise InputError(f"method {job.method!r} needs a prior: choose one in the Prior widget")
+        prior = load_prior(job.prior, problem.op.device)
+    return resolve_prior(problem, job.method, prior, job.adapt, job.precision)
+
+
 def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = None,
                   load_prior: Callable | None = None, pace: Pace | None = None
                   ) -> Iterator[Update]:
@@ -194,54 +207,52 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
     ``pace`` spaces the streamed estimates (default: every ``job.interval`` seconds).
     """
     from .executors import resolve_executor
-    from .runs import iterate, resolve_prior
+    from .runs import iterate
 
     pace = pace or Pace(job.interval)
     executor = resolve_executor(job.cluster)  # a bad cluster is an error before any work
     if executor.remote:
         job = dataclasses.replace(job, cluster=executor)
     problem = problem.to(job.device)
-    prior = None
-    if needs_prior(job.method):
-        if not job.prior:
-            raise InputError(f"method {job.method!r} needs a prior: choose one in the Prior widget")
-        prior = (load_prior or _load_prior)(job.prior, problem.op.device)
-    prior = resolve_prior(problem, job.method, prior, job.adapt,  # wrapped when adapting
-                          job.precision)
+    prior = _job_prior(job, problem, load_prior or _load_prior)
     if job.samples > 1:
         yield from _ensemble_updates(job, problem, prior, cancel, pace)
         return
     params = method_params(problem, job.method, **job.params)
     if "seed" in params:
         params["seed"] = job.seed
-    t0, last = time.perf_counter(), None
-    try:
-        for last in iterate(problem, job.method, cancel=cancel, prior=prior,
-                            cluster=job.cluster, **params):
-            if not last.done and pace.due(cancel):
-                x = to_array(problem, _view(last))
-                yield Update(UpdateKind.STEP, last.step, last.total, to_units(problem, x),
-                             _metrics(problem, x, last), text=step_text(last, problem.slices))
-    except Cancelled:
+    t0 = time.perf_counter()
+
+    def cancelled(last) -> Update:  # the last step shown, with its report
         if last is None:
-            yield Update(UpdateKind.CANCELLED, text="cancelled before the first step")
-            return
+            return Update(UpdateKind.CANCELLED, text="cancelled before the first step")
         x = to_array(problem, _view(last))
         report = make_report(problem, job.method, params, last, time.perf_counter() - t0, x,
                              prior)
         report.update(cancelled=True, partial=f"estimate after step {last.step} of {last.total}")
-        yield Update(UpdateKind.CANCELLED, last.step, last.total, to_units(problem, x),
-                     _metrics(problem, x), report=report)
+        return Update(UpdateKind.CANCELLED, last.step, last.total, to_units(problem, x),
+                      _metrics(problem, x), report=report)
+
+    drive = Drive(iterate(problem, job.method, cancel=cancel, prior=prior, cluster=job.cluster,
+                          **params), cancelled, what=f"method {job.method!r}", error=JobError)
+    try:
+        with drive:
+            for ev in drive:
+                if not ev.done and pace.due(cancel):
+                    x = to_array(problem, _view(ev))
+                    yield Update(UpdateKind.STEP, ev.step, ev.total, to_units(problem, x),
+                                 _metrics(problem, x, ev), text=step_text(ev, problem.slices))
+    except Cancelled as exc:
+        yield exc.partial
         return
-    if last is None:
-        raise JobError(f"method {job.method!r} yielded no step")
+    last = drive.final()
     x = to_array(problem, last.estimate)
     report = make_report(problem, job.method, params, last, time.perf_counter() - t0, x, prior)
     if executor.remote:
         report["executor"] = executor.describe()
     yield Update(UpdateKind.DONE, last.step, last.total, to_units(problem, x),
                  _metrics(problem, x, last), report=report,
-                 prior=prior if hasattr(prior, "save") else None)
+                 prior=prior if getattr(prior, "adapting", False) else None)
 
 
 def step_text(ev: StepEvent, slices: int = 1, batches: int = 0, samples: int = 0) -> str:
@@ -268,24 +279,29 @@ def step_text(ev: StepEvent, slices: int = 1, batches: int = 0, samples: int = 0
     return ", ".join(parts)
 
 
-def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> Iterator[Update]:
-    params = {k: v for k, v in job.params.items() if k != "seed"}
-    used = {**method_params(problem, job.method, **params), "seed": job.seed}
-    batch = job.batch or default_batch(job.samples, problem.slices, job.design)
-    runs = math.ceil(job.samples / batch)
-    truth = problem.truth.x if problem.truth is not None else None
-    calibration = resolve_calibration(job.calibration, problem=problem, method=job.method,
-                                      prior=prior, params=used, samples=job.samples,
-                                      level=job.level)
-    acc, t0 = Accumulator(job.design, *calibration), time.perf_counter()
-    last, pos, tot, steps = None, 0, 0, {}
-    remote = getattr(job.cluster, "remote", False)
+@dataclass
+class _EnsembleProgress:
+    """An ensemble job so far (its samples, its last step shown, its steps of the whole job) and
+    the :class:`Update` that shows it."""
 
-    def update(kind: UpdateKind) -> Update:
+    job: ReconJob
+    problem: Problem
+    prior: Any
+    used: dict
+    batch: int
+    acc: Accumulator
+    t0: float = field(default_factory=time.perf_counter)
+    last: StepEvent | None = None
+    pos: int = 0
+    tot: int = 0
+
+    def update(self, kind: UpdateKind) -> Update:
+        job, problem, acc, last = self.job, self.problem, self.acc, self.last
         samples = to_units(problem, acc.stack(usable_only=False)) if len(acc) else None
+        truth = problem.truth.x if problem.truth is not None else None
         s = acc.summary(truth, level=job.level) if last is not None else None
         if s is None:
-            return Update(kind, pos, tot, samples=samples, text=f"{len(acc)} samples")
+            return Update(kind, self.pos, self.tot, samples=samples, text=f"{len(acc)} samples")
         maps = {"mean": to_units(problem, s.mean), "std": to_units(problem, s.std, shift=False)}
         if s.calibrated:
             maps.update({"lower (calibrated)": to_units(problem, s.lower),
@@ -294,40 +310,58 @@ def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> I
                      "upper (sample quantile)": to_units(problem, s.upper_quantile)})
         if s.pair_correlation is not None and acc.usable >= 6:  # 2 pairs: +-1 everywhere
             maps["pair correlation"] = s.pair_correlation
-        report = make_report(problem, job.method, used, last, time.perf_counter() - t0, s.mean,
-                             prior)
-        report.update(s.report, nfe=acc.nfe, batch=batch, samples_requested=job.samples)
-        if remote:
+        report = make_report(problem, job.method, self.used, last, time.perf_counter() - self.t0,
+                             s.mean, self.prior)
+        report.update(s.report, nfe=acc.nfe, batch=self.batch, samples_requested=job.samples)
+        if getattr(job.cluster, "remote", False):
             report["executor"] = job.cluster.describe()
         live = {"psnr": s.report.get("psnr_mean"), "ssim": s.report.get("ssim_mean"),
                 "coverage": s.report.get("coverage"), "mean_std": s.report["mean_std"]}
-        return Update(kind, pos, tot, samples=samples, maps=maps, report=report,
+        return Update(kind, self.pos, self.tot, samples=samples, maps=maps, report=report,
                       metrics={k: v for k, v in live.items() if v is not None},
                       text=f"{len(acc)} samples")
 
+    def cancelled(self, _=None) -> Update:
+        """The samples so far and the last step shown (:class:`~napari_patchdiff.events.Drive`'s
+        partial result of a cancelled ensemble job)."""
+        final = self.update(UpdateKind.CANCELLED)
+        x = (None if self.last is None
+             else to_units(self.problem, to_array(self.problem, _view(self.last))))
+        return dataclasses.replace(final, image=x, report={**final.report, "cancelled": True})
+
+
+def _ensemble_updates(job: ReconJob, problem: Problem, prior, cancel, pace) -> Iterator[Update]:
+    params = {k: v for k, v in job.params.items() if k != "seed"}
+    used = {**method_params(problem, job.method, **params), "seed": job.seed}
+    batch = job.batch or default_batch(job.samples, problem.slices, job.design)
+    runs = math.ceil(job.samples / batch)
+    calibration = resolve_calibration(job.calibration, problem=problem, method=job.method,
+                                      prior=prior, params=used, samples=job.samples,
+                                      level=job.level)
+    acc = Accumulator(job.design, *calibration)
+    now, steps = _EnsembleProgress(job, problem, prior, used, batch, acc), {}
     try:
-        for ev in ensemble(problem, job.method, prior=prior, samples=job.samples,
-                           design=job.design, batch=batch, seed=job.seed, cancel=cancel,
-                           cluster=job.cluster, **params):
-            if isinstance(ev, SampleEvent):
-                acc.add(ev)
-                if len(acc) < job.samples and len(acc) % batch == 0:  # a batch is complete
-                    yield update(UpdateKind.SAMPLE)
-                continue
-            last = ev
-            steps[ev.info["batch"]] = ev.step  # batches may finish in any order on a cluster
-            pos, tot = sum(steps.values()), runs * ev.total
-            if not ev.done and pace.due(cancel):
-                x = to_array(problem, _view(ev))
-                yield Update(UpdateKind.STEP, pos, tot, to_units(problem, x),
-                             _metrics(problem, x, ev),
-                             text=step_text(ev, problem.slices, runs, job.samples))
-    except Cancelled:
-        final = update(UpdateKind.CANCELLED)
-        x = None if last is None else to_units(problem, to_array(problem, _view(last)))
-        yield dataclasses.replace(final, image=x, report={**final.report, "cancelled": True})
+        with Drive(ensemble(problem, job.method, prior=prior, samples=job.samples,
+                            design=job.design, batch=batch, seed=job.seed, cancel=cancel,
+                            cluster=job.cluster, **params), now.cancelled) as drive:
+            for ev in drive:
+                if isinstance(ev, SampleEvent):
+                    acc.add(ev)
+                    if len(acc) < job.samples and len(acc) % batch == 0:  # a batch is complete
+                        yield now.update(UpdateKind.SAMPLE)
+                    continue
+                now.last = ev
+                steps[ev.info["batch"]] = ev.step  # batches may finish in any order on a cluster
+                now.pos, now.tot = sum(steps.values()), runs * ev.total
+                if not ev.done and pace.due(cancel):
+                    x = to_array(problem, _view(ev))
+                    yield Update(UpdateKind.STEP, now.pos, now.tot, to_units(problem, x),
+                                 _metrics(problem, x, ev),
+                                 text=step_text(ev, problem.slices, runs, job.samples))
+    except Cancelled as exc:
+        yield exc.partial
         return
-    yield update(UpdateKind.DONE)
+    yield now.update(UpdateKind.DONE)
 
 
 def bounds_advice(problem: Problem, method: str, prior: str | None, params: dict | None = None,
