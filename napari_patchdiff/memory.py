@@ -179,8 +179,8 @@ def check_adaptation_memory(prior, rank: int, image_shape, images: int) -> None:
         return
     fits = (limit - fixed) // per_rank
     h, w = image_shape[-2:]
-    advice = (f"use --adapt-rank {fits} or less (adapt={{'rank': {fits}}})" if fits >= 1 else
-              "lower --adapt-batch or crop the image")
+    advice = (f"use adapt={{'rank': {fits}}} or less" if fits >= 1 else
+              "lower adapt={'batch': ...} or crop the image")
     _refuse(f"test-time adaptation at rank {rank} ({images} image(s) of {h} x {w} per step)",
             need, limit, advice)
 
@@ -226,7 +226,7 @@ def check_run_memory(prior, method: str, image_shape, items: int, workers: int =
     h, w = image_shape[-2:]
     on = f" on {workers} workers of this machine" if workers > 1 else ""
     _refuse(f"reconstructing {items} slice(s) of {h} x {w} at a time with {method}{on}", need,
-            limit, f"use a smaller --batch{' or fewer --workers' if workers > 1 else ''}")
+            limit, f"use a smaller batch={' or fewer workers=' if workers > 1 else ''}")
 
 
 def check_ensemble_memory(prior, method: str, image_shape, slices: int, samples: int,
@@ -240,4 +240,4 @@ def check_ensemble_memory(prior, method: str, image_shape, slices: int, samples:
     h, w = image_shape[-2:]
     on = f" on {workers} workers of this machine" if workers > 1 else ""
     _refuse(f"an ensemble of {samples} samples of {slices} x {h} x {w} drawn {batch} at a "
-            f"time{on}", need, limit, "use fewer --samples, a smaller --batch or fewer --workers")
+            f"time{on}", need, limit, "use fewer samples=, a smaller batch= or fewer workers=")

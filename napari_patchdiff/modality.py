@@ -33,7 +33,7 @@ AMBIGUOUS_MAX = 4095
 MRI_NEGATIVE_FRACTION = 0.05
 _MODALITY_ALIASES = {"ct": "ct", "mr": "mri", "mri": "mri", "unit": "unit"}
 _UNITS_MODALITY = {units.lower(): modality for modality, units in UNITS.items()}
-_ASK = "pass --modality ct|mri|unit"
+_ASK = "pass modality='ct', 'mri' or 'unit'"
 
 
 def canonical_modality(value) -> str | None:
@@ -65,7 +65,7 @@ def stated_modality(meta: dict | None) -> tuple[str | None, str]:
 def infer_modality(array, meta: dict | None = None,
                    told: tuple[str, str] | None = None) -> tuple[str, str]:
     """The intensity convention of ``array`` (``"ct"``, ``"mri"`` or ``"unit"``) and the reason,
-    in words; :class:`InputError` (asking for ``--modality``) when it cannot be told safely.
+    in words; :class:`InputError` (asking for ``modality``) when it cannot be told safely.
 
     Metadata always wins. Units saying what the values are come first (``"HU"``: ct,
     ``"scanner units"``: mri, ``"normalised [0, 1]"``: unit; a reconstruction of a CT scan on

@@ -86,21 +86,21 @@ class OutputFolder:
         self._created = False
         p = self.path
         if p.is_symlink() and not p.exists():
-            raise InputError(f"--out {p} is a broken symbolic link (to {os.readlink(p)}); "
-                             "choose another folder")
+            raise InputError(f"the output folder {p} is a broken symbolic link (to "
+                             f"{os.readlink(p)}); choose another folder")
         if p.exists() and not p.is_dir():
-            raise InputError(f"--out {p} is a file, not a folder; choose a folder")
+            raise InputError(f"the output folder {p} is a file, not a folder; choose a folder")
         here = p.resolve()
         for item in inputs:
             if item is None or not Path(str(item)).expanduser().exists():
                 continue
             src = Path(str(item)).expanduser().resolve()
             if src == here or here in src.parents:
-                raise InputError(f"the input {item} is inside --out {p}; write the results "
-                                 "to another folder (the input is never put at risk)")
+                raise InputError(f"the input {item} is inside the output folder {p}; write the "
+                                 "results to another folder (the input is never put at risk)")
         if p.is_dir() and not os.stat(p).st_mode & 0o200:
-            raise InputError(f"--out {p} is read-only; make it writable or choose another "
-                             "folder")
+            raise InputError(f"the output folder {p} is read-only; make it writable or choose "
+                             "another folder")
         try:
             if not p.is_dir():
                 p.mkdir(parents=True)
@@ -185,12 +185,12 @@ class OutputFolder:
         foreign = entries - ours
         if foreign:
             raise InputError(
-                f"--out {self.path} holds files this program did not write "
-                f"({_shown(foreign, self.path)}); choose another folder (--overwrite replaces "
+                f"the output folder {self.path} holds files this program did not write "
+                f"({_shown(foreign, self.path)}); choose another folder (overwrite=True replaces "
                 "only the results of an earlier run, never other files)")
         if not self.overwrite:
-            raise InputError(f"--out {self.path} holds the results of an earlier run "
-                             f"({_shown(entries, self.path)}); pass --overwrite to replace "
+            raise InputError(f"the output folder {self.path} holds the results of an earlier "
+                             f"run ({_shown(entries, self.path)}); pass overwrite=True to replace "
                              "them, or choose another folder")
 
     def _recover(self) -> None:

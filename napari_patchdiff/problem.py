@@ -203,7 +203,7 @@ def truth_from_array(arr, meta=None, modality=None, slice=None, operator=None) -
         raise InputError(f"the image contains {bad} NaN or infinite values")
     if slice is not None:
         if arr.ndim != 3:
-            raise InputError("--slice needs a volume (D, H, W); the input is a 2D image")
+            raise InputError("slice= needs a volume (D, H, W); the input is a 2D image")
         index = _slice_index(slice, arr.shape[0])
         arr = arr[index]
         meta["slice"] = index
@@ -230,7 +230,7 @@ def truth_from_array(arr, meta=None, modality=None, slice=None, operator=None) -
     if modality == "unit" and (x.min() < -0.5 or x.max() > 1.5):
         raise InputError(
             f"modality 'unit' expects values on the normalised [0, 1] scale, got "
-            f"[{x.min():.3g}, {x.max():.3g}]; pass --modality ct (HU) or mri"
+            f"[{x.min():.3g}, {x.max():.3g}]; pass modality='ct' (HU) or 'mri'"
         )
     return Truth(x=np.ascontiguousarray(x, dtype=np.float32), modality=modality, scale=scale,
                  meta=meta)
@@ -321,9 +321,9 @@ def load_measurement(path, operator: str | None = None, image_shape=None,
     operator = operator or recorded["operator"]
     shape = given["image_shape"] or recorded["image_shape"]
     if operator is None:
-        raise InputError(f"{name}: no sidecar names the operator; pass --operator")
+        raise InputError(f"{name}: no sidecar names the operator; pass operator=")
     if shape is None:
-        raise InputError(f"{name}: no sidecar gives the image size; pass --image-shape H W")
+        raise InputError(f"{name}: no sidecar gives the image size; pass image_shape=(H, W)")
     cls = OPERATORS.get(operator)
     declared = {p.name: p for p in cls.PARAMS}
     params = dict(meta.get("operator_params") or {})
@@ -367,7 +367,7 @@ def load_measurement(path, operator: str | None = None, image_shape=None,
 def _one_slice(problem: Problem, index) -> Problem:
     """One measurement of a stack as a problem of its own."""
     if problem.squeeze:
-        raise InputError("--slice needs a stack of measurements; this is a single one")
+        raise InputError("slice= needs a stack of measurements; this is a single one")
     index = _slice_index(index, problem.slices)
     return dataclasses.replace(problem, y=problem.y[index:index + 1], squeeze=True,
                                slice_index=index)

@@ -200,7 +200,7 @@ def test_an_adapter_rank_that_cannot_fit_is_refused_at_once(tmp_path, capsys):
     with pytest.raises(InputError, match=r"adaptation at rank 100000 .* needs about .* GiB") as e:
         api.solve(problem, "dds", prior="ct", nfe=2, adapt={"rank": 100000, "steps": 1})
     assert time.perf_counter() - t0 < 10  # loading the prior included; the check is ms
-    fits = int(re.search(r"--adapt-rank (\d+) or less", str(e.value)).group(1))
+    fits = int(re.search(r"adapt=\{'rank': (\d+)\} or less", str(e.value)).group(1))
     assert 4 <= fits < 100000  # the default rank 4 fits on any computer that runs the tests
     crop = tmp_path / "slice.npy"
     np.save(crop, load_sample("ct")[0][1].astype(np.float32))

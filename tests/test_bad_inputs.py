@@ -222,7 +222,7 @@ def test_data_is_never_changed_silently(files):
     """The soft-tissue crop is refused rather than guessed MRI and made positive; with the
     modality given it keeps its negative values."""
     soft = np.load(files / "soft_tissue.npy")
-    with pytest.raises(InputError, match="--modality"):
+    with pytest.raises(InputError, match="pass modality='ct'"):
         api.load_truth(files / "soft_tissue.npy")
     t = api.load_truth(files / "soft_tissue.npy", modality="ct")
     np.testing.assert_allclose(t.to_units(t.x), soft, atol=0.1)

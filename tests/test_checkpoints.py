@@ -221,7 +221,7 @@ def test_interrupt_saves_the_last_completed_step(tmp_path, monkeypatch, uninterr
             seen.append(ev.step)
     assert seen == [1, 2]
     assert str(exc.value) == (f"training interrupted at step 2; checkpoint saved to "
-                              f"{out}.safetensors (resume with --resume)")
+                              f"{out}.safetensors (resume with resume=True)")
     assert isinstance(exc.value.__cause__, KeyboardInterrupt)
     assert read_metadata(out)["steps"] == 2
     monkeypatch.undo()

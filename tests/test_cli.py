@@ -230,6 +230,36 @@ def test_run_options_are_the_declared_ones(command):
     assert {p.name for p in RUN_PARAMS if not hasattr(args, p.name)} <= {"cluster", "workers"}
 
 
+def test_core_messages_name_the_api_and_the_cli_its_flags(tmp_path, capsys):
+    """The core names the API's arguments (resume=True); the command line shows its flags
+    through API_WORDS, whose every phrase the core still writes."""
+    from pathlib import Path
+
+    from napari_patchdiff.cli._common import API_WORDS, in_cli_words
+
+    package = Path(__file__).resolve().parents[1] / "napari_patchdiff"
+    core = "".join(f.read_text(encoding="utf-8") for f in package.rglob("*.py")
+                   if f.parent.name not in ("cli", "_qt"))
+    for api_words, cli_words in API_WORDS:
+        if isinstance(api_words, str):
+            assert api_words in core, api_words
+    assert in_cli_words("use adapt={'rank': 12} or less") == "use --adapt-rank 12 or less"
+    assert in_cli_words("use fewer samples=, a smaller batch= or fewer workers=") == (
+        "use fewer --samples, a smaller --batch or fewer --workers")
+    # end to end: an output folder holding earlier results, a 2D image with --slice
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("x")
+    code, _, err = _run(capsys, "reconstruct", "sample:ct", "--slice", 1, "--operator",
+                        "denoise", "--out", tmp_path / "out", "--quiet")
+    assert code == 2 and f"--out {tmp_path / 'out'} holds files" in err, err
+    assert "--overwrite replaces only" in err and "overwrite=True" not in err, err
+    np.save(tmp_path / "flat.npy", np.zeros((16, 16), np.float32))
+    code, _, err = _run(capsys, "reconstruct", tmp_path / "flat.npy", "--slice", 0,
+                        "--modality", "unit", "--operator", "denoise", "--out", tmp_path / "o",
+                        "--quiet")
+    assert code == 2 and "--slice needs a volume" in err and "slice=" not in err, err
+
+
 def test_info_on_corrupt_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00\x01garbage")

@@ -233,7 +233,7 @@ def test_an_ensemble_that_cannot_fit_is_refused_before_sampling(monkeypatch):
         return api.sample(problem, "dds", prior="ct", nfe=2, on_event=no_event, **kw)
 
     with pytest.raises(InputError, match=r"an ensemble of 100000 samples of 1 x 64 x 64 drawn 2 "
-                                         r"at a time needs about [\d.]+ GiB .* fewer --samples"):
+                                         r"at a time needs about [\d.]+ GiB .* fewer samples="):
         sample(samples=100000, batch=2)
     with pytest.raises(InputError, match="drawn 8192 at a time needs"):
         sample(samples=8192, batch=8192)
@@ -268,7 +268,7 @@ def test_a_reconstruction_that_cannot_fit_is_refused_before_it_starts(monkeypatc
         raise AssertionError("the reconstruction started")
 
     with pytest.raises(InputError, match=r"reconstructing 16 slice\(s\) of 64 x 64 at a time "
-                                         r"with dps needs about .* smaller --batch$"):
+                                         r"with dps needs about .* smaller batch=$"):
         api.solve(problem, "dps", prior="ct", batch=16, nfe=2, on_event=no_event)
     with pytest.raises(InputError, match="6 slice.* with dds on 8 workers of this machine"):
         api.solve(problem, "dds", prior="ct", batch=2, nfe=2, on_event=no_event,

@@ -178,7 +178,7 @@ def hu_says_mri(hu, tmp_path):
 
 
 def test_a_sidecar_modality_contradicted_by_the_values_is_refused(hu_says_mri):
-    with pytest.raises(InputError, match=r"mri.*--modality") as exc:
+    with pytest.raises(InputError, match=r"mri.*pass modality='ct'") as exc:
         api.load_truth(hu_says_mri)
     assert "sidecar" in str(exc.value) or "metadata" in str(exc.value)
 
@@ -373,11 +373,11 @@ def mr_magnitudes(tmp_path_factory):
 
 
 def test_an_mri_operator_tells_the_modality(mr_magnitudes):
-    with pytest.raises(InputError, match="--modality"):
+    with pytest.raises(InputError, match="pass modality='ct'"):
         api.load_truth(mr_magnitudes)
     t = api.load_truth(mr_magnitudes, operator="mri-cartesian")
     assert t.modality == "mri" and "mri-cartesian" in t.meta["modality_reason"]
-    with pytest.raises(InputError, match="--modality"):  # a denoiser says nothing
+    with pytest.raises(InputError, match="pass modality='ct'"):  # a denoiser says nothing
         api.load_truth(mr_magnitudes, operator="denoise")
 
 
@@ -387,7 +387,7 @@ def test_a_ct_operator_tells_the_modality_of_a_hu_crop_without_air(tmp_path):
     t = api.load_truth(tmp_path / "soft.npy", operator="ct-parallel")
     assert t.modality == "ct" and "ct-parallel" in t.meta["modality_reason"]
     np.testing.assert_allclose(t.to_units(t.x), soft, atol=0.1)
-    with pytest.raises(InputError, match="--modality"):  # magnitudes would change the data
+    with pytest.raises(InputError, match="pass modality='ct'"):  # magnitudes would change
         api.load_truth(tmp_path / "soft.npy", operator="mri-cartesian")
 
 

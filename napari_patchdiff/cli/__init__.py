@@ -21,7 +21,7 @@ from .. import api, io
 from ..errors import InputError, InputWarning
 from ..events import Cancelled
 from ..outputs import write_reconstruction
-from ._common import _OPEN_FOLDERS, _Progress
+from ._common import _OPEN_FOLDERS, _Progress, in_cli_words
 from .calibrate import cmd_calibrate
 from .demo import cmd_demo
 from .info import cmd_info
@@ -72,7 +72,8 @@ def _notes():
 
         def note(message, category, filename, lineno, file=None, line=None):
             if issubclass(category, InputWarning):
-                print(f"napari-patchdiff: note: {message}", file=sys.stderr, flush=True)
+                print(f"napari-patchdiff: note: {in_cli_words(str(message))}", file=sys.stderr,
+                      flush=True)
             else:
                 show(message, category, filename, lineno, file, line)
 
@@ -84,8 +85,8 @@ def _run(args) -> int:
     try:
         with _notes():
             return args.func(args)
-    except InputError as exc:
-        print(f"napari-patchdiff: error: {exc}", file=sys.stderr)
+    except InputError as exc:  # the core's message, naming this command's flags
+        print(f"napari-patchdiff: error: {in_cli_words(str(exc))}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt) as exc:
         print("\nnapari-patchdiff: cancelled", file=sys.stderr)

@@ -1,8 +1,9 @@
 """What the commands share while they run: the progress bar, ``--device``, the problem of the
-options (a simulated or a read measurement) and the output folder, which :func:`main` releases
-whatever happens."""
+options (a simulated or a read measurement), the output folder, which :func:`main` releases
+whatever happens, and the core's messages in the command line's words (:func:`in_cli_words`)."""
 from __future__ import annotations
 
+import re
 import sys
 
 import torch
@@ -12,6 +13,37 @@ from ..errors import InputError
 from ..operators import OPERATORS
 from ..outputs import OutputFolder
 from ._options import _collect
+
+
+#: The core's messages name the API's arguments (``resume=True``), which command-line users never
+#: typed: each phrase as the core writes it, and as the command line says it, with its flags.
+#: tests/test_cli.py checks that every phrase is still written by the core.
+API_WORDS: tuple[tuple[str | re.Pattern, str], ...] = (
+    ("resume=True", "--resume"),  # training: continue a checkpoint ...
+    ("overwrite=True", "--overwrite"),  # ... or replace it; an output folder's earlier results
+    ("modality='ct', 'mri' or 'unit'", "--modality ct|mri|unit"),  # a modality not told
+    ("modality='ct' (HU) or 'mri'", "--modality ct (HU) or mri"),
+    ("slice= needs", "--slice needs"),
+    ("pass operator=", "pass --operator"),  # a measurement without a sidecar
+    ("pass image_shape=(H, W)", "pass --image-shape H W"),
+    ("the output folder ", "--out "),
+    (re.compile(r"adapt=\{'rank': (\d+)\}"), r"--adapt-rank \1"),  # memory estimates
+    ("adapt={'batch': ...}", "--adapt-batch"),
+    ("fewer samples=", "fewer --samples"),
+    ("a smaller batch=", "a smaller --batch"),
+    ("fewer workers=", "fewer --workers"),
+)
+
+
+def in_cli_words(message: str) -> str:
+    """A core message (an error, a note) with the API's arguments it names written as the
+    command line's flags (:data:`API_WORDS`)."""
+    for api_words, cli_words in API_WORDS:
+        if isinstance(api_words, re.Pattern):
+            message = api_words.sub(cli_words, message)
+        else:
+            message = message.replace(api_words, cli_words)
+    return message
 
 
 class _Progress:

@@ -9,7 +9,7 @@ import torch
 from .. import api
 from ..errors import InputError
 from ..events import Cancelled, CancelToken
-from ._common import _device, _Progress
+from ._common import _device, _Progress, in_cli_words
 from ._options import _param_option
 
 
@@ -113,7 +113,7 @@ def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = _train_config(args)  # bad options fail before the volumes are read
-    output_paths(args.out, config, ("--resume", "--overwrite"))  # in this command's words
+    output_paths(args.out, config)
     print(f"training a {config.kind} prior ({config.network}) on {' '.join(args.volumes)}, "
           f"device {config.device}", file=sys.stderr)
     weights = checkpoint_paths(args.out)["weights"]
@@ -124,7 +124,7 @@ def cmd_train(args) -> int:
                          on_event=progress)
     except Cancelled as exc:  # the loop saved a checkpoint: say which step and where
         progress.bar.close()
-        print(f"napari-patchdiff: {exc}", file=sys.stderr, flush=True)
+        print(f"napari-patchdiff: {in_cli_words(str(exc))}", file=sys.stderr, flush=True)
         raise
     except KeyboardInterrupt:  # outside the loop (reading the volumes, ...): what is kept
         print(f"napari-patchdiff: training interrupted; {_kept(weights)}", file=sys.stderr,

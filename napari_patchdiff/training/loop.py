@@ -96,7 +96,7 @@ def train(volumes, out, config: TrainConfig, cancel=None) -> Iterator[TrainEvent
 
     ``KeyboardInterrupt`` (Ctrl-C) inside the loop likewise saves the EMA weights and training
     state of the last completed step and raises :class:`~napari_patchdiff.events.Cancelled`
-    ("training interrupted at step N; checkpoint saved to PATH (resume with --resume)"),
+    ("training interrupted at step N; checkpoint saved to PATH (resume with resume=True)"),
     chained to the interrupt; ``resume=True`` then continues exactly as if uninterrupted.
     """
     started = time.perf_counter()
@@ -149,20 +149,19 @@ def train(volumes, out, config: TrainConfig, cancel=None) -> Iterator[TrainEvent
 # before the first step
 
 
-def output_paths(out, config: TrainConfig,
-                 options: tuple[str, str] = ("resume=True", "overwrite=True")) -> dict:
+def output_paths(out, config: TrainConfig) -> dict:
     """The checkpoint's paths; refuses to replace a checkpoint unless resuming or overwriting,
-    and to resume one without its training state. ``options``: how the messages name resuming
-    and overwriting (the API's keywords; the CLI passes ``("--resume", "--overwrite")``)."""
-    resume, overwrite = options
+    and to resume one without its training state. The messages name the API's keywords (the
+    command line shows its flags instead: ``napari_patchdiff.cli._common.API_WORDS``)."""
     paths = checkpoint_paths(out)
     if not config.resume and not config.overwrite and paths["weights"].exists():
-        raise InputError(f"{paths['weights']} exists; pass {resume} to continue it or "
-                         f"{overwrite} to replace it")
+        raise InputError(f"{paths['weights']} exists; pass resume=True to continue it or "
+                         f"overwrite=True to replace it")
     if (config.resume and not config.overwrite and paths["weights"].exists()
             and not paths["state"].exists()):
         raise InputError(f"cannot resume {paths['weights']}: its training state "
-                         f"{paths['state'].name} is missing (pass {overwrite} to start afresh)")
+                         f"{paths['state'].name} is missing (pass overwrite=True to start "
+                         f"afresh)")
     return paths
 
 
@@ -458,7 +457,7 @@ def _interrupted(run: Run, save, paths) -> Cancelled:
     with _interrupts_deferred(deliver=False):
         path = save()
     return Cancelled(f"training interrupted at step {run.step}; checkpoint saved to {path} "
-                     "(resume with --resume)")
+                     "(resume with resume=True)")
 
 
 def _stop_if_cancelled(cancel, run: Run, save) -> None:
