@@ -276,9 +276,13 @@ def tiny_prior(tmp_path_factory, hu):
 
 def test_a_diverging_adaptation_says_so(tiny_prior, truth):
     problem = api.simulate(truth, "ct-parallel", views=10)
-    with pytest.raises(InputError, match=r"diverged.*smaller.*adapt.lr") as exc:
+    with pytest.raises(InputError, match=r"diverged.*a smaller adapt=\{'lr': \.\.\.\}") as exc:
         api.solve(problem, "dds", prior=str(tiny_prior), adapt={"lr": 1e8, "steps": 2}, nfe=5)
     assert "NaN or infinite values" not in str(exc.value).split("diverged")[0]
+    # the command line names its flag instead (cli/_common.py API_WORDS)
+    from napari_patchdiff.cli._common import in_cli_words
+
+    assert "a smaller --adapt-lr, e.g." in in_cli_words(str(exc.value))
 
 
 # -- 14b: a prior file that is not a .safetensors checkpoint

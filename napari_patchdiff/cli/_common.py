@@ -29,6 +29,7 @@ API_WORDS: tuple[tuple[str | re.Pattern, str], ...] = (
     ("the output folder ", "--out "),
     (re.compile(r"adapt=\{'rank': (\d+)\}"), r"--adapt-rank \1"),  # memory estimates
     ("adapt={'batch': ...}", "--adapt-batch"),
+    ("a smaller adapt={'lr': ...}", "a smaller --adapt-lr"),  # a diverged adaptation
     ("fewer samples=", "fewer --samples"),
     ("a smaller batch=", "a smaller --batch"),
     ("fewer workers=", "fewer --workers"),
