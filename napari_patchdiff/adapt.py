@@ -196,8 +196,8 @@ class AdaptingPrior(Prior):
         n = self.evaluations
         return InputError(f"the test-time adaptation diverged: the adapted prior's output became "
                           f"NaN or infinite after {n} adapter step{'s' if n != 1 else ''} at "
-                          f"learning rate {float(self.params['lr']):g}; use a smaller "
-                          f"adapt={{'lr': ...}}, e.g. 10 times smaller")
+                          f"learning rate {float(self.params['lr']):g}; use "
+                          "a smaller adapt={'lr': ...}, e.g. 10 times smaller")
 
     def _overfitting(self, train: float, held: float) -> bool:
         """Whether the held-out entries have been fitted clearly worse than the trained ones
