@@ -105,7 +105,8 @@ cg = register(Method(
         Param("damping", float, 0.0, "Tikhonov damping added to A^T A", low=0),
         Param("start", str, "initial", "start from zero or from the operator's direct "
               "reconstruction", ("zero", "initial")),
-    ), rule=_cg_rule, doc="early-stopped conjugate gradients on the normal equations"))
+    ), rule=_cg_rule, knobs=("noiseless_iterations", "noise_ref"),
+    doc="early-stopped conjugate gradients on the normal equations"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,4 +211,5 @@ admm_tv = register(Method(
         Param("nonneg", bool, True, "constrain the image to be non-negative"),
         Param("tv3d", bool, False, "add a TV term along the slice axis (volumes)"),
         Param("lam_z", float, None, "weight of the slice-axis TV term (default: lam)", low=0),
-    ), rule=_admm_rule, doc="total-variation regularised least squares by ADMM"))
+    ), rule=_admm_rule, knobs=("weight", "noise_power", "noise_floor", "rho_rel", "rho_per_lam"),
+    doc="total-variation regularised least squares by ADMM"))

@@ -9,8 +9,11 @@ bounds, meaning) and :meth:`Method.resolve` checks and fills them once, in this 
    operator whose views cover less than a complete scan takes the limited-angle values);
 3. the declared default;
 4. for parameters declared without a default (automatic), the method's ``rule``: values that
-   follow the operator norm, the noise level, a tuned knob or another parameter (ADMM-TV's
-   ``rho`` follows ``lam``).
+   follow the operator norm, the noise level, a tuned knob (one of the method's declared
+   ``knobs``) or another parameter (ADMM-TV's ``rho`` follows ``lam``).
+
+Every tuned name of a method is one of its parameters or knobs: another fails its ``resolve``
+(a tuning script's typo included).
 
 Calling the method runs exactly what the CLI, the API and the GUI run, with the same defaults::
 
@@ -31,7 +34,7 @@ from ..errors import InputError
 from ..events import CancelToken, StepEvent
 from ..params import NOISE_STD, Param
 from ..registry import Registry
-from .defaults import knobs
+from . import defaults
 
 __all__ = ["Method", "Context", "Volume", "SOLVERS", "register", "get_solver", "NOISE_STD"]
 
@@ -68,13 +71,15 @@ class Method:
     params : the user-settable parameters, in the order of ``--help`` and the GUI form.
     rule : ``rule(context, values, tuned) -> dict`` of defaults that depend on the operator,
         the noise level, the volume (a :class:`Context`) or other values (``tuned``: the
-        operator's row of knobs).
+        operator's tuned values of ``knobs``, and nothing else).
     objects : keyword arguments that are objects, not parameters (``prior``, ``noise_source``).
     kind : "classical" (no network) or "diffusion" (needs a prior).
     doc : one-line description for menus and ``--help``.
     sampler : draws posterior samples (a different seed gives a different draw), so it can make
         an ensemble; False for point estimators.
     check : ``check(values)`` for constraints between parameters (InputError).
+    knobs : the tuned names ``rule`` reads that are not parameters (DDS's ``prior_std``, which
+        sets ``gamma``): each has a tuned value for every operator.
     """
 
     name: str
@@ -86,6 +91,7 @@ class Method:
     doc: str = ""
     sampler: bool = False
     check: Callable[[dict], None] | None = None
+    knobs: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -96,7 +102,8 @@ class Method:
         """The method's parameter values for ``op`` at measurement noise ``noise_std`` (and for
         a ``volume``, see :class:`Volume`): the given ones (checked), the rest filled by the
         tuned table, the rule and the declared defaults (module docstring). InputError for an
-        unknown name or a bad value."""
+        unknown name or a bad value; RuntimeError for a tuned name that is neither a parameter
+        nor one of ``knobs``."""
         declared = {p.name: p for p in self.params}
         unknown = sorted(set(given) - set(declared))
         if unknown:
@@ -104,7 +111,11 @@ class Method:
                              f"it takes {sorted(declared) or 'none'}")
         noise_std = NOISE_STD.check(noise_std)
         values = {k: declared[k].check(v, self.name) for k, v in given.items() if v is not None}
-        tuned = knobs(op.name, self.name, getattr(op, "coverage", 1.0) < 1.0)
+        tuned = defaults.knobs(op.name, self.name, getattr(op, "coverage", 1.0) < 1.0)
+        stray = sorted(set(tuned) - set(declared) - set(self.knobs))
+        if stray:  # a data file's or a tuning script's typo: a bug, not input
+            raise RuntimeError(f"method {self.name!r}: tuned value(s) for {stray}, neither "
+                               f"parameters nor knobs of its rule {sorted(self.knobs)}")
         for name in declared:
             if name not in values and name in tuned:
                 values[name] = tuned[name]
@@ -112,8 +123,12 @@ class Method:
             if p.name not in values and p.default is not None:
                 values[p.name] = p.default
         if self.rule is not None:
+            lacking = [k for k in self.knobs if k not in tuned]
+            if lacking:
+                raise RuntimeError(f"method {self.name!r}: no tuned value of {lacking}")
             context = Context(op, noise_std, volume)
-            for name, value in self.rule(context, dict(values), tuned).items():
+            own = {k: tuned[k] for k in self.knobs}
+            for name, value in self.rule(context, dict(values), own).items():
                 values.setdefault(name, value)
         missing = [name for name in declared if values.get(name) is None]
         if missing:  # a declaration without a default, tuned value or rule: a bug, not input

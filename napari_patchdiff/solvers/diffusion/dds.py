@@ -93,5 +93,6 @@ dds = register(Method(
         Param("start", str, None, "start from pure noise or from the direct reconstruction "
               "plus noise", STARTS),
         SIGMA_MAX, SIGMA_MIN, SEED,
-    ), rule=_rule, objects=OBJECTS, kind="diffusion", sampler=True,
+    ), rule=_rule, knobs=("prior_std", "z_weight_ref", "z_tv_ref"), objects=OBJECTS,
+    kind="diffusion", sampler=True,
     doc="decomposed diffusion sampling: denoise, CG data step, DDIM step (50 evaluations)"))

@@ -56,5 +56,6 @@ dps = register(Method(
         Param("nfe", int, 1000, "network evaluations (each with a backward pass)", low=1),
         Param("zeta", float, None, "step on grad ||y - A D(x)||", low=0),
         Z_TV, SIGMA_MAX, SIGMA_MIN, SEED,
-    ), rule=_rule, objects=OBJECTS, kind="diffusion", sampler=True,
+    ), rule=_rule, knobs=("zeta_rel", "z_tv_ref"), objects=OBJECTS, kind="diffusion",
+    sampler=True,
     doc="diffusion posterior sampling: gradient of the data misfit through the denoiser"))

@@ -61,6 +61,6 @@ langevin = register(Method(
         Z_TV, SIGMA_MAX, SIGMA_MIN, SEED,
     ), rule=lambda ctx, values, tuned: {"data_std": max(ctx.noise_std, 1e-3),
                                         "z_tv": z_tv(ctx, tuned)},
-    objects=OBJECTS, kind="diffusion", sampler=True, check=check_budget,
+    knobs=("z_tv_ref",), objects=OBJECTS, kind="diffusion", sampler=True, check=check_budget,
     doc="annealed Langevin with the Gaussian likelihood (calibrated in the limit; 1000 "
         "evaluations)"))

@@ -54,6 +54,6 @@ padis = register(Method(
         Param("zeta", float, None, "step on grad ||y - A D(x)|| (absolute)", low=0),
         Z_TV, SIGMA_MAX, Param("sigma_min", float, 0.003, "smallest nonzero noise level", low=0,
                          open_low=True), SEED,
-    ), rule=lambda ctx, values, tuned: {"z_tv": z_tv(ctx, tuned)}, objects=OBJECTS,
-    kind="diffusion", sampler=True, check=check_budget,
+    ), rule=lambda ctx, values, tuned: {"z_tv": z_tv(ctx, tuned)}, knobs=("z_tv_ref",),
+    objects=OBJECTS, kind="diffusion", sampler=True, check=check_budget,
     doc="PaDIS reference sampler: annealed Langevin with a data gradient (1000 evaluations)"))

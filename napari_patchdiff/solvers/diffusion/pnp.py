@@ -80,6 +80,6 @@ pnp_admm = register(Method(
         Param("data_std", float, None, "noise std of the data term (default: data_scale times "
               "the noise, at least a floor for noiseless data)", low=0, open_low=True),
         Z_WEIGHT, Z_TV, Z_TV_STEP, SEED,
-    ), rule=_rule,
+    ), rule=_rule, knobs=("noise_floor", "data_scale", "z_weight_ref", "z_tv_ref"),
     objects=OBJECTS, kind="diffusion",
     doc="plug-and-play ADMM with the prior's denoiser as the proximal step (50 evaluations)"))
