@@ -1,7 +1,8 @@
 """Reconstruction methods, by name: ``get_solver("admm-tv")(op, y, noise_std=0.2, cancel=token)``.
 
 Every method is a :class:`Method` (:mod:`.method`): the algorithm, its declared parameters and
-their defaults, which come from one table of per-operator tuned values (:mod:`.defaults`).
+their defaults, which come from per-operator tuned values in a data file beside each method
+(``classical.toml``, ``diffusion/dds.toml``, ...), read by :mod:`.defaults`.
 Classical methods (:mod:`.classical`): ``fbp``, ``zero-filled``, ``adjoint``, ``initial``,
 ``cg``, ``admm-tv``. Diffusion methods (:mod:`.diffusion`, need a prior): ``dds``, ``dps``,
 ``padis``, ``langevin`` (posterior samplers) and ``pnp-admm`` (a point estimate)::

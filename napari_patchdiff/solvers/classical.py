@@ -8,7 +8,8 @@ estimate ``(B, 1, H, W)`` in the operator's dtype and on its device. Each step f
 ``k`` raises :class:`~napari_patchdiff.events.Cancelled` carrying the step-``k`` estimate.
 
 Defaults follow the operator and the noise level (each method's ``rule`` below, with the tuned
-values of :mod:`napari_patchdiff.solvers.defaults`); ``L = ||A^T A||`` (``op.norm()``) and
+values of ``classical.toml`` beside this module, read by
+:mod:`napari_patchdiff.solvers.defaults`); ``L = ||A^T A||`` (``op.norm()``) and
 ``sigma_x = noise_std / sqrt(L)``, the measurement noise on the image scale.
 """
 from __future__ import annotations

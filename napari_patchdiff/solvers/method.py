@@ -5,15 +5,16 @@ A method's parameters are declared once (:class:`~napari_patchdiff.params.Param`
 bounds, meaning) and :meth:`Method.resolve` checks and fills them once, in this order:
 
 1. the values the caller gave (``None`` means "not given");
-2. the per-operator tuned value of that name (:mod:`napari_patchdiff.solvers.defaults`; an
-   operator whose views cover less than a complete scan takes the limited-angle values);
+2. the per-operator tuned value of that name (:mod:`napari_patchdiff.solvers.defaults`, which
+   reads the data file beside the method, ``dds.toml`` beside ``dds.py``; an operator whose
+   views cover less than a complete scan takes the limited-angle values);
 3. the declared default;
 4. for parameters declared without a default (automatic), the method's ``rule``: values that
    follow the operator norm, the noise level, a tuned knob (one of the method's declared
    ``knobs``) or another parameter (ADMM-TV's ``rho`` follows ``lam``).
 
 Every tuned name of a method is one of its parameters or knobs: another fails its ``resolve``
-(a tuning script's typo included).
+(a tuning script's typo included) and ``tests/test_tuned.py``.
 
 Calling the method runs exactly what the CLI, the API and the GUI run, with the same defaults::
 
@@ -79,7 +80,7 @@ class Method:
         an ensemble; False for point estimators.
     check : ``check(values)`` for constraints between parameters (InputError).
     knobs : the tuned names ``rule`` reads that are not parameters (DDS's ``prior_std``, which
-        sets ``gamma``): each has a tuned value for every operator.
+        sets ``gamma``): each has a value in the method's data file for every operator.
     """
 
     name: str

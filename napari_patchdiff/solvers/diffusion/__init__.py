@@ -24,7 +24,8 @@ All randomness (initial noise and every injected noise) is drawn from one
 ``NoiseSource(seed)``); the prior's own randomness (patch shifts) comes from
 ``noise_source.prior_generator``, which is the same in an antithetic pair. Every method's
 evaluation budget is ``nfe``. Images are on the normalised [0, 1] scale; the noise schedules are
-EDM's. Tuned defaults: :mod:`napari_patchdiff.solvers.defaults`.
+EDM's. Tuned defaults: the data file beside each method (``dds.toml``, ``pnp.toml``, ...), read
+by :mod:`napari_patchdiff.solvers.defaults`.
 """
 # registration order is the order of menus and --help
 from .dds import dds
