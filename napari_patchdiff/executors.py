@@ -118,11 +118,12 @@ class Executor:
         already adapting) on a remote executor: the adapter trains through the run's steps
         (an ensemble's batches) in turn, so adaptation runs locally only."""
         if self.remote and adapting:
+            # each phrase the command line rewrites (cli._common.API_WORDS) in one piece
             raise InputError("test-time adaptation trains its adapter through the run's steps "
-                             "(an ensemble's batches) in turn, so it runs locally only: drop the "
-                             "cluster (--cluster), or adapt once (reconstruct --adapt "
-                             "--save-prior PATH) and use that prior (--prior PATH) on the "
-                             "cluster")
+                             "(an ensemble's batches) in turn, so it runs locally only: "
+                             "drop cluster=, or adapt once here "
+                             "(solve(..., adapt=True) and result.prior.save(PATH)) and "
+                             "use prior=PATH on the cluster")
 
 
 class LocalExecutor(Executor):

@@ -33,6 +33,10 @@ API_WORDS: tuple[tuple[str | re.Pattern, str], ...] = (
     ("fewer samples=", "fewer --samples"),
     ("a smaller batch=", "a smaller --batch"),
     ("fewer workers=", "fewer --workers"),
+    ("drop cluster=", "drop --cluster"),  # adaptation on a cluster
+    ("(solve(..., adapt=True) and result.prior.save(PATH))",
+     "(reconstruct --adapt --save-prior PATH)"),
+    ("use prior=PATH", "use --prior PATH"),
 )
 
 
