@@ -46,8 +46,8 @@ def run(task, x: np.ndarray, method: str, **params):
 def tune(only=None) -> None:
     factors = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     lines = ["# ADMM-TV weight sweep on validation slices", "",
-             "Relative factor applied to the current ADMM-TV weight (`admm-tv.weight` in "
-             "`napari_patchdiff/solvers/defaults.py`); PSNR (dB).", "",
+             "Relative factor applied to the current ADMM-TV weight (`weight` of `admm-tv` in "
+             "`napari_patchdiff/solvers/classical.toml`); PSNR (dB).", "",
              "| task | " + " | ".join(f"x{f:g}" for f in factors) + " | best |",
              "|---" * (len(factors) + 2) + "|"]
     for task in TASKS:
@@ -103,8 +103,8 @@ def table() -> None:
         f"{t.key}: CG {results[(t.key, 'cg')]['iterations']}, ADMM-TV "
         f"{results[(t.key, 'admm-tv')]['iterations']}" for t in TASKS) + "."]
     weights = {op: knobs(op, "admm-tv")["weight"] for op in OPERATORS.names()}
-    lines += ["", "TV weights used (relative, `admm-tv.weight` in "
-              "`napari_patchdiff/solvers/defaults.py`): "
+    lines += ["", "TV weights used (relative, `weight` of `admm-tv` in "
+              "`napari_patchdiff/solvers/classical.toml`): "
               + ", ".join(f"{k} {v:g}" for k, v in weights.items()) + "."]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "classical.md").write_text("\n".join(lines) + "\n")

@@ -22,8 +22,9 @@ Every run is recorded in ``METHOD_tuning[_PRIOR].json`` (``dds_tuning.json`` for
 shipped ``ct`` prior) and reused by a later run with the same prior steps and evaluations, so a
 second pass from the first's best costs only its new points. Each grid point runs through the
 package's own default rules with the tried values in place of the tuned ones
-(``napari_patchdiff.solvers.defaults.overridden``); the best values go into that table,
-``napari_patchdiff/solvers/defaults.py``, by hand, each with the run that chose it.
+(``napari_patchdiff.solvers.defaults.overriding``); the best values go into the method's data
+file (``napari_patchdiff/solvers/diffusion/dds.toml``, ``pnp.toml``, ...), by hand, each citing
+the result file and row that chose it.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import torch
 from common import CT_VAL, EXTRA_TASKS, MRI_VAL, RESULTS, TASKS, machine, mri_slices, val_slices
 from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
-from napari_patchdiff.solvers.defaults import overridden
+from napari_patchdiff.solvers.defaults import overriding
 
 GRIDS = {
     "dds": {
@@ -67,8 +68,8 @@ PREFIX = {"dds": "dds", "pnp-admm": "pnp", "padis": "padis", "dps": "dps"}
 
 
 def table_values(method: str, cfg: dict) -> dict:
-    """One grid point as values of the tuned-defaults table (``solvers/defaults.py``), so the
-    run goes through the same default rules as a user's (``dds.prior_std`` -> ``gamma``, ...)."""
+    """One grid point as tuned values (``solvers/diffusion/dds.toml``, ...), so the run goes
+    through the same default rules as a user's (``dds.prior_std`` -> ``gamma``, ...)."""
     cfg = dict(cfg)
     if method == "dds":
         start, sigma_max = cfg.pop("start").split("/")
@@ -81,7 +82,7 @@ def run(method, task, x, prior, nfe, cfg, device="cpu"):
     problem = api.simulate(truth, task.operator, noise_std=task.noise, seed=0, device=device,
                            **task.params)
     t0 = time.perf_counter()
-    with overridden(task.operator, table_values(method, cfg)):
+    with overriding(task.operator, table_values(method, cfg)):
         res = api.solve(problem, method, prior=prior, seed=0, nfe=nfe)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

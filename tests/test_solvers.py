@@ -280,15 +280,15 @@ def test_admm_rho_follows_a_user_lam():
 def test_limited_angle_values_replace_the_plain_ones_layer_by_layer():
     """A ``_limited_angle`` value is the default for views short of a complete scan only; a
     tuning script's override of the plain name still wins over the table's limited value."""
-    from napari_patchdiff.solvers.defaults import overridden
+    from napari_patchdiff.solvers.defaults import overriding
 
     full = make_operator("ct-parallel", (16, 16), views=8)
     short = make_operator("ct-parallel", (16, 16), views=8, angular_range=90.0)
     dds = get_solver("dds")
-    with overridden(full.name, {"dds.cg_iterations_limited_angle": 11}):
+    with overriding(full.name, {"dds.cg_iterations_limited_angle": 11}):
         assert dds.resolve(short, 0.1)["cg_iterations"] == 11
         assert dds.resolve(full, 0.1)["cg_iterations"] == knobs(full.name, "dds")["cg_iterations"]
         assert not any(k.endswith("_limited_angle") for k in knobs(full.name, "dds", True))
         assert dds.resolve(short, 0.1, cg_iterations=3)["cg_iterations"] == 3
-    with overridden(full.name, {"dds.cg_iterations": 7}):
+    with overriding(full.name, {"dds.cg_iterations": 7}):
         assert dds.resolve(short, 0.1)["cg_iterations"] == 7

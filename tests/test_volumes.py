@@ -85,7 +85,7 @@ def test_z_coupling_smooths_along_z_and_helps_a_smooth_volume(method, extra, nam
 
 def test_z_tv_default_tells_limited_angle_from_full_range_ct():
     from napari_patchdiff.operators import make_operator
-    from napari_patchdiff.solvers.defaults import overridden
+    from napari_patchdiff.solvers.defaults import overriding
 
     dds = get_solver("dds")
     volume = Volume(8, 2.5)
@@ -93,13 +93,13 @@ def test_z_tv_default_tells_limited_angle_from_full_range_ct():
     limited = make_operator("ct-parallel", (N, N), views=30, angular_range=90.0)
     fan_short = make_operator("ct-fan", (N, N), views=30, angular_range=200.0)
     assert (full.coverage, limited.coverage) == (1.0, 0.5) and fan_short.coverage < 1
-    with overridden(full.name, {"dds.z_tv_ref": 0.03, "dds.z_tv_ref_limited_angle": 0.1}):
+    with overriding(full.name, {"dds.z_tv_ref": 0.03, "dds.z_tv_ref_limited_angle": 0.1}):
         assert dds.resolve(full, 0.1, volume)["z_tv"] == pytest.approx(0.06)
         assert dds.resolve(limited, 0.1, volume)["z_tv"] == pytest.approx(0.2)
-    with overridden(fan_short.name, {"dds.z_tv_ref": 0.03, "dds.z_tv_ref_limited_angle": 0.1}):
+    with overriding(fan_short.name, {"dds.z_tv_ref": 0.03, "dds.z_tv_ref_limited_angle": 0.1}):
         assert dds.resolve(fan_short, 0.1, volume)["z_tv"] == pytest.approx(0.2)
     # the way the term enters the step has its own limited-angle value too
-    with overridden(full.name, {"dds.z_tv_step": "admm", "dds.z_tv_step_limited_angle": "prox"}):
+    with overriding(full.name, {"dds.z_tv_step": "admm", "dds.z_tv_step_limited_angle": "prox"}):
         assert dds.resolve(full, 0.1, volume)["z_tv_step"] == "admm"
         assert dds.resolve(limited, 0.1, volume)["z_tv_step"] == "prox"
         assert dds.resolve(limited, 0.1, volume, z_tv_step="admm")["z_tv_step"] == "admm"
@@ -110,12 +110,12 @@ def test_z_tv_default_tells_limited_angle_from_full_range_ct():
     ("pnp-admm", "z_tv", 1), ("dps", "z_tv", 1), ("padis", "z_tv", 1), ("langevin", "z_tv", 1)])
 def test_z_coupling_default_follows_the_slice_spacing(method, name, power):
     """The quadratic weight scales like spacing^-2, the TV weight like spacing^-1."""
-    from napari_patchdiff.solvers.defaults import overridden
+    from napari_patchdiff.solvers.defaults import overriding
 
     op = _volume_problem()[1].op
     solver = get_solver(method)
     assert solver.resolve(op, 0.1)[name] == 0.0  # one image: nothing to couple
-    with overridden(op.name, {f"{method}.{name}_ref": 0.2}):
+    with overriding(op.name, {f"{method}.{name}_ref": 0.2}):
         assert solver.resolve(op, 0.1, Volume(8, 5.0))[name] == pytest.approx(0.2)
         assert solver.resolve(op, 0.1, Volume(8, 2.5))[name] == pytest.approx(0.2 * 2**power)
         assert solver.resolve(op, 0.1, Volume(8, None))[name] == pytest.approx(0.2)
