@@ -96,6 +96,9 @@ class AdaptingPrior(Prior):
     evaluations : network forward+backward passes spent on adaptation.
     """
 
+    #: it adapts to the measurement as it runs (see :attr:`Prior.adapting`)
+    adapting = True
+
     def __init__(self, prior, op, y: torch.Tensor, noise_std: float = 0.0,
                  **params):
         if not hasattr(prior, "denoiser"):

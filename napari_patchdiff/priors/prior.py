@@ -88,9 +88,8 @@ class Prior:
         """Whether this prior adapts to the measurement while it runs (an
         :class:`~napari_patchdiff.adapt.AdaptingPrior`: it trains adapters through the run's
         steps, so it runs locally only, has ``focus``, ``last_loss``, ``summary`` and ``save``,
-        and its report records the adaptation). The one question every caller asks; a prior
-        is adapting when it holds adapters."""
-        return hasattr(self, "adapters")
+        and its report records the adaptation). The one question every caller asks."""
+        return False
 
     def _denoise(self, x, sigma, generator):  # pragma: no cover - abstract
         raise NotImplementedError
