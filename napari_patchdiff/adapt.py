@@ -74,7 +74,7 @@ def _no_run(*args, **kwargs):  # pragma: no cover - an adaptation is not a metho
 
 
 #: the adaptation's parameters, resolved like a method's (per-operator tuned values in
-#: napari_patchdiff/solvers/defaults.py under "adapt.*"); not registered as a method
+#: napari_patchdiff/adapt.toml, read by solvers/defaults.py); not registered as a method
 ADAPTATION = Method("adapt", _no_run, ADAPT_PARAMS,
                     doc="test-time adaptation of the prior by a self-supervised data loss")
 
