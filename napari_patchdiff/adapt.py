@@ -30,6 +30,8 @@ from __future__ import annotations
 import copy
 import datetime
 import math
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -258,10 +260,48 @@ def total_variation(d: torch.Tensor) -> torch.Tensor:
             + (d[..., :, 1:] - d[..., :, :-1]).abs().mean())
 
 
+#: the settings shipped priors recommend per operator group (:func:`recommended`)
+RECOMMENDED = Path(__file__).resolve().parent / "priors" / "shipped" / "adaptation.toml"
+
+
+def _prior_name(prior) -> str | None:
+    """The name in a prior's metadata: of a loaded prior, a shipped prior's name, or a
+    checkpoint path (None where it cannot be read)."""
+    if hasattr(prior, "metadata"):
+        return prior.metadata.get("name")
+    from .priors import read_metadata, shipped_priors
+
+    if prior is None or str(prior) in shipped_priors():
+        return prior
+    try:
+        return read_metadata(prior).get("name")
+    except (InputError, OSError):
+        return None
+
+
+def recommended(prior, op) -> dict[str, Any]:
+    """The adaptation values the shipped prior ``prior`` (loaded, or its name or checkpoint
+    path) recommends for ``op``: its row of ``priors/shipped/adaptation.toml``, the operator
+    group's under the operator's own; ``{}`` for other priors. A prior trained far from the
+    data (``phantom``: synthetic images) adapts harder than the operator's default, which
+    suits priors trained on the data's kind."""
+    from .solvers.defaults import GROUPS
+
+    name = _prior_name(prior)
+    rows = tomllib.loads(RECOMMENDED.read_text(encoding="utf-8")).get(name, {})
+    out: dict[str, Any] = {}
+    for group, members in GROUPS.items():
+        if op.name in members:
+            out.update({k: v["value"] for k, v in rows.get(group, {}).items()})
+    out.update({k: v["value"] for k, v in rows.get(op.name, {}).items()})
+    return out
+
+
 def adapt_prior(prior, problem, adapt) -> AdaptingPrior:
     """``prior`` wrapped for adaptation to ``problem``: ``adapt`` is True (tuned defaults for
-    the operator) or a dict of :data:`ADAPT_PARAMS` values, e.g. ``{"steps": 3, "rank": 8}``
-    (the rest take the defaults; on the command line ``--adapt-steps`` etc.)."""
-    given = {} if adapt is True else dict(adapt)
+    the operator, with what a shipped prior recommends for it over them: :func:`recommended`)
+    or a dict of :data:`ADAPT_PARAMS` values, e.g. ``{"steps": 3, "rank": 8}`` (the rest take
+    those defaults; on the command line ``--adapt-steps`` etc.)."""
+    given = {**recommended(prior, problem.op), **({} if adapt is True else dict(adapt))}
     params = ADAPTATION.resolve(problem.op, problem.noise_std, **given)
     return AdaptingPrior(prior, problem.op, problem.y, problem.noise_std, **params)

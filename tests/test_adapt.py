@@ -108,6 +108,28 @@ def test_rounds_every_k_calls_a_tv_penalty_and_no_noise_stop(tiny):
     assert not all(torch.equal(a, b) for a, b in zip(plain.adapters, tv.adapters))
 
 
+def test_a_shipped_prior_far_from_the_data_recommends_rounds(tiny):
+    """The `phantom` prior (synthetic training images) adapts in rounds on CT by default
+    (priors/shipped/adaptation.toml); priors trained on the data's kind keep the operator's
+    default; values the user gives win; the widget shows the same defaults."""
+    _, truth, _ = tiny
+    problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.2)
+    phantom = adapt_prior(load_prior("phantom"), problem, True)
+    assert {k: phantom.params[k] for k in ("steps", "every", "lr", "rank", "discrepancy")} == {
+        "steps": 3, "every": 3, "lr": 3e-3, "rank": 8, "discrepancy": 0.0}
+    mine = adapt_prior(load_prior("phantom"), problem, {"steps": 1})
+    assert mine.params["steps"] == 1 and mine.params["every"] == 3
+    ct = adapt_prior(load_prior("ct"), problem, True)
+    assert ct.params == ADAPTATION.resolve(problem.op, 0.2)
+    from napari_patchdiff.adapt import recommended
+
+    assert recommended("phantom", problem.op) == recommended(load_prior("phantom"), problem.op)
+    assert recommended("ct", problem.op) == {} and recommended(None, problem.op) == {}
+    mri = api.simulate(api.truth_from_array(np.ones((32, 32), np.float32), modality="unit"),
+                       "mri-cartesian", acceleration=4)
+    assert recommended("phantom", mri.op) == {}  # tuned on CT only
+
+
 def test_one_adapter_for_a_volume_trained_on_slice_minibatches(tiny):
     prior, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)

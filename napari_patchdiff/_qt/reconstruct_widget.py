@@ -8,7 +8,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLab
                             QPushButton, QWidget)
 
 from .. import api
-from ..adapt import ADAPT_PARAMS, ADAPTATION
+from ..adapt import ADAPT_PARAMS, ADAPTATION, recommended
 from ..errors import InputError
 from ..executors import CLUSTER_CHOICES
 from ..jobs import ReconJob, Update, UpdateKind, bounds_advice, devices, recon_updates
@@ -227,7 +227,8 @@ class ReconstructWidget(QWidget):
             defaults = api.method_params(problem, method)
             for form in self._forms():
                 form.show_defaults(defaults)
-            self.adapt_form.show_defaults(ADAPTATION.resolve(problem.op, problem.noise_std))
+            self.adapt_form.show_defaults(ADAPTATION.resolve(
+                problem.op, problem.noise_std, **recommended(self.state.prior, problem.op)))
         except InputError:
             pass
 
