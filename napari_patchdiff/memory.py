@@ -65,7 +65,7 @@ class ConvLayer:
 
 def memory_limit() -> int:
     """Half of the physical memory: the most a run may need (:func:`files.check_memory`)."""
-    from .files import physical_memory
+    from .io.files import physical_memory
 
     return physical_memory() // 2
 

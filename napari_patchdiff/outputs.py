@@ -38,8 +38,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import __version__, files, io
+from . import __version__, io
 from .errors import InputError
+from .io import files
 from .problem import Problem
 
 __all__ = ["MANIFEST", "OutputFolder", "write_reconstruction", "write_ensemble",

@@ -21,7 +21,7 @@ import torch
 from . import conventions, io
 from .devices import parse_device
 from .errors import InputError, InputWarning
-from .modality import stated_modality
+from .io.modality import stated_modality
 from .operators import OPERATORS, Operator, add_noise, make_operator
 from .params import NOISE_STD, SEED
 
@@ -161,7 +161,7 @@ def load_truth(source, modality: str | None = None, slice: int | None = None,
     _check_source(source, "load_truth", " or 'sample:ct' / 'sample:mri' (for an array: "
                   "truth_from_array)")
     if isinstance(source, str) and source.startswith("sample:"):
-        from .samples import load_sample
+        from .io.samples import load_sample
 
         arr, meta = load_sample(source.split(":", 1)[1])
     else:

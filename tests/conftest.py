@@ -23,7 +23,7 @@ def crop(tmp_path_factory):
     import numpy as np
 
     from napari_patchdiff import io
-    from napari_patchdiff.samples import load_sample
+    from napari_patchdiff.io.samples import load_sample
 
     d = tmp_path_factory.mktemp("crop")
     hu = load_sample("ct")[0][10, 96:160, 96:160].astype(np.float32)

@@ -12,9 +12,9 @@ from napari_patchdiff import api
 from napari_patchdiff.adapt import ADAPTATION, AdaptingPrior, adapt_prior
 from napari_patchdiff.cli import main
 from napari_patchdiff.errors import InputError
+from napari_patchdiff.io.samples import load_sample
 from napari_patchdiff.priors import load_prior, read_metadata
 from napari_patchdiff.priors.lora import LoRAConv2d, add_lora, lora_parameters, merge_lora
-from napari_patchdiff.samples import load_sample
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -249,7 +249,7 @@ import os, sys, numpy as np, torch
 torch.set_num_threads(1)
 from napari_patchdiff import api
 from napari_patchdiff.memory import adaptation_bytes, conv_profile
-from napari_patchdiff.samples import load_sample
+from napari_patchdiff.io.samples import load_sample
 hu = load_sample("ct")[0][1, 96:160, 96:160].astype(np.float32)
 problem = api.simulate(api.truth_from_array(hu, {"modality": "ct"}), "ct-parallel", views=20,
                        noise_std=0.05)

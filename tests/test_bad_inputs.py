@@ -17,7 +17,7 @@ from api_tour import not_input_errors
 from napari_patchdiff import api, io
 from napari_patchdiff.cli import main
 from napari_patchdiff.errors import InputError
-from napari_patchdiff.samples import load_sample
+from napari_patchdiff.io.samples import load_sample
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ def test_measurement_round_trip(tmp_path, capsys):
 
 def test_volume_and_other_operators(tmp_path, capsys):
     vol = tmp_path / "vol.npy"
-    from napari_patchdiff.samples import load_sample
+    from napari_patchdiff.io.samples import load_sample
 
     np.save(vol, load_sample("ct")[0][:2, ::4, ::4])  # 2 slices, 64 x 64, HU
     for op, extra in [("blur-gaussian", ["--sigma", 1.5]), ("superres", ["--factor", 4]),
@@ -122,7 +122,7 @@ def test_console_script_help_documents_every_option():
 
 def test_train_info_resume(tmp_path, capsys):
     """`train` writes a checkpoint `info` can read; --resume continues the step count."""
-    from napari_patchdiff.samples import load_sample
+    from napari_patchdiff.io.samples import load_sample
 
     vol = tmp_path / "ct.npy"
     np.save(vol, load_sample("ct")[0][:4, ::4, ::4])  # 4 slices of 64 x 64 in HU
@@ -157,7 +157,7 @@ def test_train_info_resume(tmp_path, capsys):
 
 def test_train_two_patch_sizes_without_probabilities(tmp_path, capsys):
     """`--patch-sizes 32 64` alone trains with equal probabilities (it used to crash)."""
-    from napari_patchdiff.samples import load_sample
+    from napari_patchdiff.io.samples import load_sample
 
     vol = tmp_path / "ct.npy"
     np.save(vol, load_sample("ct")[0][:4, ::4, ::4])
@@ -400,7 +400,7 @@ def test_python_api_and_cli_run_a_method_with_the_same_defaults(tmp_path, capsys
     from napari_patchdiff.solvers.classical import admm_tv
 
     crop = tmp_path / "crop.tif"
-    from napari_patchdiff.samples import load_sample
+    from napari_patchdiff.io.samples import load_sample
 
     hu = load_sample("ct")[0][10, 96:160, 96:160].astype(np.float32)
     io.write_tiff(crop, hu, {"modality": "ct", "units": "HU"})

@@ -24,7 +24,7 @@ from napari_patchdiff.cli import main
 from napari_patchdiff.conventions import hu_to_unit
 from napari_patchdiff.errors import InputError
 from napari_patchdiff.events import Cancelled, CancelToken, StepEvent
-from napari_patchdiff.samples import load_sample
+from napari_patchdiff.io.samples import load_sample
 from napari_patchdiff.uncertainty import SampleEvent, ensemble
 from napari_patchdiff.uncertainty.ensemble import EnsembleWork, plan_batches
 

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from napari_patchdiff.conventions import hu_to_unit, normalise, unit_to_hu
+from napari_patchdiff.io.samples import load_sample
 from napari_patchdiff.metrics import psnr
 from napari_patchdiff.priors import (PatchPrior, WholeImagePrior, assembled_denoise,
                                      averaged_denoise, coordinate_grid, load_prior,
                                      shipped_priors, stitched_denoise, tiling_origins)
 from napari_patchdiff.priors.patches import (COORDINATE_MAPPING, axis_coordinates,
                                              canvas_coordinates)
-from napari_patchdiff.samples import load_sample
 
 SIZES = [(512, 512), (300, 200), (217, 181), (64, 64)]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_patchdiff import files, io
+from napari_patchdiff import io
 from napari_patchdiff.errors import InputError
+from napari_patchdiff.io import files
 from napari_patchdiff.io import guess_modality, read_image, read_sidecar, write_tiff
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
@@ -446,7 +447,7 @@ def test_check_memory():
 def test_arrays_larger_than_memory_are_refused(tmp_path, monkeypatch):
     np.save(tmp_path / "a.npy", np.zeros((64, 64), np.float32))
     write_tiff(tmp_path / "a.tif", np.zeros((64, 64)), {})
-    # check_memory (napari_patchdiff.files) looks physical_memory up in its own module
+    # check_memory (napari_patchdiff.io.files) looks physical_memory up in its own module
     monkeypatch.setattr(files, "physical_memory", lambda: 10_000)
     for name in ("a.npy", "a.tif"):
         with pytest.raises(InputError, match="memory"):

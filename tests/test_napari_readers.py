@@ -19,7 +19,7 @@ from napari_patchdiff import io  # noqa: E402
 from napari_patchdiff._qt import layer_io  # noqa: E402
 from napari_patchdiff._qt.scripting import Session  # noqa: E402
 from napari_patchdiff.errors import InputError  # noqa: E402
-from napari_patchdiff.samples import load_sample  # noqa: E402
+from napari_patchdiff.io.samples import load_sample  # noqa: E402
 
 PLUGIN = "napari-patchdiff"
 

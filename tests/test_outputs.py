@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from napari_patchdiff.cli import main
-from napari_patchdiff.samples import load_sample
+from napari_patchdiff.io.samples import load_sample
 
 
 def _recon(crop, out, *extra):
@@ -87,8 +87,9 @@ def test_metrics_out_of_memory_keep_the_reconstruction(crop, tmp_path, monkeypat
 
 
 def test_problems_larger_than_memory_are_refused_up_front(monkeypatch):
-    from napari_patchdiff import api, files
+    from napari_patchdiff import api
     from napari_patchdiff.errors import InputError
+    from napari_patchdiff.io import files
 
     truth = api.truth_from_array(np.zeros((256, 256), np.float32), modality="unit")
     monkeypatch.setattr(files, "physical_memory", lambda: 2**23)  # 8 MiB

@@ -10,8 +10,8 @@ import pytest
 from napari_patchdiff import api
 from napari_patchdiff.cli import main
 from napari_patchdiff.errors import InputError
+from napari_patchdiff.io.samples import load_sample
 from napari_patchdiff.priors import load_prior
-from napari_patchdiff.samples import load_sample
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -26,8 +26,8 @@ import torch
 
 from napari_patchdiff import api
 from napari_patchdiff.conventions import HU_RANGE
+from napari_patchdiff.io.samples import load_sample
 from napari_patchdiff.linalg import conjugate_gradient, power_iteration
-from napari_patchdiff.samples import load_sample
 
 #: HU: bound on the difference between 1- and 2-thread samples of the small-crop ensemble below
 #: (measured on the development CPU: at most 0.021 HU with 3 evaluations, 0.026 HU (rms 0.005

@@ -6,7 +6,7 @@ import pytest
 
 from napari_patchdiff.conventions import denormalise, hu_to_unit, normalise, unit_to_hu
 from napari_patchdiff.errors import InputError
-from napari_patchdiff.samples import SAMPLES, ct_sample, load_sample, mri_sample
+from napari_patchdiff.io.samples import SAMPLES, ct_sample, load_sample, mri_sample
 
 
 def test_ct_sample():
@@ -80,6 +80,6 @@ def test_samples_module_imports_no_napari():
     import subprocess
     import sys
 
-    code = "import sys, napari_patchdiff.samples; print('napari' in sys.modules)"
+    code = "import sys, napari_patchdiff.io.samples; print('napari' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

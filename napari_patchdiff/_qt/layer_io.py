@@ -9,7 +9,7 @@ layers carry too), else one from the layer's scale and translate.
 Readers: :func:`get_reader` opens a ``.tif``/``.tiff`` that has a sidecar (other TIFFs are left
 to napari's own reader); :func:`get_volume_reader` opens NIfTI files, DICOM files and folders
 of DICOM files (one layer per series) with :func:`napari_patchdiff.io.read_image`: the layer's
-``scale`` and ``translate`` come from the affine (:func:`napari_patchdiff.geometry.
+``scale`` and ``translate`` come from the affine (:func:`napari_patchdiff.io.geometry.
 grid_of_affine`; ``metadata["geometry"]`` says what an oblique affine loses in the viewer),
 the metadata holds the reader's (``modality``, ``units``, ``spacing``, ``affine``, ``source``).
 Paths that are not theirs give None (napari then tries other readers); a file they should read
@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import io
 from ..errors import InputError
-from ..geometry import affine_of_grid, grid_of_affine
+from ..io.geometry import affine_of_grid, grid_of_affine
 
 #: metadata a file may carry from an earlier session that must not come back: the plugin's
 #: role of the layer it was saved from, and notes about how that layer was read

@@ -10,7 +10,7 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
 from .. import api, io
 from ..conventions import MODALITIES, UNITS, units_of
 from ..errors import InputError
-from ..geometry import slice_affine
+from ..io.geometry import slice_affine
 from ..jobs import error_message, to_units
 from ..operators import OPERATORS
 from ..state import Display, state_for

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..files import atomic_output
+from ..io.files import atomic_output
 from .network import EDMDenoiser, build_unet, unet_config
 
 __all__ = [
@@ -81,7 +81,7 @@ def checkpoint_paths(path) -> dict[str, Path]:
 def _atomic_write(path: Path, write) -> None:
     """``write(tmp)`` to a fresh temporary file next to ``path``, flush it to disk and move it
     over ``path`` with the mode a new file would get (``0o666 & ~umask``; the temporary file
-    is created 0600), see :func:`~napari_patchdiff.files.atomic_output`. On any failure
+    is created 0600), see :func:`~napari_patchdiff.io.files.atomic_output`. On any failure
     (Ctrl-C included) the temporary file is removed and ``path`` is untouched."""
     # absolute(): a leading "~" stays a folder name here, as the readers below take it
     with atomic_output(path.absolute()) as tmp:

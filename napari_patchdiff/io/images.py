@@ -1,32 +1,8 @@
-"""Reading and writing images and volumes, with their metadata: the package's one entry
-point for image files. The pieces live in their own modules and are re-exported here:
-:mod:`~napari_patchdiff.nifti` and :mod:`~napari_patchdiff.dicom` (those formats),
-:mod:`~napari_patchdiff.sidecars` (JSON sidecars, geometry checks, the suffixes),
-:mod:`~napari_patchdiff.modality` (:func:`infer_modality`) and :mod:`~napari_patchdiff.files`
-(atomic writes, the umask, size and memory checks).
-
-Arrays are 2D ``(rows, cols)`` or 3D ``(slices, rows, cols)``. Metadata is a plain dict; the
-keys every reader fills (``None`` where unknown) are
-
-``modality``  ``"ct"``, ``"mri"``, ``"unit"`` (already on [0, 1]) or ``None``
-``units``     ``"HU"`` for CT, ``"scanner units"`` for MRI, ...
-``spacing``   voxel size in mm as a tuple, ``(z, y, x)`` for volumes or ``(y, x)`` for images
-``affine``    4x4 list of floats mapping ``(slice, row, col, 1)`` to world mm (RAS+, as NIfTI);
-              a 2D image is the one slice of ``(1, rows, cols)``
-``source``    the path read
-
-Formats: TIFF (``.tif``, ``.tiff``; a JSON sidecar ``<stem>.json`` beside it is merged in),
-NumPy (``.npy``; sidecar merged too), NIfTI (``.nii``, ``.nii.gz``; sidecar merged, the header's
-geometry wins, see :mod:`napari_patchdiff.nifti`) and DICOM (a ``.dcm`` file or a directory
-holding one series, see :mod:`napari_patchdiff.dicom`). Every bad input raises
-:class:`~napari_patchdiff.errors.InputError` with a one-line message meant for the user: a
-header that declares more data than the file holds, an array needing more than half of the
-memory (:func:`check_memory`), a modality that cannot be told safely (:func:`infer_modality`).
-
-Every file written here goes through a temporary file in the target folder moved into place,
-with the permissions of an ordinary new file (``0o666`` less the umask); other modules can do
-the same with :func:`atomic_output` / :func:`atomic_write_text`
-(:mod:`napari_patchdiff.files`).
+"""TIFF and NumPy files, and the entry points over every format: :func:`read_image` (which
+hands NIfTI to :mod:`~napari_patchdiff.io.nifti` and DICOM to :mod:`~napari_patchdiff.io.dicom`),
+:func:`list_dicom_series`, :func:`write_tiff` and the measurements (:func:`write_measurement`,
+:func:`read_measurement`). Used through :mod:`napari_patchdiff.io`, which re-exports them; the
+metadata they fill is described there.
 """
 from __future__ import annotations
 
@@ -40,67 +16,16 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from ..errors import InputError, InputWarning
 from .dicom import list_series, read_dicom
-from .errors import InputError, InputWarning
-from .files import (
-    apply_umask,
-    atomic_output,
-    atomic_write_text,
-    check_file_size,
-    check_memory,
-    one_line,
-    physical_memory,
-)
-from .modality import (
-    AMBIGUOUS_MAX,
-    HU_AIR_BELOW,
-    HU_FLOOR,
-    canonical_modality,
-    guess_modality,
-    infer_modality,
-    is_real_numeric,
-)
-from .nifti import read_nifti, write_nifti
-from .sidecars import (
-    DICOM_SUFFIXES,
-    NIFTI_SUFFIXES,
-    NPY_SUFFIXES,
-    SUPPORTED,
-    TIFF_SUFFIXES,
-    check_spacing,
-    json_safe,
-    read_sidecar,
-    sidecar_path,
-    valid_affine,
-    write_with_sidecar,
-)
+from .files import check_file_size, check_memory, one_line
+from .modality import canonical_modality, is_real_numeric
+from .nifti import read_nifti
+from .sidecars import (DICOM_SUFFIXES, NIFTI_SUFFIXES, NPY_SUFFIXES, SUPPORTED, TIFF_SUFFIXES,
+                       check_spacing, read_sidecar, valid_affine, write_with_sidecar)
 
-__all__ = [
-    "AMBIGUOUS_MAX",
-    "DICOM_SUFFIXES",
-    "HU_AIR_BELOW",
-    "HU_FLOOR",
-    "NIFTI_SUFFIXES",
-    "NPY_SUFFIXES",
-    "SUPPORTED",
-    "TIFF_SUFFIXES",
-    "apply_umask",
-    "atomic_output",
-    "atomic_write_text",
-    "check_memory",
-    "guess_modality",
-    "infer_modality",
-    "json_safe",
-    "list_dicom_series",
-    "physical_memory",
-    "read_image",
-    "read_measurement",
-    "read_sidecar",
-    "sidecar_path",
-    "write_measurement",
-    "write_nifti",
-    "write_tiff",
-]
+__all__ = ["read_image", "list_dicom_series", "write_tiff", "write_measurement",
+           "read_measurement"]
 
 
 # --------------------------------------------------------------------------- public API

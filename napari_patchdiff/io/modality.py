@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conventions import UNITS
-from .errors import InputError
+from ..conventions import UNITS
+from ..errors import InputError
 
 __all__ = [
     "AMBIGUOUS_MAX",

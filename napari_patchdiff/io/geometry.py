@@ -21,7 +21,7 @@ __all__ = ["grid_of_affine", "affine_of_grid", "slice_affine"]
 
 _WORLD = "xyz"  # RAS+: +x right, +y anterior, +z superior
 #: the world axis each array axis follows when no affine says otherwise: slices along z, rows
-#: along x, columns along y (the choice of :func:`napari_patchdiff.nifti.write_nifti`)
+#: along x, columns along y (the choice of :func:`napari_patchdiff.io.nifti.write_nifti`)
 _DEFAULT_AXES = (2, 0, 1)
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .conventions import UNITS
-from .errors import InputError
+from ..conventions import UNITS
+from ..errors import InputError
 from .files import check_memory
 
 #: the largest accepted relative spread of the slice gaps, (max - min) / median
@@ -39,7 +39,7 @@ def read_dicom(p: Path, series: str | None = None) -> tuple[np.ndarray, dict]:
     read from a directory holding several (see :func:`list_series`).
 
     The size of the decoded series is checked against the memory
-    (:func:`~napari_patchdiff.files.check_memory`) before any pixel data is decoded.
+    (:func:`~napari_patchdiff.io.files.check_memory`) before any pixel data is decoded.
     """
     datasets = _datasets(p, series)
     shapes = {(int(ds.Rows), int(ds.Columns), int(getattr(ds, "NumberOfFrames", 1) or 1))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .files import check_file_size, check_memory
 from .modality import is_real_numeric
 from .sidecars import (NIFTI_SUFFIXES, check_spacing, is_singular, read_sidecar, valid_affine,

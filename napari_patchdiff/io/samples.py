@@ -15,8 +15,8 @@ from importlib.resources import files
 import numpy as np
 import tifffile
 
-from .conventions import mri_scale
-from .errors import InputError
+from ..conventions import mri_scale
+from ..errors import InputError
 
 SAMPLES = ("ct", "mri")
 _STEMS = {"ct": "ct_lung", "mri": "mri_brain"}
