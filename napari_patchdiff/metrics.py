@@ -2,8 +2,9 @@
 
 Inputs may be an image ``(H, W)``, a volume ``(D, H, W)`` or a batch ``(B, 1, H, W)``; ``x`` and
 ``ref`` must have the same shape. Everything is computed in float64 on the inputs' device and
-returned as Python floats; the means sum in a fixed order (:func:`~napari_patchdiff.linalg.fixed_sum`),
-so a report's metrics have the same bits on any number of threads.
+returned as Python floats; the means sum in a fixed order
+(:func:`~napari_patchdiff.operators.linalg.fixed_sum`), so a report's metrics have the same bits
+on any number of threads.
 
 * :func:`psnr` is ``10 log10(data_range^2 / MSE)`` with the MSE over all voxels (for a volume this
   is the volume PSNR, not the mean of slice PSNRs; see :func:`per_slice_psnr`).
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .linalg import fixed_sum
+from .operators.linalg import fixed_sum
 
 __all__ = ["psnr", "ssim", "per_slice_psnr", "per_slice_ssim"]
 

@@ -198,7 +198,7 @@ def _solve_case(name, shape=(32, 30)):
 def test_closed_form_solve_equals_converged_cg(name, gamma):
     """The exact solve (iterations=0) is in closed form for these operators and equals
     conjugate gradients run to convergence on the same system."""
-    from napari_patchdiff.linalg import conjugate_gradient
+    from napari_patchdiff.operators.linalg import conjugate_gradient
 
     op, z, aty = _solve_case(name)
     assert op._closed_form_solve(z, aty, gamma) is not None
@@ -217,7 +217,7 @@ def test_closed_form_solve_equals_converged_cg(name, gamma):
 
 
 def test_solve_by_cg_early_stopped_and_exact():
-    from napari_patchdiff.linalg import conjugate_gradient
+    from napari_patchdiff.operators.linalg import conjugate_gradient
 
     op, z, aty = _solve_case("blur-gaussian")
     assert op._closed_form_solve(z, aty, 2.0) is None

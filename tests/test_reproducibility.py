@@ -2,9 +2,10 @@
 
 * Our own reductions (the conjugate-gradient inner products and norms of the data step, the
   power iteration behind ``op.norm()``, DPS's residual norms, the metrics) are summed in an
-  order fixed by the data's shape (:func:`napari_patchdiff.linalg.fixed_sum`), so they give the
-  same bits whatever the number of torch threads; before, a sum into one value (one image's
-  inner product) was split between the threads and rounded differently on 1 and 2 threads.
+  order fixed by the data's shape (:func:`napari_patchdiff.operators.linalg.fixed_sum`), so they
+  give the same bits whatever the number of torch threads; before, a sum into one value (one
+  image's inner product) was split between the threads and rounded differently on 1 and 2
+  threads.
 * The network's convolutions are torch's (oneDNN on the CPU). On the development CPU (AVX2,
   oneDNN 3.12) one of them (the 1 x 1 skip convolution 256 -> 128 at 14 x 14) rounds
   differently on 1 and 2 threads when a network call holds fewer than 16 patches (a 64 x 64
@@ -27,7 +28,7 @@ import torch
 from napari_patchdiff import api
 from napari_patchdiff.conventions import HU_RANGE
 from napari_patchdiff.io.samples import load_sample
-from napari_patchdiff.linalg import conjugate_gradient, power_iteration
+from napari_patchdiff.operators.linalg import conjugate_gradient, power_iteration
 
 #: HU: bound on the difference between 1- and 2-thread samples of the small-crop ensemble below
 #: (measured on the development CPU: at most 0.021 HU with 3 evaluations, 0.026 HU (rms 0.005

@@ -1,4 +1,8 @@
-"""Forward operators, by name. ``make_operator("ct-parallel", (256, 256), views=20)``."""
+"""Forward operators, by name. ``make_operator("ct-parallel", (256, 256), views=20)``.
+
+With :mod:`napari_patchdiff.io`, the bottom layer: the operators and the linear algebra they and
+the solvers share (:mod:`~napari_patchdiff.operators.linalg`) import only the vocabulary
+(errors, params, registry)."""
 from __future__ import annotations
 
 from ..registry import Registry

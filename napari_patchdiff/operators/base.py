@@ -35,8 +35,8 @@ from typing import Any, Callable
 import torch
 
 from ..errors import InputError
-from ..linalg import cg_steps, conjugate_gradient, fixed_norm, power_iteration
 from ..params import Param
+from .linalg import cg_steps, conjugate_gradient, fixed_norm, power_iteration
 
 #: the median of |N(0, 1)|: ``std = MAD / MAD_NORMAL`` for Gaussian samples
 MAD_NORMAL = 0.6744897501960817

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import InputError
 from ..events import CancelToken, StepEvent
-from ..linalg import cg_steps, fixed_norm, fixed_sum
+from ..operators.linalg import cg_steps, fixed_norm, fixed_sum
 from ..params import Param
 from . import tv
 from .method import Method, register

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..linalg import fixed_sum
+from ..operators.linalg import fixed_sum
 
 __all__ = ["gradient", "divergence", "gradient_z", "gradient_z_adjoint", "laplacian_z",
            "laplacian_like",

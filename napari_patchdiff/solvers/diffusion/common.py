@@ -8,8 +8,8 @@ import torch
 
 from ...errors import InputError
 from ...events import CancelToken
-from ...linalg import fixed_norm
 from ...noise_source import NoiseSource, as_noise_source
+from ...operators.linalg import fixed_norm
 from ...params import SEED, Param
 from ...priors.sampling import edm_sigmas
 from ..tv import gradient_z, gradient_z_adjoint, laplacian_z, shrink
