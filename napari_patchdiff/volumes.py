@@ -10,8 +10,8 @@ in, and a cancel keeps every finished slice (``info["finished"]`` lists them).
 
 Each slice draws its noise from its own stream (``sample_seed(seed, slice)``), so a slice-wise
 method gives the same slice whatever the window it runs in, and window ``k`` seeds its prior's
-generator from run ``k`` (:func:`~napari_patchdiff.noise_source.run_noise`), so a window gives
-the same slices whichever executor runs it (:mod:`napari_patchdiff.executors`: here, step by
+generator from run ``k`` (:func:`~napari_patchdiff.solvers.noise_source.run_noise`), so a
+window gives the same slices whichever executor runs it (:mod:`napari_patchdiff.executors`: here, step by
 step, or on a cluster's workers, window by window as they finish).
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch
 from .errors import InputError
 from .events import Cancelled, CancelToken, StepEvent
 from .executors import Executor, Work
-from .noise_source import NoiseSource, run_noise, sample_seed
 from .problem import Problem
 from .solvers import Volume, get_solver
+from .solvers.noise_source import NoiseSource, run_noise, sample_seed
 
 __all__ = ["Window", "windows", "VOLUME_BATCH", "VolumeWork", "iterate_volume"]
 

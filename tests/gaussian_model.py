@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from napari_patchdiff.noise_source import NoiseSource
 from napari_patchdiff.operators import make_operator
 from napari_patchdiff.priors.prior import Prior
+from napari_patchdiff.solvers.noise_source import NoiseSource
 
 DT = torch.float64
 N = 8  # image side (operators need >= 8)

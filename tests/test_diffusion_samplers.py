@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from napari_patchdiff.events import Cancelled, CancelToken
-from napari_patchdiff.noise_source import NoiseSource
 from napari_patchdiff.operators import make_operator
 from napari_patchdiff.solvers import get_solver
 from napari_patchdiff.solvers.diffusion import dds, dps, langevin, padis, pnp_admm
+from napari_patchdiff.solvers.noise_source import NoiseSource
 
 from gaussian_model import (DT, N, ZeroNoise, exact_posterior, last, problem, smooth_prior)
 

@@ -1,5 +1,5 @@
 """The rqmc noise design: an antithetic Latin hypercube in groups of 4
-(napari_patchdiff.noise_source, napari_patchdiff.uncertainty)."""
+(napari_patchdiff.solvers.noise_source, napari_patchdiff.uncertainty)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from napari_patchdiff.noise_source import NoiseSource
+from napari_patchdiff.solvers.noise_source import NoiseSource
 from napari_patchdiff.uncertainty import Accumulator, SampleEvent, ensemble, region_interval
 from test_uncertainty import DDS, gaussian_problem, samples_of
 

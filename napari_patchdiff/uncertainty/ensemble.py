@@ -13,12 +13,12 @@ Noise designs (antithetic sampling for diffusion models: Jia et al., arXiv 2506.
   the same batch and see the same patch shifts.
 * ``rqmc``: group ``j`` = samples ``4j .. 4j + 3`` draw from ``NoiseSource(s_j, group=4,
   member=i)``: an antithetic Latin hypercube (randomised quasi-Monte Carlo; see
-  :mod:`napari_patchdiff.noise_source`). The group's noise sums to zero like a pair's and its
-  magnitudes are stratified; groups are independent replicates.
+  :mod:`napari_patchdiff.solvers.noise_source`). The group's noise sums to zero like a pair's
+  and its magnitudes are stratified; groups are independent replicates.
 
 Samples are batched: one sampler run draws ``batch`` samples (times the slices of a volume) at
-once through a :class:`~napari_patchdiff.noise_source.StackedNoise`. The same seed, design and
-batch size give the same ensemble. Batches are independent (:func:`plan_batches`,
+once through a :class:`~napari_patchdiff.solvers.noise_source.StackedNoise`. The same seed,
+design and batch size give the same ensemble. Batches are independent (:func:`plan_batches`,
 :func:`run_batch`): they run as the items of an :class:`EnsembleWork` on an executor (see
 :mod:`napari_patchdiff.executors`), one after another here, or at once on a Ray cluster
 (``cluster=``), which gives the same samples.
@@ -36,10 +36,10 @@ from ..errors import InputError
 from ..events import CancelToken, Drive, StepEvent
 from ..executors import Executor, Work
 from ..memory import check_ensemble_memory
-from ..noise_source import DESIGNS, GROUP, NoiseSource, run_noise, sample_seed
 from ..problem import Problem
 from ..runs import method_params, resolve_prior
 from ..solvers import SOLVERS, get_solver
+from ..solvers.noise_source import DESIGNS, GROUP, NoiseSource, run_noise, sample_seed
 from .calibration import resolve_calibration
 from .regions import roi_mask
 from .summaries import EnsembleResult, check_level, summarise

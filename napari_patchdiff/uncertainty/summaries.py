@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import metrics
 from ..errors import InputError
-from ..noise_source import GROUP
+from ..solvers.noise_source import GROUP
 from .calibration import LEVELS, calibrated_bounds, calibration_curve, coverage
 from .regions import region_note, roi_mask
 

@@ -20,7 +20,7 @@ Each step first calls ``cancel.check(x)`` with the current iterate, so a token s
 samples; repeat one measurement ``B`` times to draw ``B`` posterior samples of it.
 
 All randomness (initial noise and every injected noise) is drawn from one
-:class:`~napari_patchdiff.noise_source.NoiseSource` (``noise_source``, default
+:class:`~napari_patchdiff.solvers.noise_source.NoiseSource` (``noise_source``, default
 ``NoiseSource(seed)``); the prior's own randomness (patch shifts) comes from
 ``noise_source.prior_generator``, which is the same in an antithetic pair. Every method's
 evaluation budget is ``nfe``. Images are on the normalised [0, 1] scale; the noise schedules are

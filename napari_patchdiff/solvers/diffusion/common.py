@@ -8,10 +8,10 @@ import torch
 
 from ...errors import InputError
 from ...events import CancelToken
-from ...noise_source import NoiseSource, as_noise_source
 from ...operators.linalg import fixed_norm
 from ...params import SEED, Param
 from ...priors.sampling import edm_sigmas
+from ..noise_source import NoiseSource, as_noise_source
 from ..tv import gradient_z, gradient_z_adjoint, laplacian_z, shrink
 
 __all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "Z_WEIGHT", "Z_TV",

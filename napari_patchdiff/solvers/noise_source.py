@@ -32,7 +32,7 @@ import math
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["DESIGNS", "GROUP", "NoiseSource", "StackedNoise", "sample_seed", "run_noise",
            "as_noise_source"]
