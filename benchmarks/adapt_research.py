@@ -38,8 +38,8 @@ import torch
 
 from common import RESULTS, ct_slices, machine, mri_slices
 from napari_patchdiff import api
-from napari_patchdiff.adapt import ADAPTATION, AdaptingPrior
 from napari_patchdiff.priors import load_prior
+from napari_patchdiff.recon.adapt import ADAPTATION, AdaptingPrior
 
 CASES = {
     "phantom": ("CT 20 views, lung2 slice 47, phantom prior", "ct-parallel", {"views": 20}, 0.2,

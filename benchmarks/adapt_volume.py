@@ -40,7 +40,7 @@ def run_row(row: str, n: int, threads: int) -> dict:
     import torch
 
     from napari_patchdiff import api
-    from napari_patchdiff.metrics import psnr, ssim
+    from napari_patchdiff.recon.metrics import psnr, ssim
     from napari_patchdiff.priors import load_prior
 
     torch.set_num_threads(threads)

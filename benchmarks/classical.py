@@ -19,8 +19,8 @@ import torch
 from common import RESULTS, TASKS, machine, test_slices, val_slices
 from napari_patchdiff import api
 from napari_patchdiff.api import Truth
-from napari_patchdiff.metrics import psnr, ssim
 from napari_patchdiff.operators import OPERATORS
+from napari_patchdiff.recon.metrics import psnr, ssim
 from napari_patchdiff.solvers import knobs
 
 METHODS = ("initial", "cg", "admm-tv")

@@ -22,8 +22,8 @@ import torch
 from common import (CT_TEST, EXTRA_TASKS, RESULTS, TASKS, Task, ct_slices, machine, mri_slices,
                     slice_by_slice)
 from napari_patchdiff import api
-from napari_patchdiff.metrics import psnr, ssim
 from napari_patchdiff.priors import load_prior
+from napari_patchdiff.recon.metrics import psnr, ssim
 
 JSON = RESULTS / "defaults.json"
 ALL_TASKS = TASKS + EXTRA_TASKS

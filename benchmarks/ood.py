@@ -88,7 +88,7 @@ def run_one(case_key: str, row: str, index: int, n: int, device: str, threads: i
     import torch
 
     from napari_patchdiff import api
-    from napari_patchdiff.metrics import psnr, ssim
+    from napari_patchdiff.recon.metrics import psnr, ssim
 
     torch.set_num_threads(threads)
     case = next(c for c in CASES if c.key == case_key)

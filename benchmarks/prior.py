@@ -21,9 +21,9 @@ import torch
 
 from common import CT_TEST, CT_VAL, MRI_VAL, RESULTS, ct_slices, machine, mri_slices
 from napari_patchdiff import api
-from napari_patchdiff.metrics import psnr, ssim
 from napari_patchdiff.priors import load_prior
 from napari_patchdiff.priors.sampling import sample_unconditional
+from napari_patchdiff.recon.metrics import psnr, ssim
 
 SIGMAS = (0.02, 0.05, 0.1, 0.2)
 #: torch device of the priors and TV (``--device``); noise is drawn on the CPU either way

@@ -24,8 +24,8 @@ import torch
 
 from common import RESULTS, TASKS, machine, slice_by_slice, test_slices
 from napari_patchdiff import api
-from napari_patchdiff.metrics import psnr, ssim
 from napari_patchdiff.priors import load_prior
+from napari_patchdiff.recon.metrics import psnr, ssim
 
 JSON = RESULTS / "quality.json"
 

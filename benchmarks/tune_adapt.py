@@ -7,7 +7,7 @@ Validation images only (never the test images of ood.py or the quality tables): 
 11, 17), and 20-view CT (noise 0.2) of lung2 slice 47 with the `phantom` prior (trained on
 synthetic images only). DDS and PnP-ADMM with their defaults, without adaptation and with a few
 settings of the adapter (Adam steps per denoiser call, learning rate). The chosen defaults go into
-napari_patchdiff/adapt.toml ([adapt.ct], [adapt.mri-cartesian]).
+napari_patchdiff/recon/adapt.toml ([adapt.ct], [adapt.mri-cartesian]).
 """
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ def volume(task: Task) -> np.ndarray:
 def z_correlation() -> dict:
     """How well a slice is predicted by its neighbours: PSNR of ``(x[i-1] + x[i+1]) / 2``
     against ``x[i]`` over the interior slices of each volume (dB)."""
-    from napari_patchdiff.metrics import per_slice_psnr
+    from napari_patchdiff.recon.metrics import per_slice_psnr
 
     out = {}
     for task in TASKS:
@@ -153,7 +153,7 @@ def z_error(recon: np.ndarray, truth: np.ndarray) -> dict:
 def orientations(recon: np.ndarray, truth: np.ndarray) -> dict:
     """Mean PSNR / SSIM over axial slices, sagittal and coronal planes."""
     from napari_patchdiff.errors import InputError
-    from napari_patchdiff.metrics import per_slice_psnr, per_slice_ssim
+    from napari_patchdiff.recon.metrics import per_slice_psnr, per_slice_ssim
 
     out = {}
     for name, axes in (("axial", (0, 1, 2)), ("coronal", (1, 0, 2)), ("sagittal", (2, 0, 1))):

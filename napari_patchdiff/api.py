@@ -21,12 +21,12 @@ import numpy as np
 
 from .devices import parse_device
 from .errors import InputError
-from .executors import RayExecutor
 from .events import CancelToken, Drive, StepEvent
-from .problem import (Problem, Truth, from_measurement, load_measurement, load_truth, simulate,
-                      truth_from_array)
-from .runs import (Result, iterate, make_report, method_params, needs_prior, resolve_prior,
-                   result_of)
+from .recon.executors import RayExecutor
+from .recon.problem import (Problem, Truth, from_measurement, load_measurement, load_truth,
+                            simulate, truth_from_array)
+from .recon.runs import (Result, iterate, make_report, method_params, needs_prior, resolve_prior,
+                         result_of)
 
 __all__ = ["Truth", "Problem", "Result", "load_truth", "truth_from_array", "simulate",
            "from_measurement", "load_measurement", "method_params", "needs_prior", "resolve_prior",
@@ -41,18 +41,18 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
     """Run ``method`` to the end and return the reconstruction with its report.
 
     ``adapt`` (True, or a dict of ``adapt_steps``, ``adapt_rank``, ``adapt_lr``, ...) adapts the
-    prior to this measurement while it reconstructs (:mod:`napari_patchdiff.adapt`); the
+    prior to this measurement while it reconstructs (:mod:`napari_patchdiff.recon.adapt`); the
     adapted prior is ``result.prior`` (``result.prior.save(path)``). If the run is cancelled
     (the token, or Ctrl-C), the exception carries the last completed step as ``exc.partial``
     (a :class:`Result` whose report says ``"cancelled": True``; for a volume run window by
     window, ``report["finished_slices"]`` lists the slices done). ``batch``/``overlap``: a
-    volume's window (see :func:`napari_patchdiff.runs.iterate`). ``cluster``: "ray" or
-    "ray:ADDRESS" (or a :class:`~napari_patchdiff.executors.RayExecutor`) runs a volume's
-    windows on Ray workers, with the same result (see :mod:`napari_patchdiff.executors`).
+    volume's window (see :func:`napari_patchdiff.recon.runs.iterate`). ``cluster``: "ray" or
+    "ray:ADDRESS" (or a :class:`~napari_patchdiff.recon.executors.RayExecutor`) runs a volume's
+    windows on Ray workers, with the same result (see :mod:`napari_patchdiff.recon.executors`).
     ``precision``: the prior network's, "float32" or "bfloat16" (None: the prior's own; see
     :class:`~napari_patchdiff.priors.Prior`).
     """
-    from .executors import resolve_executor
+    from .recon.executors import resolve_executor
 
     _check_run(problem, cancel, on_event, "solve")
     executor = resolve_executor(cluster)

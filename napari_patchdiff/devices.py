@@ -1,7 +1,7 @@
 """The one place a torch device named by the user is checked: :func:`parse_device`.
 
-The CLI's ``--device``, the API's ``device=`` (:func:`~napari_patchdiff.problem.simulate`,
-:meth:`~napari_patchdiff.problem.Problem.to`, :func:`~napari_patchdiff.api.calibrate`, the
+The CLI's ``--device``, the API's ``device=`` (:func:`~napari_patchdiff.recon.problem.simulate`,
+:meth:`~napari_patchdiff.recon.problem.Problem.to`, :func:`~napari_patchdiff.api.calibrate`, the
 training configuration, :func:`~napari_patchdiff.priors.load_prior`) and the GUI's jobs (through
 ``Problem.to``) all go through it, so a device that cannot run a reconstruction is one clear
 :class:`~napari_patchdiff.errors.InputError` instead of torch's ``RuntimeError``,

@@ -2,7 +2,7 @@
 
 A widget snapshots its inputs on the main thread into a frozen :class:`ReconJob` or
 :class:`TrainJob`. :func:`recon_updates` and :func:`train_updates` drive the core generators
-(:func:`~napari_patchdiff.runs.iterate`, :func:`~napari_patchdiff.uncertainty.ensemble`,
+(:func:`~napari_patchdiff.recon.runs.iterate`, :func:`~napari_patchdiff.uncertainty.ensemble`,
 :func:`~napari_patchdiff.training.train`) and yield :class:`Update` messages that hold numpy
 arrays only (tensors are converted in the worker), at most a few per second (:class:`Pace`);
 the last one (:attr:`UpdateKind.DONE` or :attr:`UpdateKind.CANCELLED`) always comes. Nothing
@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import metrics
 from .errors import InputError, JobError
 from .events import Cancelled, CancelToken, Drive, StepEvent
-from .problem import Problem
-from .runs import make_report, method_params, needs_prior, to_array
+from .recon import metrics
+from .recon.problem import Problem
+from .recon.runs import make_report, method_params, needs_prior, to_array
 from .uncertainty import Accumulator, SampleEvent, default_batch, ensemble
 from .uncertainty.calibration import resolve_calibration
 
@@ -187,8 +187,8 @@ def _load_prior(source, device):
 
 def _job_prior(job: ReconJob, problem: Problem, load_prior: Callable):
     """The prior ``job`` runs with (None for a classical method), checked against ``problem``
-    and wrapped when the job adapts it (:func:`~napari_patchdiff.runs.resolve_prior`)."""
-    from .runs import resolve_prior
+    and wrapped when the job adapts it (:func:`~napari_patchdiff.recon.runs.resolve_prior`)."""
+    from .recon.runs import resolve_prior
 
     prior = None
     if needs_prior(job.method):
@@ -206,8 +206,8 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
     ``load_prior(source, device)`` returns the prior object (default: load it every time);
     ``pace`` spaces the streamed estimates (default: every ``job.interval`` seconds).
     """
-    from .executors import resolve_executor
-    from .runs import iterate
+    from .recon.executors import resolve_executor
+    from .recon.runs import iterate
 
     pace = pace or Pace(job.interval)
     executor = resolve_executor(job.cluster)  # a bad cluster is an error before any work

@@ -41,7 +41,7 @@ import numpy as np
 from . import __version__, io
 from .errors import InputError
 from .io import files
-from .problem import Problem
+from .recon.problem import Problem
 
 __all__ = ["MANIFEST", "OutputFolder", "write_reconstruction", "write_ensemble",
            "write_report"]

@@ -2,7 +2,7 @@
 phantoms, on the CT normalised scale (air 0, water 0.5, dense bone 1).
 
 A patch prior trained on these alone knows edges, flat regions and smooth intensity changes but
-no anatomy; test-time adaptation (:mod:`napari_patchdiff.adapt`) fits it to the data at hand
+no anatomy; test-time adaptation (:mod:`napari_patchdiff.recon.adapt`) fits it to the data at hand
 (Hu, Song, Fessler, Shen, IEEE T-CI 2025 adapt an ellipse-trained patch prior to real CT).
 
 Each random-ellipse image is a soft-tissue body (one large ellipse of intensity 0.45-0.55,

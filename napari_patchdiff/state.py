@@ -18,7 +18,7 @@ from typing import Any
 from psygnal import Signal
 
 from .conventions import UNITS
-from .problem import Problem
+from .recon.problem import Problem
 
 __all__ = ["PatchDiffState", "Display", "state_for"]
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from napari_patchdiff import api
-from napari_patchdiff.adapt import ADAPTATION, AdaptingPrior, adapt_prior
 from napari_patchdiff.cli import main
 from napari_patchdiff.errors import InputError
 from napari_patchdiff.io.samples import load_sample
 from napari_patchdiff.priors import load_prior, read_metadata
 from napari_patchdiff.priors.lora import LoRAConv2d, add_lora, lora_parameters, merge_lora
+from napari_patchdiff.recon.adapt import ADAPTATION, AdaptingPrior, adapt_prior
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -121,7 +121,7 @@ def test_a_shipped_prior_far_from_the_data_recommends_rounds(tiny):
     assert mine.params["steps"] == 1 and mine.params["every"] == 3
     ct = adapt_prior(load_prior("ct"), problem, True)
     assert ct.params == ADAPTATION.resolve(problem.op, 0.2)
-    from napari_patchdiff.adapt import recommended
+    from napari_patchdiff.recon.adapt import recommended
 
     assert recommended("phantom", problem.op) == recommended(load_prior("phantom"), problem.op)
     assert recommended("ct", problem.op) == {} and recommended(None, problem.op) == {}
@@ -248,7 +248,7 @@ def test_a_reasonable_rank_runs_and_the_estimate_is_near_the_measured_peak():
 import os, sys, numpy as np, torch
 torch.set_num_threads(1)
 from napari_patchdiff import api
-from napari_patchdiff.memory import adaptation_bytes, conv_profile
+from napari_patchdiff.recon.memory import adaptation_bytes, conv_profile
 from napari_patchdiff.io.samples import load_sample
 hu = load_sample("ct")[0][1, 96:160, 96:160].astype(np.float32)
 problem = api.simulate(api.truth_from_array(hu, {"modality": "ct"}), "ct-parallel", views=20,

@@ -1,4 +1,4 @@
-"""Ensembles and volumes on a Ray cluster (napari_patchdiff.executors): the same samples as a
+"""Ensembles and volumes on a Ray cluster (napari_patchdiff.recon.executors): the same samples as a
 local run whatever the number of workers, a killed worker retried with nothing lost or
 duplicated, cancel, unreachable clusters, and the CLI, API, job and GUI entry points.
 
@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_patchdiff import api, executors
+from napari_patchdiff import api
 from napari_patchdiff.cli import main
 from napari_patchdiff.conventions import hu_to_unit
 from napari_patchdiff.errors import InputError
 from napari_patchdiff.events import Cancelled, CancelToken, StepEvent
 from napari_patchdiff.io.samples import load_sample
+from napari_patchdiff.recon import executors
 from napari_patchdiff.uncertainty import SampleEvent, ensemble
 from napari_patchdiff.uncertainty.ensemble import EnsembleWork, plan_batches
 
@@ -101,7 +102,7 @@ def test_the_pure_batch_work_gives_the_local_samples(tiny_prior, local_run):
     pickled) reproduces the local samples bit for bit, batch by batch, in any order."""
     import pickle
 
-    from napari_patchdiff.runs import method_params, resolve_prior
+    from napari_patchdiff.recon.runs import method_params, resolve_prior
 
     problem, local = local_run
     prior = resolve_prior(problem, "dds", tiny_prior)
@@ -214,9 +215,9 @@ def test_rays_own_output_during_a_failed_connect_is_held_back(capfd):
 
 def test_an_ensemble_that_cannot_fit_is_refused_before_sampling(monkeypatch):
     """Samples, batch and the workers of a Ray instance on this machine go through the memory
-    estimate (napari_patchdiff.memory) before anything is sampled or started, here as on a
+    estimate (napari_patchdiff.recon.memory) before anything is sampled or started, here as on a
     computer of 4 GiB (half of it allowed): the shipped CT prior on the 64 x 64 crop."""
-    from napari_patchdiff import memory
+    from napari_patchdiff.recon import memory
 
     monkeypatch.setattr(memory, "memory_limit", lambda: 2 * 2**30)
     if executors.ray_available():
@@ -252,7 +253,7 @@ def test_a_reconstruction_that_cannot_fit_is_refused_before_it_starts(monkeypatc
     the estimate too, here as on a computer of 4 GiB: DPS keeps every patch of its batch for
     the backward pass (186 MB per 64 x 64 slice with the shipped CT prior); DDS windows of 2
     slices (6 with their context) on 8 workers."""
-    from napari_patchdiff import memory
+    from napari_patchdiff.recon import memory
 
     monkeypatch.setattr(memory, "memory_limit", lambda: 2 * 2**30)
     if executors.ray_available():
@@ -473,7 +474,7 @@ def test_ray_is_imported_by_the_executor_module_only():
 
     users = {_module_name(p) for p in PACKAGE.rglob("*.py")
              if any(i.split(".")[0] == "ray" for i in _imports(p))}
-    assert users == {"napari_patchdiff.executors"}
+    assert users == {"napari_patchdiff.recon.executors"}
     code = ("import sys, napari_patchdiff.api, napari_patchdiff.cli, napari_patchdiff.jobs; "
             "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

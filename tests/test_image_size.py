@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from napari_patchdiff.conventions import hu_to_unit, normalise, unit_to_hu
 from napari_patchdiff.io.samples import load_sample
-from napari_patchdiff.metrics import psnr
 from napari_patchdiff.priors import (PatchPrior, WholeImagePrior, assembled_denoise,
                                      averaged_denoise, coordinate_grid, load_prior,
                                      shipped_priors, stitched_denoise, tiling_origins)
 from napari_patchdiff.priors.patches import (COORDINATE_MAPPING, axis_coordinates,
                                              canvas_coordinates)
+from napari_patchdiff.recon.metrics import psnr
 
 SIZES = [(512, 512), (300, 200), (217, 181), (64, 64)]
 
@@ -206,7 +206,7 @@ def test_shipped_mri_prior_denoises_a_217_x_181_brain():
 @needs_ct
 def test_dds_runs_on_a_512_ct_and_a_217_x_181_mri_problem():
     from napari_patchdiff import api
-    from napari_patchdiff.problem import simulate, truth_from_array
+    from napari_patchdiff.recon.problem import simulate, truth_from_array
     from napari_patchdiff.solvers.diffusion import dds
 
     up = _ct_images()[(512, 512)][0, 0].numpy()

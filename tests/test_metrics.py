@@ -6,7 +6,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from napari_patchdiff.errors import InputError
-from napari_patchdiff.metrics import per_slice_psnr, per_slice_ssim, psnr, ssim
+from napari_patchdiff.recon.metrics import per_slice_psnr, per_slice_ssim, psnr, ssim
 
 
 def _sk_ssim(a, b, data_range=1.0):

@@ -30,7 +30,7 @@ import torch
 from napari_patchdiff import io
 from napari_patchdiff.operators import make_operator
 from napari_patchdiff.operators.base import highpass, image_noise_std, robust_std
-from napari_patchdiff.problem import from_measurement, load_measurement, load_truth, simulate
+from napari_patchdiff.recon.problem import from_measurement, load_measurement, load_truth, simulate
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ def test_the_guessed_modality_is_said_and_recorded(crop, tmp_path, capsys):
 
 
 def test_metrics_out_of_memory_keep_the_reconstruction(crop, tmp_path, monkeypatch):
-    from napari_patchdiff import metrics
+    from napari_patchdiff.recon import metrics
 
     def no_memory(*args, **kwargs):
         raise MemoryError

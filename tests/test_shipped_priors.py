@@ -5,8 +5,8 @@ import torch
 from napari_patchdiff.conventions import hu_to_unit
 from napari_patchdiff.errors import InputError
 from napari_patchdiff.io.samples import load_sample
-from napari_patchdiff.metrics import psnr
 from napari_patchdiff.priors import load_prior, read_metadata, shipped_priors
+from napari_patchdiff.recon.metrics import psnr
 
 pytestmark = pytest.mark.skipif("ct" not in shipped_priors(), reason="no shipped CT prior")
 

@@ -4,8 +4,8 @@ import torch
 
 from napari_patchdiff.errors import InputError
 from napari_patchdiff.events import Cancelled, CancelToken, StepEvent, run_to_end
-from napari_patchdiff.metrics import psnr
 from napari_patchdiff.operators import OPERATORS, add_noise, make_operator
+from napari_patchdiff.recon.metrics import psnr
 from napari_patchdiff.solvers import SOLVERS, Method, get_solver, knobs, tv
 
 F64 = torch.float64

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_patchdiff.adapt import ADAPTATION
 from napari_patchdiff.operators import OPERATORS, make_operator
+from napari_patchdiff.recon.adapt import ADAPTATION
 from napari_patchdiff.solvers import SOLVERS, Volume, defaults, get_solver
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import torch
 
 from napari_patchdiff import api
 from napari_patchdiff.events import Cancelled, CancelToken
+from napari_patchdiff.recon.volumes import windows
 from napari_patchdiff.solvers import Volume, get_solver, tv
-from napari_patchdiff.volumes import windows
 
 from gaussian_model import DT, N, smooth_prior  # noqa: E402
 

@@ -8,11 +8,11 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLab
                             QPushButton, QWidget)
 
 from .. import api
-from ..adapt import ADAPT_PARAMS, ADAPTATION, recommended
 from ..errors import InputError
-from ..executors import CLUSTER_CHOICES
 from ..jobs import ReconJob, Update, UpdateKind, bounds_advice, devices, recon_updates
 from ..params import CLUSTER, DEVICE, PRECISION, SEED
+from ..recon.adapt import ADAPT_PARAMS, ADAPTATION, recommended
+from ..recon.executors import CLUSTER_CHOICES
 from ..solvers import SOLVERS
 from ..state import Display, state_for
 from ..uncertainty import DESIGNS
@@ -327,7 +327,7 @@ class ReconstructWidget(QWidget):
                                    != PRECISION.choices[0] else None))
 
     def _cluster(self):
-        from ..executors import parse_cluster
+        from ..recon.executors import parse_cluster
 
         text = self.cluster_box.currentText().strip() or CLUSTER.default
         parse_cluster(text)  # InputError (shown in the panel) for a bad choice or no ray

@@ -144,14 +144,14 @@ def _seed_option(p, also: str = "") -> None:
 
 
 def _cluster_options(p, what: str) -> None:
-    group = p.add_argument_group("where the work runs (napari_patchdiff.executors)")
+    group = p.add_argument_group("where the work runs (napari_patchdiff.recon.executors)")
     _param_option(group, CLUSTER, metavar="local|ray|ray:ADDRESS",
                   help=f"where {what} run: {CLUSTER.help}")
     _param_option(group, WORKERS)
 
 
 def _executor(args):
-    from ..executors import resolve_executor
+    from ..recon.executors import resolve_executor
 
     executor = resolve_executor(args.cluster, args.workers)
     executor.check_adaptation(args.adapt)  # before the problem is read
@@ -168,7 +168,7 @@ def _say_executor(args, report) -> None:
 
 
 def _adaptation_options(p) -> None:
-    from ..adapt import ADAPT_PARAMS
+    from ..recon.adapt import ADAPT_PARAMS
 
     group = p.add_argument_group("test-time adaptation of the prior (diffusion methods)")
     group.add_argument("--adapt", action="store_true", help="adapt the prior to this "
@@ -183,7 +183,7 @@ def _adaptation_options(p) -> None:
 
 def _adaptation(args):
     """``adapt=`` for the API from the options: None, True or the parameters given."""
-    from ..adapt import ADAPT_PARAMS
+    from ..recon.adapt import ADAPT_PARAMS
 
     given = {p.name: getattr(args, f"adapt_{p.name}") for p in ADAPT_PARAMS
              if getattr(args, f"adapt_{p.name}") is not None}

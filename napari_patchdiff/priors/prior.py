@@ -86,7 +86,7 @@ class Prior:
     @property
     def adapting(self) -> bool:
         """Whether this prior adapts to the measurement while it runs (an
-        :class:`~napari_patchdiff.adapt.AdaptingPrior`: it trains adapters through the run's
+        :class:`~napari_patchdiff.recon.adapt.AdaptingPrior`: it trains adapters through the run's
         steps, so it runs locally only, has ``focus``, ``last_loss``, ``summary`` and ``save``,
         and its report records the adaptation). The one question every caller asks."""
         return False

@@ -6,8 +6,8 @@ Where the values are (TOML, :data:`FILES`, relative to the package):
 * ``solvers/classical.toml``: ``cg`` and ``admm-tv``;
 * ``solvers/diffusion/dds.toml``, ``pnp.toml`` (``pnp-admm``), ``dps.toml``, ``padis.toml``,
   ``langevin.toml``;
-* ``adapt.toml``, beside ``adapt.py``: the test-time adaptation (``adapt``: steps, every, lr,
-  rank, discrepancy, ...).
+* ``recon/adapt.toml``, beside ``recon/adapt.py``: the test-time adaptation (``adapt``: steps,
+  every, lr, rank, discrepancy, ...).
 
 In a file, the table ``[METHOD.fallback]`` holds the values for operators without a tuned one
 and the constants of the method's rule, and ``[METHOD.OPERATOR]`` an operator's row over it
@@ -45,7 +45,7 @@ __all__ = ["Tuned", "TABLES", "SOURCES", "FILES", "GROUPS", "FALLBACK_ROW", "LIM
 #: the data files, relative to the package: each beside the module of the methods it tunes
 FILES = ("solvers/classical.toml", "solvers/diffusion/dds.toml", "solvers/diffusion/pnp.toml",
          "solvers/diffusion/dps.toml", "solvers/diffusion/padis.toml",
-         "solvers/diffusion/langevin.toml", "adapt.toml")
+         "solvers/diffusion/langevin.toml", "recon/adapt.toml")
 #: the table of a method's values for operators without their own, and of its rules' constants
 FALLBACK_ROW = "fallback"
 #: rows shared by several operators (the fan beam was never tuned on its own); an operator's own

@@ -20,7 +20,7 @@ Samples are batched: one sampler run draws ``batch`` samples (times the slices o
 once through a :class:`~napari_patchdiff.solvers.noise_source.StackedNoise`. The same seed,
 design and batch size give the same ensemble. Batches are independent (:func:`plan_batches`,
 :func:`run_batch`): they run as the items of an :class:`EnsembleWork` on an executor (see
-:mod:`napari_patchdiff.executors`), one after another here, or at once on a Ray cluster
+:mod:`napari_patchdiff.recon.executors`), one after another here, or at once on a Ray cluster
 (``cluster=``), which gives the same samples.
 """
 from __future__ import annotations
@@ -34,10 +34,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..events import CancelToken, Drive, StepEvent
-from ..executors import Executor, Work
-from ..memory import check_ensemble_memory
-from ..problem import Problem
-from ..runs import method_params, resolve_prior
+from ..recon.executors import Executor, Work
+from ..recon.memory import check_ensemble_memory
+from ..recon.problem import Problem
+from ..recon.runs import method_params, resolve_prior
 from ..solvers import SOLVERS, get_solver
 from ..solvers.noise_source import DESIGNS, GROUP, NoiseSource, run_noise, sample_seed
 from .calibration import resolve_calibration
@@ -161,18 +161,18 @@ def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: 
     ``batch`` and ``samples``: which samples the batch draws) and one :class:`SampleEvent` per
     finished sample. ``params`` override the method's defaults (``seed`` is the ensemble's).
     ``adapt`` adapts the prior to the measurement (one adapter for the whole ensemble, trained
-    during its first batches and then kept; see :mod:`napari_patchdiff.adapt`).
+    during its first batches and then kept; see :mod:`napari_patchdiff.recon.adapt`).
     The cancel token is checked at every step (a cancel raises
     :class:`~napari_patchdiff.events.Cancelled`).
 
-    ``cluster`` (see :func:`napari_patchdiff.executors.resolve_executor`): None or "local" runs
-    the batches here, one after another; "ray" or "ray:ADDRESS" (or a
-    :class:`~napari_patchdiff.executors.RayExecutor`) runs them on Ray workers at once. Then a
+    ``cluster`` (see :func:`napari_patchdiff.recon.executors.resolve_executor`): None or "local"
+    runs the batches here, one after another; "ray" or "ray:ADDRESS" (or a
+    :class:`~napari_patchdiff.recon.executors.RayExecutor`) runs them on Ray workers at once. Then a
     batch's events come when it finishes, batches in the order they finish: one
     :class:`StepEvent` (its last step; ``info`` also has ``worker``, ``host``, ``device``) and
     its :class:`SampleEvent` s. The samples are the same as a local run's.
     """
-    from ..executors import resolve_executor
+    from ..recon.executors import resolve_executor
 
     _check_design(samples, design)
     spec = get_solver(method)
@@ -226,7 +226,7 @@ def _sample_events(b: Batch, est: np.ndarray, d: int, total: int, squeeze: bool,
 
 
 class EnsembleWork(Work):
-    """An ensemble's batches as work for an executor (see :mod:`napari_patchdiff.executors`):
+    """An ensemble's batches as work for an executor (see :mod:`napari_patchdiff.recon.executors`):
     an item is a :class:`Batch`, its run :func:`run_batch`."""
 
     def __init__(self, problem: Problem, method: str, prior, design: str, seed: int, used):
@@ -311,7 +311,7 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     :class:`~napari_patchdiff.priors.Prior`).
 
     ``cluster``: where the batches run (None or "local": here; "ray", "ray:ADDRESS" or a
-    :class:`~napari_patchdiff.executors.RayExecutor`: on Ray workers, with the same samples);
+    :class:`~napari_patchdiff.recon.executors.RayExecutor`: on Ray workers, with the same samples);
     the report's ``executor`` says which.
 
     ``calibration`` chooses the per-pixel bounds (see
@@ -324,7 +324,7 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     if isinstance(samples, (int, np.integer)) and not isinstance(samples, bool) and samples < 2:
         raise InputError(f"an ensemble summary needs at least two samples, got {samples}")
     level = check_level(level)  # everything the summary needs is checked before sampling
-    from ..executors import resolve_executor
+    from ..recon.executors import resolve_executor
 
     executor = resolve_executor(cluster)
     if roi is not None:

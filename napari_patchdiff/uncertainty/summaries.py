@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics
 from ..errors import InputError
+from ..recon import metrics
 from ..solvers.noise_source import GROUP
 from .calibration import LEVELS, calibrated_bounds, calibration_curve, coverage
 from .regions import region_note, roi_mask

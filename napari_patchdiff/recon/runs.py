@@ -3,7 +3,7 @@
 The API (:mod:`napari_patchdiff.api`), ensembles (:mod:`napari_patchdiff.uncertainty`) and the
 GUI's jobs (:mod:`napari_patchdiff.jobs`) all start a run through :func:`iterate` (or
 :func:`~napari_patchdiff.uncertainty.ensemble`), which runs it on an executor
-(:mod:`napari_patchdiff.executors`, here or on a cluster), drive it with
+(:mod:`napari_patchdiff.recon.executors`, here or on a cluster), drive it with
 :class:`~napari_patchdiff.events.Drive` and describe it with :func:`make_report`.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..events import CancelToken, StepEvent
+from ..solvers import get_solver
 from . import metrics
-from .errors import InputError
-from .events import CancelToken, StepEvent
 from .problem import Problem
-from .solvers import get_solver
 
 __all__ = ["Result", "method_params", "needs_prior", "resolve_prior", "prior_info", "iterate",
            "to_array", "make_report", "result_of"]
@@ -51,7 +51,7 @@ def resolve_prior(problem: Problem, method: str, prior=None, adapt=None,
     """The prior object for a diffusion ``method`` (a shipped name, a path or a Prior), checked
     against the problem's image size and modality, and wrapped for test-time adaptation to the
     problem's measurement when ``adapt`` is True or a dict of adaptation parameters
-    (:mod:`napari_patchdiff.adapt`), at ``precision`` ("float32", "bfloat16"; None: the
+    (:mod:`napari_patchdiff.recon.adapt`), at ``precision`` ("float32", "bfloat16"; None: the
     prior's own, see :class:`~napari_patchdiff.priors.Prior`); ``None`` for classical methods."""
     if not (adapt is None or isinstance(adapt, (bool, dict))):
         raise InputError(f"adapt must be True, False, None or a dict of adaptation parameters "
@@ -69,7 +69,7 @@ def resolve_prior(problem: Problem, method: str, prior=None, adapt=None,
         raise InputError(f"method {method!r} needs a prior: pass a shipped prior name "
                          f"(e.g. 'ct') or a checkpoint path")
     if isinstance(prior, (str, Path)):
-        from .priors import load_prior
+        from ..priors import load_prior
 
         prior = load_prior(prior, device=problem.op.device)
     elif not (hasattr(prior, "denoise") and hasattr(prior, "check")):
@@ -109,14 +109,15 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
     the method's parameters, the rest take their defaults). With adaptation each event's
     ``info`` carries ``adapt_loss``, the latest self-supervised loss.
 
-    A volume deeper than ``batch`` slices (default :data:`~napari_patchdiff.volumes.VOLUME_BATCH`)
-    runs window by window in bounded memory, with ``overlap`` slices of context (default 2 when
-    the method couples slices along z, else 0); see :mod:`napari_patchdiff.volumes`.
+    A volume deeper than ``batch`` slices (default
+    :data:`~napari_patchdiff.recon.volumes.VOLUME_BATCH`) runs window by window in bounded memory,
+    with ``overlap`` slices of context (default 2 when the method couples slices along z, else 0);
+    see :mod:`napari_patchdiff.recon.volumes`.
 
-    ``cluster`` (see :func:`napari_patchdiff.executors.resolve_executor`): None or "local" runs
-    here, step by step; "ray" or "ray:ADDRESS" runs the windows on Ray workers at once (a run
-    of one window, or of one image, on one worker); each finished window is one step event,
-    windows in the order they finish, with the same result as here.
+    ``cluster`` (see :func:`napari_patchdiff.recon.executors.resolve_executor`): None or "local"
+    runs here, step by step; "ray" or "ray:ADDRESS" runs the windows on Ray workers at once (a run
+    of one window, or of one image, on one worker); each finished window is one step event, windows
+    in the order they finish, with the same result as here.
     """
     from .executors import resolve_executor
     from .volumes import VOLUME_BATCH, VolumeWork, iterate_volume, windows

@@ -1,7 +1,7 @@
 """Where the runs of a reconstruction execute: in this process (the default) or on a Ray cluster.
 
 Every run goes through an executor: the one run of an image, the windows of a volume
-(:mod:`napari_patchdiff.volumes`) and the batches of an ensemble
+(:mod:`napari_patchdiff.recon.volumes`) and the batches of an ensemble
 (:mod:`napari_patchdiff.uncertainty.ensemble`), from the API, the command line and the GUI's
 jobs alike. This module is the one place that chooses (:func:`resolve_executor`):
 ``cluster=None`` or ``"local"`` runs everything in this process (:data:`LOCAL`); ``"ray"``
@@ -50,8 +50,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .errors import InputError, JobError
-from .events import Cancelled, CancelToken, Drive, StepEvent, run_to_end
+from ..errors import InputError, JobError
+from ..events import Cancelled, CancelToken, Drive, StepEvent, run_to_end
 
 __all__ = ["Executor", "LocalExecutor", "LOCAL", "RayExecutor", "ItemEvent", "Work",
            "resolve_executor", "parse_cluster", "CLUSTER_CHOICES", "OperatorRecipe",
@@ -110,7 +110,7 @@ class Executor:
 
     def workers_here(self, items: int) -> int:
         """How many of ``items`` this machine runs at once (for the memory estimate of
-        :mod:`napari_patchdiff.memory`): one, here."""
+        :mod:`napari_patchdiff.recon.memory`): one, here."""
         return 1
 
     def check_adaptation(self, adapting) -> None:

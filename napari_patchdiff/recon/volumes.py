@@ -11,8 +11,8 @@ in, and a cancel keeps every finished slice (``info["finished"]`` lists them).
 Each slice draws its noise from its own stream (``sample_seed(seed, slice)``), so a slice-wise
 method gives the same slice whatever the window it runs in, and window ``k`` seeds its prior's
 generator from run ``k`` (:func:`~napari_patchdiff.solvers.noise_source.run_noise`), so a
-window gives the same slices whichever executor runs it (:mod:`napari_patchdiff.executors`: here, step by
-step, or on a cluster's workers, window by window as they finish).
+window gives the same slices whichever executor runs it (:mod:`napari_patchdiff.recon.executors`:
+here, step by step, or on a cluster's workers, window by window as they finish).
 """
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from typing import Iterator
 
 import torch
 
-from .errors import InputError
-from .events import Cancelled, CancelToken, StepEvent
+from ..errors import InputError
+from ..events import Cancelled, CancelToken, StepEvent
+from ..solvers import Volume, get_solver
+from ..solvers.noise_source import NoiseSource, run_noise, sample_seed
 from .executors import Executor, Work
 from .problem import Problem
-from .solvers import Volume, get_solver
-from .solvers.noise_source import NoiseSource, run_noise, sample_seed
 
 __all__ = ["Window", "windows", "VOLUME_BATCH", "VolumeWork", "iterate_volume"]
 
@@ -58,7 +58,7 @@ def windows(depth: int, batch: int, overlap: int = 0) -> list[Window]:
 
 
 class VolumeWork(Work):
-    """A reconstruction as work for an executor (see :mod:`napari_patchdiff.executors`). An
+    """A reconstruction as work for an executor (see :mod:`napari_patchdiff.recon.executors`). An
     item is None (the whole problem in one run) or ``(k, window)``: window ``k`` of
     :func:`windows`, a run on the window's slices with one noise stream per slice (seeded by
     the slice index) and the prior's seeded by the window index, so its slices are the same

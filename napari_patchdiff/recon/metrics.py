@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .operators.linalg import fixed_sum
+from ..errors import InputError
+from ..operators.linalg import fixed_sum
 
 __all__ = ["psnr", "ssim", "per_slice_psnr", "per_slice_ssim"]
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import conventions, io
-from .devices import parse_device
-from .errors import InputError, InputWarning
-from .io.modality import stated_modality
-from .operators import OPERATORS, Operator, add_noise, make_operator
-from .params import NOISE_STD, SEED
+from .. import conventions, io
+from ..devices import parse_device
+from ..errors import InputError, InputWarning
+from ..io.modality import stated_modality
+from ..operators import OPERATORS, Operator, add_noise, make_operator
+from ..params import NOISE_STD, SEED
 
 __all__ = ["Truth", "Problem", "load_truth", "truth_from_array", "simulate", "from_measurement",
            "load_measurement", "NOISE_ORIGINS"]
@@ -104,7 +104,7 @@ class Problem:
         slice spacing in mm, from the truth's metadata when known), or None for one image."""
         if self.squeeze or self.slices < 2:
             return None
-        from .solvers import Volume
+        from ..solvers import Volume
 
         spacing = (self.truth.meta.get("spacing") if self.truth is not None else None) or ()
         return Volume(self.slices, float(spacing[0]) if len(spacing) == 3 else None)
@@ -161,7 +161,7 @@ def load_truth(source, modality: str | None = None, slice: int | None = None,
     _check_source(source, "load_truth", " or 'sample:ct' / 'sample:mri' (for an array: "
                   "truth_from_array)")
     if isinstance(source, str) and source.startswith("sample:"):
-        from .io.samples import load_sample
+        from ..io.samples import load_sample
 
         arr, meta = load_sample(source.split(":", 1)[1])
     else:

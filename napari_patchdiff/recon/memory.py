@@ -1,7 +1,7 @@
 """Up-front memory estimates for the options that scale a run's memory, checked before anything
 big is allocated (the README: work over half of the computer's memory is refused with one line).
 
-The image size and the depth go through :func:`napari_patchdiff.problem.check_problem_memory`
+The image size and the depth go through :func:`napari_patchdiff.recon.problem.check_problem_memory`
 when a problem is made. What a prior's network adds is estimated here from its convolutions'
 shapes, found once per network by a forward pass on a tiny input (:func:`conv_profile`):
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["ACTIVATION_FACTOR", "GRADIENT_METHODS", "ConvLayer", "adaptation_bytes",
            "check_adaptation_memory", "check_ensemble_memory", "check_run_memory",
@@ -65,7 +65,7 @@ class ConvLayer:
 
 def memory_limit() -> int:
     """Half of the physical memory: the most a run may need (:func:`files.check_memory`)."""
-    from .io.files import physical_memory
+    from ..io.files import physical_memory
 
     return physical_memory() // 2
 
@@ -76,7 +76,7 @@ def conv_profile(net: nn.Module) -> list[ConvLayer]:
     cached = net.__dict__.get("_conv_profile")
     if cached is not None:
         return cached
-    from .priors.lora import LoRAConv2d, add_lora
+    from ..priors.lora import LoRAConv2d, add_lora
 
     with torch.random.fork_rng(devices=[]):  # the adapters' initialisation draws from it
         probe = add_lora(net, 1).float().to("cpu")
@@ -127,7 +127,7 @@ def network_pixels(prior, image_shape) -> int:
     if getattr(prior, "mode", "assembled") == "assembled":
         rows, cols = math.ceil((pad + h) / p), math.ceil((pad + w) / p)
     else:  # a fixed overlapping grid
-        from .priors.patches import overlapping_origins
+        from ..priors.patches import overlapping_origins
 
         r, c = overlapping_origins(h, w, p, pad, int(getattr(prior, "overlap", 8)))
         rows, cols = len(r), len(c)
@@ -219,7 +219,7 @@ def check_run_memory(prior, method: str, image_shape, items: int, workers: int =
     """InputError, before a reconstruction starts, when its runs on this machine (``workers``
     at once, ``items`` images each: the slices of a window, or of the whole problem) would need
     more than half of this computer's memory (the problem's own arrays are checked when it is
-    made: :func:`napari_patchdiff.problem.check_problem_memory`)."""
+    made: :func:`napari_patchdiff.recon.problem.check_problem_memory`)."""
     need, limit = run_bytes(prior, method, image_shape, items, workers), memory_limit()
     if need <= limit:
         return

@@ -36,12 +36,12 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
+from ..params import Param
+from ..priors.lora import add_lora, lora_parameters, merge_lora
+from ..priors.prior import Prior
+from ..solvers.method import Method
 from .memory import check_adaptation_memory
-from .params import Param
-from .priors.lora import add_lora, lora_parameters, merge_lora
-from .priors.prior import Prior
-from .solvers.method import Method
 
 __all__ = ["ADAPT_PARAMS", "ADAPTATION", "AdaptingPrior", "adapt_prior"]
 
@@ -76,7 +76,7 @@ def _no_run(*args, **kwargs):  # pragma: no cover - an adaptation is not a metho
 
 
 #: the adaptation's parameters, resolved like a method's (per-operator tuned values in
-#: napari_patchdiff/adapt.toml, read by solvers/defaults.py); not registered as a method
+#: napari_patchdiff/recon/adapt.toml, read by solvers/defaults.py); not registered as a method
 ADAPTATION = Method("adapt", _no_run, ADAPT_PARAMS,
                     doc="test-time adaptation of the prior by a self-supervised data loss")
 
@@ -218,7 +218,7 @@ class AdaptingPrior(Prior):
 
     def focus(self, y: torch.Tensor) -> None:
         """Adapt to ``y`` from now on: the measurement of the slices being reconstructed (a
-        window of a volume, see :mod:`napari_patchdiff.volumes`); the adapter, its optimiser,
+        window of a volume, see :mod:`napari_patchdiff.recon.volumes`); the adapter, its optimiser,
         its history and the held-out split carry on."""
         self.y = y.to(self.op.device)
         if self.aty is not None:
@@ -240,7 +240,7 @@ class AdaptingPrior(Prior):
     def save(self, path, adapted_to: str = "") -> str:
         """Save the adapted network (adapters merged) as a checkpoint; its metadata names the
         base prior and what it was adapted to. Returns the weights path."""
-        from .priors.checkpoint import save_checkpoint
+        from ..priors.checkpoint import save_checkpoint
 
         meta = {k: v for k, v in self.base.metadata.items() if k != "source"}
         meta.update(name=str(path).rsplit("/", 1)[-1].removesuffix(".safetensors"),
@@ -261,7 +261,7 @@ def total_variation(d: torch.Tensor) -> torch.Tensor:
 
 
 #: the settings shipped priors recommend per operator group (:func:`recommended`)
-RECOMMENDED = Path(__file__).resolve().parent / "priors" / "shipped" / "adaptation.toml"
+RECOMMENDED = Path(__file__).resolve().parents[1] / "priors" / "shipped" / "adaptation.toml"
 
 
 def _prior_name(prior) -> str | None:
@@ -269,7 +269,7 @@ def _prior_name(prior) -> str | None:
     checkpoint path (None where it cannot be read)."""
     if hasattr(prior, "metadata"):
         return prior.metadata.get("name")
-    from .priors import read_metadata, shipped_priors
+    from ..priors import read_metadata, shipped_priors
 
     if prior is None or str(prior) in shipped_priors():
         return prior
@@ -285,7 +285,7 @@ def recommended(prior, op) -> dict[str, Any]:
     group's under the operator's own; ``{}`` for other priors. A prior trained far from the
     data (``phantom``: synthetic images) adapts harder than the operator's default, which
     suits priors trained on the data's kind."""
-    from .solvers.defaults import GROUPS
+    from ..solvers.defaults import GROUPS
 
     name = _prior_name(prior)
     rows = tomllib.loads(RECOMMENDED.read_text(encoding="utf-8")).get(name, {})
