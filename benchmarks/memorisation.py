@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from common import RESULTS, ct_slices, machine, mri_slices
-from napari_patchdiff.phantoms import phantom_slices
 from napari_patchdiff.priors import load_prior
 from napari_patchdiff.training import TrainConfig, train
 from napari_patchdiff.training.memorisation import MemorisationMonitor
+from napari_patchdiff.training.phantoms import phantom_slices
 
 RECIPE = dict(modality="unit", network="tiny", patch_sizes=(16,), patch_probs=(1.0,), batch=16,
               pad=8, inference_patch_size=16, lr=3e-3, val_fraction=0.0, save_every=0, seed=0)

@@ -194,7 +194,7 @@ def memory_child(depth: int) -> dict:
     import torch
 
     from napari_patchdiff import api
-    from napari_patchdiff.phantoms import phantom_slices
+    from napari_patchdiff.training.phantoms import phantom_slices
 
     torch.set_num_threads(1)
     x = phantom_slices(depth, (64, 64), seed=3)

@@ -4,10 +4,10 @@
         --steps 4000 --threads 1 [--resume]
 
 The training set is ``training_volumes("phantoms")``: 400 random-ellipse bodies and ODL
-phantoms on the CT normalised scale (napari_patchdiff/phantoms.py, seed 0), every 10th held out
-for validation. The recipe is the shipped ``ct`` prior's (the ``cpu`` U-Net, patches 16/32/64
-with probabilities 0.2/0.3/0.5, 8 patches of 64 per step, pad 24, inference patch 56), so the
-two differ only in their training images. Checkpoints every 100 steps; ``--resume`` continues a
+phantoms on the CT normalised scale (napari_patchdiff/training/phantoms.py, seed 0), every 10th
+held out for validation. The recipe is the shipped ``ct`` prior's (the ``cpu`` U-Net, patches
+16/32/64 with probabilities 0.2/0.3/0.5, 8 patches of 64 per step, pad 24, inference patch 56), so
+the two differ only in their training images. Checkpoints every 100 steps; ``--resume`` continues a
 stopped run bit-identically.
 """
 from __future__ import annotations

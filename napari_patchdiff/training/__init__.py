@@ -12,7 +12,8 @@ option, and :func:`train` is a generator of :class:`TrainEvent` s::
         print(ev.step, ev.total, ev.loss, ev.val_losses)
 
 Modules: :mod:`.config` (:class:`TrainConfig` and its derived defaults), :mod:`.data` (volumes,
-the development split, the validation split), :mod:`.objective` (the EDM loss, the validation
+the development split, the validation split; with :mod:`.phantoms`, the synthetic training
+images, and :mod:`.resample`, 2 x 2 binning), :mod:`.objective` (the EDM loss, the validation
 set), :mod:`.checkpoints` (metadata, saving, resuming, starting from a prior), :mod:`.loop`
 (:func:`train`).
 

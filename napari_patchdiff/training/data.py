@@ -1,8 +1,9 @@
 """Training data: files, arrays and layers turned into normalised training volumes, one way.
 
 :func:`training_volumes` is the one place where training inputs are read (file paths through
-:func:`napari_patchdiff.io.read_image`), binned (:func:`napari_patchdiff.resample.bin_blocks`),
-given a modality (:func:`napari_patchdiff.io.guess_modality` unless one is given) and normalised
+:func:`napari_patchdiff.io.read_image`), binned
+(:func:`napari_patchdiff.training.resample.bin_blocks`), given a modality
+(:func:`napari_patchdiff.io.guess_modality` unless one is given) and normalised
 (:func:`napari_patchdiff.conventions.normalise`); the CLI, the GUI and
 :func:`~napari_patchdiff.training.train` all go through it. :func:`load_training_slices` is the
 development split of DATA.md (``"ct"`` / ``"mri"``), :func:`split_slices` the deterministic
@@ -20,7 +21,7 @@ import numpy as np
 from .. import io
 from ..conventions import MODALITIES, hu_to_unit, normalise
 from ..errors import InputError
-from ..resample import bin_blocks
+from .resample import bin_blocks
 
 __all__ = ["TrainingVolume", "training_volumes", "load_training_slices", "split_slices",
            "DATA_DIR", "SPLITS"]
@@ -30,7 +31,7 @@ DATA_DIR = Path(os.environ.get("NAPARI_PATCHDIFF_DATA",
                               Path(__file__).resolve().parents[3] / "shared" / "data"))
 #: the named training sets (:func:`load_training_slices`) and the modality of each
 SPLITS = {"ct": "ct", "mri": "mri", "phantoms": "ct"}
-#: how many synthetic images the "phantoms" set holds (seed 0; see napari_patchdiff.phantoms)
+#: how many synthetic images the "phantoms" set holds (seed 0; see training/phantoms.py)
 PHANTOM_COUNT = 400
 
 
@@ -75,16 +76,16 @@ def load_training_slices(spec: str = "ct", data_dir=None) -> list[TrainingVolume
     """The training split of DATA.md, normalised to [0, 1] at 256 x 256.
 
     ``"ct"``: lung1.tif (all 48 slices) and lung2.tif slices 0-44; each 512 x 512 slice is averaged
-    over 2 x 2 blocks in HU (:func:`~napari_patchdiff.resample.bin_blocks`), then mapped by
+    over 2 x 2 blocks in HU (:func:`~napari_patchdiff.training.resample.bin_blocks`), then mapped by
     :func:`~napari_patchdiff.conventions.hu_to_unit`.
     ``"mri"``: brain1.tif (all 25 slices) normalised by its 99.5th percentile
     (:func:`~napari_patchdiff.conventions.normalise`). ``data_dir`` defaults to
     ``$NAPARI_PATCHDIFF_DATA`` or ``shared/data`` beside the repository.
     ``"phantoms"``: :data:`PHANTOM_COUNT` synthetic 256 x 256 images on the CT normalised scale
-    (:func:`napari_patchdiff.phantoms.phantom_slices`, seed 0): no data needed.
+    (:func:`napari_patchdiff.training.phantoms.phantom_slices`, seed 0): no data needed.
     """
     if spec == "phantoms":
-        from ..phantoms import phantom_slices
+        from .phantoms import phantom_slices
 
         return [TrainingVolume(phantom_slices(PHANTOM_COUNT, seed=0), "phantoms (seed 0)")]
     root = Path(data_dir) if data_dir is not None else DATA_DIR
