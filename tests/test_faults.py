@@ -19,7 +19,7 @@ import pytest
 import tifffile
 
 from napari_patchdiff.cli import main
-from napari_patchdiff.outputs import MANIFEST, OutputFolder
+from napari_patchdiff.cli.outputs import MANIFEST, OutputFolder
 
 #: a child process: ``python -c CHILD MODE MARKER ARGS...`` runs the CLI with ARGS; MODE
 #: "signal" touches MARKER at the first step (the parent then signals it), "kill-write"
@@ -28,7 +28,8 @@ from napari_patchdiff.outputs import MANIFEST, OutputFolder
 CHILD = r"""
 import os, signal, sys
 from pathlib import Path
-from napari_patchdiff import cli, io, outputs
+from napari_patchdiff import cli, io
+from napari_patchdiff.cli import outputs
 mode, marker, argv = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 if mode == "signal":
     real = cli._Progress.__call__

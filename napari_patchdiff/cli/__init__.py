@@ -20,11 +20,11 @@ import torch
 from .. import api, io
 from ..errors import InputError, InputWarning
 from ..events import Cancelled
-from ..outputs import write_reconstruction
 from ._common import _OPEN_FOLDERS, _Progress, in_cli_words
 from .calibrate import cmd_calibrate
 from .demo import cmd_demo
 from .info import cmd_info
+from .outputs import write_reconstruction
 from .parser import build_parser
 from .reconstruct import cmd_reconstruct
 from .sample import cmd_sample

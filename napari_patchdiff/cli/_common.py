@@ -11,8 +11,8 @@ import torch
 from .. import api, io
 from ..errors import InputError
 from ..operators import OPERATORS
-from ..outputs import OutputFolder
 from ._options import _collect
+from .outputs import OutputFolder
 
 
 #: The core's messages name the API's arguments (``resume=True``), which command-line users never

@@ -6,11 +6,11 @@ import sys
 
 from .. import api
 from ..events import Cancelled, CancelToken
-from ..outputs import write_reconstruction
 from ..solvers import SOLVERS
 from ._common import _output_folder, _problem, _Progress
 from ._options import (_adaptation, _cluster_options, _collect, _executor, _problem_options,
                        _say_executor)
+from .outputs import write_reconstruction
 
 
 def add_parser(sub) -> None:

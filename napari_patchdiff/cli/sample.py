@@ -6,12 +6,12 @@ import sys
 
 from ..errors import InputError
 from ..events import Cancelled, CancelToken
-from ..outputs import write_ensemble
 from ..solvers import SOLVERS
 from ..uncertainty import DESIGNS
 from ._common import _output_folder, _problem, _Progress
 from ._options import (_adaptation, _cluster_options, _collect, _executor, _problem_options,
                        _say_executor)
+from .outputs import write_ensemble
 
 
 def add_parser(sub) -> None:

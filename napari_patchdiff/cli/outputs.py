@@ -38,10 +38,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import __version__, io
-from .errors import InputError
-from .io import files
-from .recon.problem import Problem
+from .. import __version__, io
+from ..errors import InputError
+from ..io import files
+from ..recon.problem import Problem
 
 __all__ = ["MANIFEST", "OutputFolder", "write_reconstruction", "write_ensemble",
            "write_report"]
@@ -407,7 +407,7 @@ def write_ensemble(folder: Path, problem: Problem, result, method: str, prior,
                          problem.describe_measurement())
     names.append(f"measurement{sfx}.tif")
     if problem.truth is not None and "calibration" in report:
-        from .uncertainty import calibration_figure
+        from ..uncertainty import calibration_figure
 
         calibration_figure(report["calibration"], folder / f"calibration{sfx}.png",
                            title=f"{method}, {report['samples']} samples ({report['design']})",
