@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from qtpy.QtCore import QEventLoop, Qt, QTimer
 
-from napari_patchdiff import jobs
 from napari_patchdiff._qt.scripting import open_viewer
+from napari_patchdiff.plugin import jobs
 
 OUT = Path(__file__).resolve().parent / "results" / "gui_latency.md"
 PERIOD_MS = 20

@@ -188,7 +188,7 @@ def test_cli_adapt_and_save_prior(tiny, tmp_path, capsys):
 
 
 def test_gui_job_streams_the_adaptation_loss(tiny):
-    from napari_patchdiff.jobs import ReconJob, UpdateKind, recon_updates
+    from napari_patchdiff.plugin.jobs import ReconJob, UpdateKind, recon_updates
 
     prior, truth, path = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)

@@ -453,7 +453,7 @@ def test_cli_sample_on_ray_writes_the_local_results(ray_cluster, tiny_prior, tmp
 
 
 def test_jobs_stream_ray_batches_into_the_gui_updates(ray_cluster, tiny_prior, local_run):
-    from napari_patchdiff.jobs import ReconJob, recon_updates
+    from napari_patchdiff.plugin.jobs import ReconJob, recon_updates
 
     problem, local = local_run
     job = ReconJob("dds", dict(DDS), seed=5, samples=8, design="antithetic", batch=2,
@@ -475,7 +475,7 @@ def test_ray_is_imported_by_the_executor_module_only():
     users = {_module_name(p) for p in PACKAGE.rglob("*.py")
              if any(i.split(".")[0] == "ray" for i in _imports(p))}
     assert users == {"napari_patchdiff.recon.executors"}
-    code = ("import sys, napari_patchdiff.api, napari_patchdiff.cli, napari_patchdiff.jobs; "
+    code = ("import sys, napari_patchdiff.api, napari_patchdiff.cli, napari_patchdiff.plugin.jobs; "
             "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

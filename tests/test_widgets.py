@@ -12,8 +12,8 @@ from napari_patchdiff import io  # noqa: E402
 from napari_patchdiff._qt.scripting import Session, open_viewer  # noqa: E402
 from napari_patchdiff.conventions import hu_to_unit  # noqa: E402
 from napari_patchdiff.io.samples import load_sample  # noqa: E402
+from napari_patchdiff.plugin.state import state_for  # noqa: E402
 from napari_patchdiff.recon import runs  # noqa: E402
-from napari_patchdiff.state import state_for  # noqa: E402
 
 PLUGIN = "napari-patchdiff"
 

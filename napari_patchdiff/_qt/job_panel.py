@@ -9,7 +9,7 @@ from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..events import CancelToken
-from ..jobs import Pace, Update, UpdateKind, error_message
+from ..plugin.jobs import Pace, Update, UpdateKind, error_message
 from .forms import notify_error, row
 from .workers import start_worker
 

@@ -11,9 +11,9 @@ from .. import api, io
 from ..conventions import MODALITIES, UNITS, units_of
 from ..errors import InputError
 from ..io.geometry import slice_affine
-from ..jobs import error_message, to_units
 from ..operators import OPERATORS
-from ..state import Display, state_for
+from ..plugin.jobs import error_message, to_units
+from ..plugin.state import Display, state_for
 from .forms import (MAX_SEED, FormSlot, Section, combo, notify_error, row, scroll_body,
                     spin)
 from .layer_io import read_volume

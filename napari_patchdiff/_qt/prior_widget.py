@@ -9,9 +9,9 @@ from qtpy.QtWidgets import (QFileDialog, QFormLayout, QLabel, QLineEdit, QListWi
                             QListWidgetItem, QPlainTextEdit, QPushButton, QWidget)
 
 from ..errors import InputError
-from ..jobs import TrainJob, Update, UpdateKind, devices, train_updates
 from ..params import DEVICE, render_help
-from ..state import state_for
+from ..plugin.jobs import TrainJob, Update, UpdateKind, devices, train_updates
+from ..plugin.state import state_for
 from ..training.config import TRAIN_PARAMS, WIDGET_DEFAULTS
 from .forms import Section, combo, field_value, param_field, row, scroll_body, set_field
 from .job_panel import JobPanel
@@ -54,7 +54,7 @@ def _tooltip(name: str) -> str:
 
 def describe_prior(meta: dict, runs_on: list[str] | None = None) -> str:
     """A few labelled lines about a prior from its checkpoint metadata; ``runs_on``: the
-    devices this machine offers (default: :func:`napari_patchdiff.jobs.devices`)."""
+    devices this machine offers (default: :func:`napari_patchdiff.plugin.jobs.devices`)."""
     runs_on = devices() if runs_on is None else runs_on
     size = meta.get("image_size")
     lines = [f"{meta.get('name', '?')}: a {meta.get('kind', '?')} prior for "

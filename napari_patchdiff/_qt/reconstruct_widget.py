@@ -9,12 +9,12 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLab
 
 from .. import api
 from ..errors import InputError
-from ..jobs import ReconJob, Update, UpdateKind, bounds_advice, devices, recon_updates
 from ..params import CLUSTER, DEVICE, PRECISION, SEED
+from ..plugin.jobs import ReconJob, Update, UpdateKind, bounds_advice, devices, recon_updates
+from ..plugin.state import Display, state_for
 from ..recon.adapt import ADAPT_PARAMS, ADAPTATION, recommended
 from ..recon.executors import CLUSTER_CHOICES
 from ..solvers import SOLVERS
-from ..state import Display, state_for
 from ..uncertainty import DESIGNS
 from .forms import (MAX_SEED, FormSlot, ParamForm, Section, combo, grow_dock, row,
                     scroll_body, show_row, spin)

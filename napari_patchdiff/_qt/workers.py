@@ -1,4 +1,4 @@
-"""Running a job generator (:mod:`napari_patchdiff.jobs`) on a napari thread worker."""
+"""Running a job generator (:mod:`napari_patchdiff.plugin.jobs`) on a napari thread worker."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -6,7 +6,7 @@ from typing import Iterator
 import torch
 
 from ..errors import InputError, JobError
-from ..jobs import Update
+from ..plugin.jobs import Update
 
 __all__ = ["guarded", "start_worker"]
 

@@ -1,7 +1,7 @@
 """One run of a method on a problem: its parameters, its prior, its step generator, its report.
 
 The API (:mod:`napari_patchdiff.api`), ensembles (:mod:`napari_patchdiff.uncertainty`) and the
-GUI's jobs (:mod:`napari_patchdiff.jobs`) all start a run through :func:`iterate` (or
+GUI's jobs (:mod:`napari_patchdiff.plugin.jobs`) all start a run through :func:`iterate` (or
 :func:`~napari_patchdiff.uncertainty.ensemble`), which runs it on an executor
 (:mod:`napari_patchdiff.recon.executors`, here or on a cluster), drive it with
 :class:`~napari_patchdiff.events.Drive` and describe it with :func:`make_report`.

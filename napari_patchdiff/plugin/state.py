@@ -5,7 +5,7 @@ The Measurement widget sets :attr:`PatchDiffState.problem`, the Prior widget
 ``state_for(viewer)`` returns the one state object of a viewer (created on first use, dropped
 with the viewer), so widgets opened in any order, and scripts, find the same problem::
 
-    from napari_patchdiff.state import state_for
+    from napari_patchdiff.plugin.state import state_for
     problem = state_for(viewer).problem      # an Problem, or None
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 from psygnal import Signal
 
-from .conventions import UNITS
-from .recon.problem import Problem
+from ..conventions import UNITS
+from ..recon.problem import Problem
 
 __all__ = ["PatchDiffState", "Display", "state_for"]
 
@@ -66,7 +66,7 @@ class PatchDiffState:
 
     def load_prior(self, source: str, device) -> Any:
         """The prior object for ``source`` on ``device``, loaded once (any thread)."""
-        from .priors import load_prior
+        from ..priors import load_prior
 
         key = (str(source), str(device))
         with self._lock:

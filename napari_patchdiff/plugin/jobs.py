@@ -21,13 +21,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .errors import InputError, JobError
-from .events import Cancelled, CancelToken, Drive, StepEvent
-from .recon import metrics
-from .recon.problem import Problem
-from .recon.runs import make_report, method_params, needs_prior, to_array
-from .uncertainty import Accumulator, SampleEvent, default_batch, ensemble
-from .uncertainty.calibration import resolve_calibration
+from ..errors import InputError, JobError
+from ..events import Cancelled, CancelToken, Drive, StepEvent
+from ..recon import metrics
+from ..recon.problem import Problem
+from ..recon.runs import make_report, method_params, needs_prior, to_array
+from ..uncertainty import Accumulator, SampleEvent, default_batch, ensemble
+from ..uncertainty.calibration import resolve_calibration
 
 __all__ = ["UpdateKind", "Update", "Pace", "ReconJob", "TrainJob", "recon_updates",
            "train_updates", "to_units", "devices", "error_message", "bounds_advice",
@@ -180,7 +180,7 @@ def _metrics(problem: Problem, x, ev: StepEvent | None = None) -> dict[str, floa
 
 
 def _load_prior(source, device):
-    from .priors import load_prior
+    from ..priors import load_prior
 
     return load_prior(source, device=device)
 
@@ -188,7 +188,7 @@ def _load_prior(source, device):
 def _job_prior(job: ReconJob, problem: Problem, load_prior: Callable):
     """The prior ``job`` runs with (None for a classical method), checked against ``problem``
     and wrapped when the job adapts it (:func:`~napari_patchdiff.recon.runs.resolve_prior`)."""
-    from .recon.runs import resolve_prior
+    from ..recon.runs import resolve_prior
 
     prior = None
     if needs_prior(job.method):
@@ -206,8 +206,8 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
     ``load_prior(source, device)`` returns the prior object (default: load it every time);
     ``pace`` spaces the streamed estimates (default: every ``job.interval`` seconds).
     """
-    from .recon.executors import resolve_executor
-    from .recon.runs import iterate
+    from ..recon.executors import resolve_executor
+    from ..recon.runs import iterate
 
     pace = pace or Pace(job.interval)
     executor = resolve_executor(job.cluster)  # a bad cluster is an error before any work
@@ -374,8 +374,8 @@ def bounds_advice(problem: Problem, method: str, prior: str | None, params: dict
     prior is adapted to the measurement (no shipped calibration fits an adapted prior)."""
     from types import SimpleNamespace
 
-    from .priors import read_metadata, shipped_priors
-    from .uncertainty.calibration import shaping_params, shipped_calibrations
+    from ..priors import read_metadata, shipped_priors
+    from ..uncertainty.calibration import shaping_params, shipped_calibrations
 
     meta = dict(read_metadata(shipped_priors().get(prior, prior))) if prior else {}
     if adapt:
@@ -416,8 +416,8 @@ def train_updates(job: TrainJob, images, cancel: CancelToken | None = None,
     their own units, see :func:`napari_patchdiff.training.training_volumes`), yielding
     :class:`Update` s (``metrics``: loss since the previous update, validation losses, the
     memorisation gap; final ``report``: the checkpoint metadata)."""
-    from .priors import read_metadata
-    from .training import train
+    from ..priors import read_metadata
+    from ..training import train
 
     if not images:
         raise InputError("choose at least one image layer to train on")
