@@ -1,12 +1,42 @@
-"""The package's shape: imports run one way (no module imports one that imports it back, at
-any distance), the core never imports Qt or napari, and ``_qt/`` is the napari layer."""
+"""The package's shape: its folders are layers and imports run one way, down the layers (no
+import from a lower layer into a higher one, nor sideways between the parts of one layer, and no
+module imports one that imports it back, at any distance), the core never imports Qt or napari,
+and ``_qt/`` is the napari layer. Every check reads the real import graph: each import statement
+of each module (function-level ones included: they run too), parsed with ``ast``."""
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "napari_patchdiff"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "napari_patchdiff"
 GUI_MODULES = ("napari_patchdiff._qt", "napari_patchdiff.gui")
+
+#: The layers, lowest first: a module may import its own part, and the parts of LOWER layers,
+#: nothing else. A part is a folder of napari_patchdiff/ or a module at its top ("__init__" is
+#: the package's own __init__.py, which holds the version). The parts of one layer are
+#: independent of each other (io never imports operators, nor cli _qt).
+LAYERS: list[dict[str, set[str]]] = [
+    # the vocabulary every layer shares: no import of anything above it
+    {"vocabulary": {"__init__", "errors", "events", "params", "registry", "conventions",
+                    "devices"}},
+    # reading and writing files; the forward operators and their linear algebra
+    {"io": {"io"}, "operators": {"operators"}},
+    # the networks, patches and checkpoints of a prior
+    {"priors": {"priors"}},
+    # the methods (classical and diffusion samplers), their tuned values, the noise source
+    {"solvers": {"solvers"}},
+    # a problem and the runs that solve it; training a prior
+    {"recon": {"recon"}, "training": {"training"}},
+    # ensembles of runs, their summaries and calibration
+    {"uncertainty": {"uncertainty"}},
+    # the Python API; the GUI's Qt-free jobs and per-viewer state
+    {"api": {"api"}, "plugin": {"plugin"}},
+    # what users run: the command line (and the demo), the napari plugin (and its scripting
+    # face gui.py), and the old import paths kept as re-exports (which nothing here imports)
+    {"cli": {"cli", "demo"}, "qt": {"_qt", "gui"}, "compat": {"samples", "executors"}},
+]
 
 
 def _module_name(path: Path) -> str:
@@ -111,3 +141,84 @@ def test_qt_package_is_qt_code_only():
             continue
         roots = {i.split(".")[0] for i in _imports(path)}
         assert roots & {"qtpy", "napari"}, f"{name} imports neither qtpy nor napari"
+
+
+def _part(module: str) -> str:
+    """The folder or top-level module of napari_patchdiff that holds ``module``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _placement() -> dict[str, tuple[int, str]]:
+    """part -> (layer index, group name)."""
+    out = {}
+    for level, groups in enumerate(LAYERS):
+        for group, parts in groups.items():
+            for part in parts:
+                assert part not in out, f"{part} is in two layers"
+                out[part] = (level, group)
+    return out
+
+
+def test_every_module_has_a_layer():
+    """A new folder or top-level module must be placed in LAYERS (and every entry there
+    exists), so that the rule below covers the whole package."""
+    placement = _placement()
+    parts = {_part(_module_name(p)) for p in PACKAGE.rglob("*.py")}
+    assert parts - set(placement) == set(), "place these in LAYERS"
+    assert set(placement) - parts == set(), "LAYERS names parts that do not exist"
+
+
+def test_imports_go_down_the_layers():
+    placement = _placement()
+    bad = []
+    for name, targets in _graph().items():
+        level, group = placement[_part(name)]
+        for target in targets:
+            t_level, t_group = placement[_part(target)]
+            if t_group == group or t_level < level:
+                continue
+            where = "a higher layer" if t_level > level else "another part of its layer"
+            bad.append(f"{name} ({group}) imports {target} ({t_group}): {where}")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_the_layer_rule_is_not_vacuous():
+    """The graph the rule reads sees relative, absolute and function-level imports across
+    layers (a wrong parse would pass every rule above)."""
+    graph = _graph()
+    assert "napari_patchdiff.recon.runs" in graph["napari_patchdiff.uncertainty.ensemble"]
+    assert "napari_patchdiff.io.files" in graph["napari_patchdiff.priors.checkpoint"]
+    assert "napari_patchdiff.plugin.jobs" in graph["napari_patchdiff._qt.reconstruct_widget"]
+    # function-level: problem.load_truth imports the samples only for "sample:ct"
+    assert "napari_patchdiff.io.samples" in graph["napari_patchdiff.recon.problem"]
+    placement = _placement()
+    assert placement["io"][0] < placement["solvers"][0] < placement["recon"][0] \
+        < placement["uncertainty"][0] < placement["api"][0] < placement["cli"][0]
+
+
+def test_the_old_import_paths_are_only_re_exports():
+    """napari_patchdiff.samples and .executors (documented paths before the layers) re-export
+    their module's public names, and nothing in the package imports them."""
+    import importlib
+
+    for old, new in (("samples", "io.samples"), ("executors", "recon.executors")):
+        shim = importlib.import_module(f"napari_patchdiff.{old}")
+        module = importlib.import_module(f"napari_patchdiff.{new}")
+        public = set(getattr(module, "__all__", ())) | {
+            n for n, v in vars(module).items()
+            if not n.startswith("_") and getattr(v, "__module__", None) == module.__name__}
+        assert public <= set(shim.__all__), (old, public - set(shim.__all__))
+        assert all(getattr(shim, n) is getattr(module, n) for n in shim.__all__), old
+    users = {name for name, targets in _graph().items()
+             if targets & {"napari_patchdiff.samples", "napari_patchdiff.executors"}}
+    assert users == set()
+
+
+def test_every_package_folder_ships():
+    """Each folder of the package is in pyproject's package list (a layer left out would be
+    missing from the wheel, though the editable install finds it)."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = set(data["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert folders - listed == set()
