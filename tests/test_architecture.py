@@ -222,3 +222,63 @@ def test_every_package_folder_ships():
     listed = set(data["tool"]["setuptools"]["packages"])
     folders = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
     assert folders - listed == set()
+
+
+def _import_statements(path: Path, package: list[str] | None):
+    """(line, absolute module, names) of each import statement of ``path`` that names
+    napari_patchdiff; ``package``: the dotted parts of the file's package (None outside it)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "napari_patchdiff":
+                    yield node.lineno, a.name, []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] == "napari_patchdiff":
+                yield node.lineno, mod, [a.name for a in node.names]
+
+
+def test_every_import_of_the_package_names_a_module_that_exists():
+    """Each ``import``/``from`` of napari_patchdiff, in the package (function-level ones
+    included, which importing a module does not run), the tests, scripts and benchmarks, names
+    a module or package that exists, and each name it takes is a submodule or is defined,
+    imported or re-exported at the top of that module: a module moved to another layer leaves
+    no import of its old place behind."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    top_names = {}
+    for name, path in modules.items():
+        names = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(n.id for t in targets for n in ast.walk(t)
+                             if isinstance(n, ast.Name))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, (ast.For, ast.If, ast.Try, ast.With)):
+                names.update(n.id for n in ast.walk(node)
+                             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+        top_names[name] = names
+    files = [(p, _module_name(p)) for p in PACKAGE.rglob("*.py")]
+    files += [(p, None) for folder in ("tests", "scripts", "benchmarks")
+              for p in (ROOT / folder).glob("*.py")]
+    bad = []
+    for path, name in files:
+        package = None
+        if name is not None:
+            package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for line, mod, names in _import_statements(path, package):
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if mod not in modules:
+                bad.append(f"{where}: no module {mod}")
+                continue
+            for n in names:
+                if n != "*" and f"{mod}.{n}" not in modules and n not in top_names[mod]:
+                    bad.append(f"{where}: {mod} has no {n}")
+    assert not bad, "\n".join(bad)
