@@ -1,6 +1,7 @@
-"""Ensembles and volumes on a Ray cluster (napari_patchdiff.recon.executors): the same samples as a
-local run whatever the number of workers, a killed worker retried with nothing lost or
-duplicated, cancel, unreachable clusters, and the CLI, API, job and GUI entry points.
+"""Ensembles and volumes on a Ray cluster (napari_patchdiff.recon.executors and .ray_cluster):
+the same samples as a local run whatever the number of workers, a killed worker retried with
+nothing lost or duplicated, cancel, unreachable clusters, and the CLI, API, job and GUI entry
+points.
 
 The Ray tests start a real local Ray instance (2 CPUs; Ray has no local mode any more) once
 for the module and skip when the ``ray`` extra is not installed; the option checks run
@@ -26,6 +27,7 @@ from napari_patchdiff.errors import InputError
 from napari_patchdiff.events import Cancelled, CancelToken, StepEvent
 from napari_patchdiff.io.samples import load_sample
 from napari_patchdiff.recon import executors
+from napari_patchdiff.recon.ray_cluster import probe, quiet_stderr
 from napari_patchdiff.uncertainty import SampleEvent, ensemble
 from napari_patchdiff.uncertainty.ensemble import EnsembleWork, plan_batches
 
@@ -205,10 +207,10 @@ def test_rays_own_output_during_a_failed_connect_is_held_back(capfd):
     """What Ray's C++ core writes to the stderr descriptor during ray.init is dropped when the
     connect fails (the InputError's line says why) and written out when it succeeds."""
     with pytest.raises(RuntimeError):
-        with executors._quiet_stderr():
+        with quiet_stderr():
             os.write(2, b"rpc_client.h:153: Failed to connect to GCS\n")
             raise RuntimeError("no cluster")
-    with executors._quiet_stderr():
+    with quiet_stderr():
         os.write(2, b"connected, with a warning\n")
     assert capfd.readouterr().err == "connected, with a warning\n"
 
@@ -317,7 +319,7 @@ def test_a_ray_worker_matches_a_local_run_at_the_same_thread_count(ray_cluster):
 def test_the_probe_accepts_a_ray_cluster(ray_cluster):
     """The probe's HTTP/2 hello gets the GCS's SETTINGS frame (its port on 127.0.0.1)."""
     port = int(ray_cluster.get_runtime_context().gcs_address.rsplit(":", 1)[1])
-    executors._probe(f"127.0.0.1:{port}", executors.CONNECT_TIMEOUT)
+    probe(f"127.0.0.1:{port}", executors.CONNECT_TIMEOUT)
 
 
 def test_rqmc_groups_on_ray_match_local(ray_cluster, tiny_prior):
@@ -466,7 +468,7 @@ def test_jobs_stream_ray_batches_into_the_gui_updates(ray_cluster, tiny_prior, l
     assert done.report["executor"]["executor"] == "ray"
 
 
-def test_ray_is_imported_by_the_executor_module_only():
+def test_ray_is_imported_by_the_ray_cluster_module_only():
     import subprocess
     import sys
 
@@ -474,7 +476,7 @@ def test_ray_is_imported_by_the_executor_module_only():
 
     users = {_module_name(p) for p in PACKAGE.rglob("*.py")
              if any(i.split(".")[0] == "ray" for i in _imports(p))}
-    assert users == {"napari_patchdiff.recon.executors"}
+    assert users == {"napari_patchdiff.recon.ray_cluster"}
     code = ("import sys, napari_patchdiff.api, napari_patchdiff.cli, napari_patchdiff.plugin.jobs; "
             "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -32,17 +32,15 @@ either raises :class:`~napari_patchdiff.events.Cancelled`, and the events alread
 with the caller. Test-time adaptation trains its adapter through the steps in turn, so it runs
 locally only (:meth:`Executor.check_adaptation`).
 
-``ray`` is imported here only, and only when a Ray executor is used: the package works without
-it (``pip install "napari-patchdiff[ray]"`` adds it).
+How a Ray executor reaches its cluster (the address probed first), its worker actor and the
+translation of Ray's errors are :mod:`napari_patchdiff.recon.ray_cluster`, the one module that
+imports ``ray``, and only when a Ray executor is used: the package works without it
+(``pip install "napari-patchdiff[ray]"`` adds it).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import socket
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -50,8 +48,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError, JobError
+from ..errors import InputError
 from ..events import Cancelled, CancelToken, Drive, StepEvent, run_to_end
+from .ray_cluster import INSTALL, Worker, connect, fetch, ray_available, worker_facts
 
 __all__ = ["Executor", "LocalExecutor", "LOCAL", "RayExecutor", "ItemEvent", "Work",
            "resolve_executor", "parse_cluster", "CLUSTER_CHOICES", "OperatorRecipe",
@@ -65,23 +64,6 @@ CONNECT_TIMEOUT = 5.0
 RESTARTS = 3
 #: seconds between checks of the cancel token while waiting for results
 POLL = 0.1
-
-_INSTALL = 'the Ray executor needs the ray package: pip install "napari-patchdiff[ray]"'
-
-
-def ray_available() -> bool:
-    """Whether ``ray`` can be imported (without importing it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
-
-
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise InputError(_INSTALL) from None
-    return ray
 
 
 @dataclass(frozen=True)
@@ -185,28 +167,9 @@ class RayExecutor(Executor):
 
     # -- connection ---------------------------------------------------------------------------
     def connect(self):
-        """Connect to (or start) the cluster; InputError if it cannot be reached."""
-        ray = _ray()
-        if self.address is not None:
-            _probe(self.address, CONNECT_TIMEOUT)
-        if ray.is_initialized():  # this process's connection (e.g. a script's ray.init)
-            current = _current_address(ray)
-            if self.address not in (None, "auto") and current and not _same_address(
-                    self.address, current):
-                raise InputError(f"this process is already connected to the Ray cluster at "
-                                 f"{current}, not {self.address}: use cluster='ray' for it, or "
-                                 f"call ray.shutdown() first")
-            return ray
-        if self.address is None:
-            ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-            return ray
-        try:
-            with _quiet_stderr():
-                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
-        except Exception as exc:  # ConnectionError, RuntimeError, ...: say where and why
-            raise InputError(f"cannot connect to the Ray cluster at {self.address}: "
-                             f"{_first_line(exc)}") from None
-        return ray
+        """Connect to (or start) the cluster; InputError if it cannot be reached (see
+        :func:`napari_patchdiff.recon.ray_cluster.connect`)."""
+        return connect(self.address, CONNECT_TIMEOUT)
 
     def workers_here(self, items: int) -> int:
         """How many of ``items`` run at once on this machine: the workers of a Ray instance
@@ -253,7 +216,7 @@ class RayExecutor(Executor):
         ray = self.connect()
         n, gpus, threads = self._plan(ray, len(items))
         actor_class = ray.remote(num_cpus=threads, num_gpus=gpus, max_restarts=self.restarts,
-                                 max_task_retries=self.restarts)(_Worker)
+                                 max_task_retries=self.restarts)(Worker)
         t0 = time.perf_counter()
         # serialised once; each worker fetches and loads it at its first item (and again
         # after a restart). Nested in a list so that Ray hands the reference, not the value.
@@ -278,183 +241,18 @@ class RayExecutor(Executor):
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL)
                 for ref in done:
                     i, actor, started = pending.pop(ref)
-                    out = _get(ray, ref)
+                    out = fetch(ray, ref, self.restarts)
                     out["wall_seconds"] = time.perf_counter() - started
                     if queue:
                         hand_out(actor)
                     yield ItemEvent(i, work.event(out), finished=True)
-            self.last.update(_worker_facts(ray, actors))
+            self.last.update(worker_facts(ray, actors))
         finally:
             for actor in actors:  # stops remote work on a cancel, an error or a closed stream
                 try:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-
-
-def _get(ray, ref) -> dict:
-    """``ray.get`` with the worker's own error re-raised (InputError stays InputError)."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, (InputError, JobError, Cancelled)):
-            raise cause from None
-        raise JobError(f"a Ray worker failed: {_first_line(cause or exc)}") from None
-    except ray.exceptions.RayActorError as exc:
-        raise JobError(f"a Ray worker died {RESTARTS + 1} times on the same item and was given "
-                       f"up: {_first_line(exc)}") from None
-
-
-def _worker_facts(ray, actors) -> dict[str, Any]:
-    try:
-        facts = ray.get([a.facts.remote() for a in actors], timeout=10)
-    except Exception:  # noqa: BLE001 - facts are for reports only
-        return {}
-    return {"devices": sorted({f["device"] for f in facts}),
-            "hosts": sorted({f["host"] for f in facts}),
-            "load_seconds": [round(f["load_seconds"], 4) for f in facts],
-            "loads": sum(f["loads"] for f in facts)}
-
-
-class _Worker:
-    """One Ray actor: fetches and loads the work once (prior, operator), then runs items."""
-
-    def __init__(self, threads: int = 1):
-        import ray
-        import torch
-
-        torch.set_num_threads(int(threads))
-        self.device = "cuda" if ray.get_gpu_ids() else "cpu"
-        self.work, self.load_seconds, self.loads = None, 0.0, 0
-
-    def run(self, shared: list, item) -> dict:
-        import ray
-
-        t0 = time.perf_counter()
-        loaded = 0.0
-        if self.work is None:  # the first item of this worker process
-            self.work = ray.get(shared[0])
-            self.work.load(self.device)
-            loaded = self.load_seconds = time.perf_counter() - t0
-            self.loads += 1
-        t1 = time.perf_counter()
-        out = dict(self.work.run(item))
-        out.update(worker=os.getpid(), host=socket.gethostname(), device=self.device,
-                   worker_seconds=time.perf_counter() - t1, load_seconds=loaded)
-        return out
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def facts(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
-                "load_seconds": self.load_seconds, "loads": self.loads}
-
-
-def _current_address(ray) -> str | None:
-    try:
-        return ray.get_runtime_context().gcs_address
-    except Exception:  # noqa: BLE001 - older or client connections
-        return None
-
-
-def _same_address(a: str, b: str) -> bool:
-    def norm(x: str) -> tuple[str, str]:
-        x = x.split("://", 1)[1] if "://" in x else x
-        host, _, port = x.rpartition(":")
-        try:
-            host = socket.gethostbyname(host.strip("[]"))
-        except OSError:
-            pass
-        return host, port
-
-    return norm(a) == norm(b)
-
-
-def _first_line(exc) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-#: an HTTP/2 client's connection preface and an empty SETTINGS frame. A Ray cluster's address
-#: (its GCS, or the Ray Client server of ``ray://``) is a gRPC server, which answers with a
-#: SETTINGS frame of its own (a 9-byte frame header of type 4) at once
-_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
-_SETTINGS = 4
-
-
-def _probe(address: str, timeout: float) -> None:
-    """InputError unless ``host:port`` (of ``[ray://]host:port``) answers as a gRPC server (a
-    Ray cluster does) within ``timeout`` seconds in all.
-
-    A TCP connect alone is not enough: a firewall or a proxy on the way accepts connections to
-    any address, and another service may hold the port; ray.init then retried for half a
-    minute, printing its own logs, before it failed. So the probe also says hello in HTTP/2 and
-    waits for the server's SETTINGS frame (with TLS, ``RAY_USE_TLS``, only the connect)."""
-    if address == "auto":
-        return
-    bare = address.split("://", 1)[1] if "://" in address else address
-    host, _, port = bare.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"Ray cluster address {address!r}: expected HOST:PORT (e.g. "
-                         f"ray:10.0.0.5:6379, the address `ray start --head` prints), "
-                         f"ray://HOST:10001 or ray:auto")
-    deadline = time.monotonic() + timeout
-    where = f"cannot reach the Ray cluster at {address}"
-    hint = "is `ray start --head` running there, and is this its address?"
-    head, connected = b"", False
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
-            connected = True
-            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
-                return
-            conn.settimeout(max(0.01, deadline - time.monotonic()))
-            conn.sendall(_HTTP2_HELLO)
-            while len(head) < 9:
-                conn.settimeout(max(0.01, deadline - time.monotonic()))
-                part = conn.recv(9 - len(head))
-                if not part:
-                    break
-                head += part
-    except socket.timeout:
-        what = ("it accepted the connection but did not answer" if connected else
-                "the connection timed out")
-        raise InputError(f"{where} ({what} within {timeout:g} s): {hint}") from None
-    except OSError as exc:
-        raise InputError(f"{where} ({exc.strerror or exc} after at most {timeout:g} s): is "
-                         f"`ray start --head` running there, and is the port open?") from None
-    if len(head) < 9 or head[3] != _SETTINGS:
-        raise InputError(f"{where}: something answers on that port, but not as a Ray cluster "
-                         f"does (gRPC): {hint}")
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Ray's own output during ``ray.init``: its C++ core writes to the stderr file descriptor
-    (``logging_level`` does not reach it), a line per retry while a cluster does not answer. It
-    goes to a temporary file and is written to stderr afterwards only when the connect
-    succeeded; a failure is the one line of the InputError."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable stderr descriptor: nothing to quieten
-        yield
-        return
-    ok = False
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-            ok = True
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            if ok:
-                tmp.seek(0)
-                text = tmp.read()
-                if text:
-                    os.write(2, text)
 
 
 def parse_cluster(spec) -> Executor:
@@ -474,7 +272,7 @@ def parse_cluster(spec) -> Executor:
         raise InputError(f"unknown cluster {spec!r}: choose local, ray (a Ray instance on this "
                          f"machine) or ray:ADDRESS (an existing Ray cluster)")
     if not ray_available():
-        raise InputError(_INSTALL)
+        raise InputError(INSTALL)
     if sep and not address.strip():
         raise InputError("ray:ADDRESS needs an address, e.g. ray:10.0.0.5:6379")
     return RayExecutor(address.strip() if sep else None)
