@@ -5,7 +5,8 @@ one, and reconstruct it), ``sample`` (a posterior ensemble with uncertainty maps
 ``info`` (diffusion priors), ``calibrate`` (a sampler's intervals on held-out images) and
 ``demo`` (the README's main job on the shipped sample data). Each is a module of this package
 holding its parser and its ``cmd_*``; :mod:`.parser` assembles them, :mod:`._options` holds
-the option groups they share and :mod:`._common` what they share while they run.
+the option groups they share and :mod:`._common` what they share while they run;
+:mod:`.outputs` owns the output folders and :mod:`.writers` writes the result files into them.
 Exit codes: 0 success, 2 bad input (a clear message on stderr), 1 unexpected failure,
 130 cancelled (Ctrl-C).
 """
@@ -24,11 +25,11 @@ from ._common import _OPEN_FOLDERS, _Progress, in_cli_words
 from .calibrate import cmd_calibrate
 from .demo import cmd_demo
 from .info import cmd_info
-from .outputs import write_reconstruction
 from .parser import build_parser
 from .reconstruct import cmd_reconstruct
 from .sample import cmd_sample
 from .train import cmd_train
+from .writers import write_reconstruction
 
 __all__ = ["Terminated", "build_parser", "cmd_calibrate", "cmd_demo", "cmd_info",
            "cmd_reconstruct", "cmd_sample", "cmd_train", "main",

@@ -16,7 +16,8 @@ from .. import api, io
 from ..params import DEVICE
 from ._common import _device
 from ._options import _param_option, _seed_option
-from .outputs import OutputFolder, write_report
+from .outputs import OutputFolder
+from .writers import write_report
 
 #: the demo problem: slice 10 of the sample volume is lung2 slice 55 (a test slice)
 DEMO_SLICE = 10

@@ -10,7 +10,7 @@ from ..solvers import SOLVERS
 from ._common import _output_folder, _problem, _Progress
 from ._options import (_adaptation, _cluster_options, _collect, _executor, _problem_options,
                        _say_executor)
-from .outputs import write_reconstruction
+from .writers import write_reconstruction
 
 
 def add_parser(sub) -> None:

@@ -11,7 +11,7 @@ from ..uncertainty import DESIGNS
 from ._common import _output_folder, _problem, _Progress
 from ._options import (_adaptation, _cluster_options, _collect, _executor, _problem_options,
                        _say_executor)
-from .outputs import write_ensemble
+from .writers import write_ensemble
 
 
 def add_parser(sub) -> None:
