@@ -34,6 +34,18 @@ class MeasurementWidget(QWidget):
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
         self._layers = {}  # the measurement and initial layers this widget shows
+        self._build_inputs()
+        simulate, load = self._build_buttons()
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+        self._build_layout(simulate, load)
+        self._connect_signals(simulate, load)
+        self.params.set(OPERATORS.get(self.operator_box.currentText()).PARAMS)
+        self._refresh_layers()
+
+    def _build_inputs(self) -> None:
+        """The source image and slice, its modality, the operator and its parameters, the
+        noise and its seed."""
         self.layer_box = QComboBox()
         self.slice_box = spin(-1, 0, -1, "all")
         self.slice_box.setToolTip("one slice of a volume, or all slices")
@@ -50,6 +62,9 @@ class MeasurementWidget(QWidget):
         self.noise_box.setToolTip("std of the Gaussian noise in measurement units (CT: line "
                                   "integrals; MRI: k-space; else image units)")
         self.seed_box = spin(0, MAX_SEED, 0)
+
+    def _build_buttons(self) -> tuple[QPushButton, QPushButton]:
+        """Simulate and Load measurement (returned), and Load volume with its menu."""
         simulate = QPushButton("Simulate")
         load = QPushButton("Load measurement…")
         volume = QPushButton("Load volume…")
@@ -60,11 +75,11 @@ class MeasurementWidget(QWidget):
         menu.addAction("DICOM folder…", self._browse_volume_folder)
         volume.setMenu(menu)
         self.volume_button = volume
-        self.info = QLabel("")
-        self.info.setWordWrap(True)
+        return simulate, load
 
+    def _build_layout(self, simulate: QPushButton, load: QPushButton) -> None:
         form = QFormLayout()
-        form.addRow(volume)
+        form.addRow(self.volume_button)
         form.addRow("image", self.layer_box)
         form.addRow("slice", self.slice_box)
         form.addRow("operator", self.operator_box)
@@ -81,15 +96,14 @@ class MeasurementWidget(QWidget):
         layout.addWidget(self.options)
         layout.addStretch()
 
+    def _connect_signals(self, simulate: QPushButton, load: QPushButton) -> None:
         self.operator_box.currentTextChanged.connect(
             lambda name: self.params.set(OPERATORS.get(name).PARAMS))
         self.layer_box.currentTextChanged.connect(self._layer_changed)
         simulate.clicked.connect(self.simulate)
         load.clicked.connect(self._browse)
-        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
-        self.params.set(OPERATORS.get(self.operator_box.currentText()).PARAMS)
-        self._refresh_layers()
 
     def _refresh_layers(self, *_):
         current = self.layer_box.currentText()

@@ -93,10 +93,20 @@ class PriorWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        from ..priors import shipped_priors
-
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
+        browse = self._build_source()
+        out_browse = self._build_training()
+        self._build_layout(browse, out_browse)
+        self._connect_signals(browse, out_browse)
+        self._refresh_layers()
+        self._source_changed(self.source_box.currentText())
+
+    def _build_source(self) -> QPushButton:
+        """The prior to use (a shipped one or a file: its Browse button returned) and its
+        metadata."""
+        from ..priors import shipped_priors
+
         self.source_box = combo([_NONE, *shipped_priors(), _FILE])
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("path/to/prior.safetensors")
@@ -105,7 +115,11 @@ class PriorWidget(QWidget):
         self.info.setReadOnly(True)
         self.info.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self.info.textChanged.connect(self._fit_info)
+        return browse
 
+    def _build_training(self) -> QPushButton:
+        """Training a new prior: the image layers, the options' inputs, where to save (its
+        browse button returned), the job panel and the loss line."""
         self.layers = QListWidget()
         self.layers.setMaximumHeight(90)
         #: the training options' inputs, built from their declarations
@@ -122,7 +136,9 @@ class PriorWidget(QWidget):
         out_browse = QPushButton("…")
         self.panel = JobPanel("Train")
         self.loss = QLabel("")
+        return out_browse
 
+    def _build_layout(self, browse: QPushButton, out_browse: QPushButton) -> None:
         form = QFormLayout()
         form.addRow("prior", self.source_box)
         form.addRow("file", row(self.path_edit, browse))
@@ -143,15 +159,14 @@ class PriorWidget(QWidget):
         layout.addWidget(self.train_section)
         layout.addStretch()
 
+    def _connect_signals(self, browse: QPushButton, out_browse: QPushButton) -> None:
         self.source_box.currentTextChanged.connect(self._source_changed)
         self.path_edit.editingFinished.connect(lambda: self.use(self.path_edit.text()))
         browse.clicked.connect(self._browse)
         out_browse.clicked.connect(self._browse_out)
         self.panel.run_button.clicked.connect(self.train)
-        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
-        self._refresh_layers()
-        self._source_changed(self.source_box.currentText())
 
     def _fit_info(self) -> None:
         """As tall as its text (the dock scrolls), so no line hides in a second scroll bar."""

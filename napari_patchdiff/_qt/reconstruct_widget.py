@@ -1,9 +1,14 @@
-"""The Reconstruct dock widget: run a method or draw an ensemble, streaming into layers."""
+"""The Reconstruct dock widget: run a method or draw an ensemble, streaming into layers.
+
+Kept as one module: one dock widget per file (the rule of ``_qt/``), and all of it is that
+widget, its inputs, which of them apply to the method and problem, and its scripting face
+(:meth:`ReconstructWidget.configure`, :meth:`ReconstructWidget.snapshot`); the layers its runs
+stream into are :class:`~napari_patchdiff._qt.layers.RunLayers`.
+"""
 from __future__ import annotations
 
 import random
 
-import numpy as np
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
                             QPushButton, QWidget)
 
@@ -11,7 +16,7 @@ from .. import api
 from ..errors import InputError
 from ..params import CLUSTER, DEVICE, PRECISION, SEED
 from ..plugin.jobs import ReconJob, Update, UpdateKind, bounds_advice, devices, recon_updates
-from ..plugin.state import Display, state_for
+from ..plugin.state import state_for
 from ..recon.adapt import ADAPT_PARAMS, ADAPTATION, recommended
 from ..recon.executors import CLUSTER_CHOICES
 from ..solvers import SOLVERS
@@ -19,7 +24,7 @@ from ..uncertainty import DESIGNS
 from .forms import (MAX_SEED, FormSlot, ParamForm, Section, combo, grow_dock, row,
                     scroll_body, show_row, spin)
 from .job_panel import JobPanel
-from .layers import ROLE, free_name, show_layer
+from .layers import RunLayers
 
 __all__ = ["ReconstructWidget"]
 
@@ -39,16 +44,9 @@ def _along_z(name: str) -> bool:
 
 
 class ReconstructWidget(QWidget):
-    """Run a method on the current problem in a thread worker and stream the results.
-
-    One run: the estimate streams into the layer named after the method. Several samples of a
-    diffusion method: layers "samples" (sample axis first), "mean", "std", "lower (sample
-    quantile)", "upper (sample quantile)", "lower (calibrated)" and "upper (calibrated)" where a
-    calibration applies (the "bounds" field), and, antithetic, "pair correlation" update as
-    samples finish. PSNR/SSIM against the truth update
-    live; result layers carry the run's report in ``layer.metadata``. A cancelled run keeps its
-    last estimate as "<method> (cancelled)".
-    """
+    """Run a method on the current problem in a thread worker and stream the results into
+    layers (:class:`~napari_patchdiff._qt.layers.RunLayers`); PSNR/SSIM against the truth
+    update live."""
 
     #: seconds between streamed estimates
     interval = 0.25
@@ -57,16 +55,30 @@ class ReconstructWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
-        self._job: ReconJob | None = None
-        self._display = Display()
-        self._prefix, self._layers = "", {}
+        self.results = RunLayers(napari_viewer)  # the layers of the last run
+        self._build_method()
+        randomise = self._build_run_options()
+        self._build_ensemble()
+        self._build_adaptation()
+        self.panel = JobPanel("Run")
+        self.metrics = QLabel("")
+        self.metrics.setWordWrap(True)
+        self._build_layout(randomise)
+        self._connect_signals(randomise)
+        self._set_method(self.method_box.currentText())
+
+    def _build_method(self) -> None:
+        """The problem line, the method and its parameters (budget first, the rest advanced)."""
         self.problem_label = QLabel("")
         self.problem_label.setWordWrap(True)
         names = SOLVERS.names()
         self.method_box = combo(names, "admm-tv", [SOLVERS.doc(n) for n in names])
         self.budget = FormSlot()  # the method's budget: nfe or iterations
         self.params = FormSlot()  # the rest of its parameters (advanced)
-        # the run's options, as declared in napari_patchdiff.params.RUN_PARAMS
+
+    def _build_run_options(self) -> QPushButton:
+        """The run's options, as declared in napari_patchdiff.params.RUN_PARAMS; the seed's
+        Randomise button."""
         self.seed_box = spin(SEED.low, min(SEED.high, MAX_SEED), SEED.default)
         self.seed_box.setToolTip(SEED.help)
         randomise = QPushButton("Randomise")
@@ -80,6 +92,11 @@ class ReconstructWidget(QWidget):
         self.cluster_box.setCurrentText(CLUSTER.default)
         self.cluster_box.setToolTip(f"where an ensemble's batches and a volume's windows run: "
                                     f"{CLUSTER.help}")
+        return randomise
+
+    def _build_ensemble(self) -> None:
+        """An ensemble's size, noise design, bounds (with the offer of a shipped calibration's
+        settings) and samples per batch."""
         self.samples_box = spin(1, 1024, 1)
         self.samples_box.setToolTip("posterior samples (diffusion methods): mean, std, bounds")
         self.design_box = combo(DESIGNS)
@@ -101,6 +118,9 @@ class ReconstructWidget(QWidget):
         self._calibrated_settings: dict = {}
         self.batch_box = spin(0, 1024, 0, "auto")
         self.batch_box.setToolTip("samples per sampler run (auto: about 8 slices at once)")
+
+    def _build_adaptation(self) -> None:
+        """Test-time adaptation: the switch, its parameters, saving the adapted prior."""
         self.adapt_box = QCheckBox("adapt the prior to this measurement")
         self.adapt_box.setToolTip("test-time adaptation: low-rank adapters trained on the "
                                   "measurement while reconstructing (its parameters: the "
@@ -112,10 +132,9 @@ class ReconstructWidget(QWidget):
         self.save_prior_button.setToolTip("save the prior adapted by the last run (enabled after "
                                           "a run with adaptation on the current problem)")
         self._adapted = None
-        self.panel = JobPanel("Run")
-        self.metrics = QLabel("")
-        self.metrics.setWordWrap(True)
 
+    def _build_layout(self, randomise: QPushButton) -> None:
+        """The main form, then the collapsible sections, in a scroll area above the run panel."""
         self.form = form = QFormLayout()
         form.addRow(self.problem_label)
         form.addRow("method", self.method_box)
@@ -147,6 +166,7 @@ class ReconstructWidget(QWidget):
             layout.addWidget(section)
         layout.addStretch()
 
+    def _connect_signals(self, randomise: QPushButton) -> None:
         self.method_box.currentTextChanged.connect(self._set_method)
         randomise.clicked.connect(lambda: self.seed_box.setValue(random.randint(0, MAX_SEED)))
         self.panel.run_button.clicked.connect(self.run)
@@ -157,7 +177,6 @@ class ReconstructWidget(QWidget):
         self.save_prior_button.clicked.connect(self._save_prior_dialog)
         self.state.problem_changed.connect(self._problem_changed)
         self.state.prior_changed.connect(self._refresh)
-        self._set_method(self.method_box.currentText())
 
     def showEvent(self, event) -> None:
         """The first time the dock shows, give it most of the height of its dock column (the
@@ -340,7 +359,7 @@ class ReconstructWidget(QWidget):
     def run(self):
         """Start a run (no-op while one runs); the worker, or None after showing the error.
         Its layers are named ``<method> #<n>`` (n: the first free index), the ensemble's
-        ``<method> #<n> mean`` etc.; no earlier layer is changed or removed."""
+        ``<method> #<n> mean`` etc. (:class:`~napari_patchdiff._qt.layers.RunLayers`)."""
         if self.panel.running:
             return None
         try:
@@ -348,8 +367,8 @@ class ReconstructWidget(QWidget):
         except InputError as exc:
             self.panel.fail(exc)
             return None
-        problem, self._job, self._display = self.state.problem, job, self.state.display
-        self._prefix, self._layers = self._run_name(job.method), {}
+        problem = self.state.problem
+        self.results.begin(job, self.state.display)
         self._adapted = None  # the button saves the prior adapted by the last run only
         self.save_prior_button.setEnabled(False)
         self.metrics.setText("")
@@ -359,26 +378,18 @@ class ReconstructWidget(QWidget):
                          self._on_update, what, job.interval)
         return self.panel.worker
 
-    def _run_name(self, method: str) -> str:
-        taken = [ly.name for ly in self.viewer.layers]
-        n = 1
-        while any(t == f"{method} #{n}" or t.startswith(f"{method} #{n} ") for t in taken):
-            n += 1
-        return f"{method} #{n}"
-
     @property
     def layer_names(self) -> dict[str, str]:
         """The layers of the last run: stream ("estimate", "samples", "mean", "std", ...) ->
         layer name."""
-        return {key: layer.name for key, layer in self._layers.items()
-                if layer in self.viewer.layers}
+        return self.results.names
 
     def save_prior(self, path) -> str:
         """Save the prior adapted by the last run (see :meth:`AdaptingPrior.save`)."""
         if self._adapted is None:
             raise InputError("no adapted prior: the last run on this problem did not adapt "
                              "(tick 'adapt the prior to this measurement' and run)")
-        return self._adapted.save(path, adapted_to=self._display.source)
+        return self._adapted.save(path, adapted_to=self.results.display.source)
 
     def _save_prior_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the adapted prior", "",
@@ -390,102 +401,10 @@ class ReconstructWidget(QWidget):
                 self.panel.fail(exc)
 
     # -- results ------------------------------------------------------------------------------
-    def _show(self, key, data, report=None, stack=False, units=None, **kw):
-        """Show stream ``key`` of this run in its own layer (made at its first update)."""
-        d = self._display
-        scale = tuple(d.scale) if d.scale else None
-        translate = tuple(d.translate) if d.translate else None
-        if stack and d.slice_z is not None:  # one slice of a volume: the stack sits at it
-            data = np.asarray(data)[:, None]
-            scale = (1.0, d.slice_z[1], *scale)
-            translate = (0.0, d.slice_z[0], *(translate or (0.0, 0.0))[-2:])
-        elif stack and scale is not None:
-            scale = (1.0, *scale)
-            translate = None if translate is None else (0.0, *translate)
-        meta = {**(report or {"method": self._job.method}), "units": units or d.units,
-                ROLE: "result"}
-        if d.affine is not None and not stack:  # shaped as the input: saved where it was
-            meta["affine"] = d.affine
-        name = self._prefix if key == "estimate" else f"{self._prefix} {key}"
-        first = not self._layers
-        self._layers[key] = show_layer(self.viewer, name, data, scale=scale,
-                                       translate=translate, metadata=meta,
-                                       layer=self._layers.get(key), **kw)
-        if first:
-            self._go_to_slice()
-        return self._layers[key]
-
-    def _go_to_slice(self) -> None:
-        """Move the viewer to the slice this run reconstructs (one slice of a volume)."""
-        z = self._display.slice_z
-        if z is not None and self.viewer.dims.ndim >= 3:
-            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, z[0])
-
     def _on_update(self, u: Update) -> None:
-        limits = self._display.contrast_limits
-        report = u.report or None
-        if u.kind is UpdateKind.STEP and u.image is not None:
-            self._show("estimate", u.image, contrast_limits=limits)
-        if u.samples is not None:
-            self._show("samples", u.samples, report, stack=True, contrast_limits=limits)
-        for key, data in (u.maps or {}).items():
-            kw = ({"contrast_limits": limits} if key == "mean" or key.startswith(("lower", "upper"))
-                  else {})
-            if key == "std":
-                kw = {"colormap": "magma"}
-            elif key == "pair correlation":
-                kw = {"colormap": "bwr", "contrast_limits": (-1.0, 1.0), "units": "correlation"}
-            self._show(key, data, report, **kw)
+        self.results.update(u)
         if u.kind is UpdateKind.DONE and u.prior is not None:
             self._adapted = u.prior
             self.save_prior_button.setEnabled(True)
-        layers = self.viewer.layers
-        if u.kind is UpdateKind.DONE:
-            if u.samples is None:
-                self._show("estimate", u.image, report, contrast_limits=limits)
-            elif "estimate" in self._layers:  # an ensemble: this run's live estimate (the
-                live = self._layers.pop("estimate")  # samples hold the result) goes
-                if live in layers:
-                    layers.remove(live)
-            top = self._layers.get("mean", self._layers.get("estimate"))
-            if top is not None and top in layers:  # the result on top, selected
-                layers.move(layers.index(top), len(layers))
-                layers.selection.active = top
-        elif u.kind is UpdateKind.CANCELLED:
-            if u.image is not None:
-                self._show("estimate", u.image,
-                           {**(report or {"method": self._job.method}), "cancelled": True},
-                           contrast_limits=limits)
-            for layer in self._layers.values():
-                if layer in layers:
-                    layer.name = free_name(self.viewer, f"{layer.name} (cancelled)")
-                    layer.metadata = {**layer.metadata, "cancelled": True}
-        self.metrics.setText(self._metrics_text(u) or self.metrics.text())
-        self.panel.status.setText(self._status_text(u))
-
-    def _metrics_text(self, u: Update) -> str:
-        m = u.metrics
-        parts = []
-        if "psnr" in m:
-            parts.append(f"{'mean' if u.maps else 'estimate'}: PSNR {m['psnr']:.2f} dB")
-        if "ssim" in m:
-            parts.append(f"SSIM {m['ssim']:.4f}")
-        if "coverage" in m:
-            parts.append(f"coverage of the {self._job.level:.0%} bounds {m['coverage']:.1%}")
-        if "adapt loss" in m:
-            parts.append(f"adaptation loss {m['adapt loss']:.3g}")
-        return ", ".join(parts)
-
-    def _status_text(self, u: Update) -> str:
-        if u.kind is UpdateKind.STEP:
-            return u.text or f"step {u.step}/{u.total}"
-        if u.kind is UpdateKind.SAMPLE:
-            return f"{u.text} of {self._job.samples} done"
-        if u.kind is UpdateKind.DONE:
-            secs = u.report.get("seconds")
-            what = (f"{self._job.samples} samples of {self._job.method}"
-                    if self._job.samples > 1 else self._job.method)
-            return f"done: {what}" + (f" in {secs:.1f} s" if secs else "") + (
-                f" -> {self._prefix}" if self._layers else "")
-        kept = f"; kept as {self._prefix} (cancelled)" if self._layers else ""
-        return f"cancelled: {u.text or 'nothing finished'}{kept}"
+        self.metrics.setText(self.results.metrics_text(u) or self.metrics.text())
+        self.panel.status.setText(self.results.status_text(u))
