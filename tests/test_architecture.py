@@ -2,7 +2,8 @@
 import from a lower layer into a higher one, nor sideways between the parts of one layer, and no
 module imports one that imports it back, at any distance), the core never imports Qt or napari,
 and ``_qt/`` is the napari layer. Every check reads the real import graph: each import statement
-of each module (function-level ones included: they run too), parsed with ``ast``."""
+of each module (function-level ones included: they run too), parsed with ``ast``. And the size
+rules: short functions, and modules that are split when they hold two concepts."""
 from __future__ import annotations
 
 import ast
@@ -282,3 +283,72 @@ def test_every_import_of_the_package_names_a_module_that_exists():
                 if n != "*" and f"{mod}.{n}" not in modules and n not in top_names[mod]:
                     bad.append(f"{where}: {mod} has no {n}")
     assert not bad, "\n".join(bad)
+
+
+#: the size rules (issue 33): no function longer than this, its docstring not counted ...
+MAX_FUNCTION_LINES = 60
+#: ... and no module longer than this unless its docstring says why it is one concept, in a
+#: paragraph that starts with ONE_CONCEPT
+MAX_MODULE_LINES = 400
+ONE_CONCEPT = "Kept as one module:"
+
+
+def _long_functions(path: Path) -> list[str]:
+    """``path:line name (n lines)`` for each function or method of ``path`` (nested ones
+    included, and counted in the function around them too) longer than MAX_FUNCTION_LINES,
+    from its ``def`` line to its last, less its docstring."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        length = node.end_lineno - node.lineno + 1
+        first = node.body[0]
+        if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)):
+            length -= first.end_lineno - first.lineno + 1
+        if length > MAX_FUNCTION_LINES:
+            out.append(f"{path}:{node.lineno} {node.name} ({length} lines)")
+    return out
+
+
+def _long_modules_without_a_reason(package: Path) -> list[str]:
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        lines = len(text.splitlines())
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if lines > MAX_MODULE_LINES and ONE_CONCEPT not in doc:
+            out.append(f"{path} ({lines} lines)")
+    return out
+
+
+def test_functions_are_short():
+    """No function of the package is longer than MAX_FUNCTION_LINES (its docstring aside): a
+    longer one is several steps that want names (a widget's __init__: its _build_* methods)."""
+    bad = [f for path in sorted(PACKAGE.rglob("*.py")) for f in _long_functions(path)]
+    assert not bad, "split these into named steps:\n" + "\n".join(bad)
+
+
+def test_long_modules_say_why_they_are_one_concept():
+    """A module longer than MAX_MODULE_LINES is split where it holds two concepts; one that
+    is a single concept says so, and why, in a paragraph of its docstring that starts with
+    ONE_CONCEPT ("Kept as one module: ...")."""
+    bad = _long_modules_without_a_reason(PACKAGE)
+    assert not bad, (f"split these, or say why each is one concept in its docstring "
+                     f"({ONE_CONCEPT!r}):\n" + "\n".join(bad))
+
+
+def test_the_size_rules_catch_what_they_describe(tmp_path):
+    """The checks above see a long function (docstring aside) and a long module without the
+    paragraph, and let the same module pass with it."""
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES - 1))  # + its def
+    doc = '    """A docstring\n    of lines\n    that do not count."""\n'
+    (tmp_path / "short.py").write_text(f"def f():\n{doc}{body}\n")
+    (tmp_path / "long.py").write_text(f"def f():\n{doc}{body}\n    return x0\n")
+    assert _long_functions(tmp_path / "short.py") == []
+    assert len(_long_functions(tmp_path / "long.py")) == 1
+    filler = "\n" * MAX_MODULE_LINES
+    (tmp_path / "long.py").write_text(f'"""A module."""\n{filler}')
+    (tmp_path / "short.py").write_text(f'"""A module.\n\n{ONE_CONCEPT} one idea."""\n{filler}')
+    assert _long_modules_without_a_reason(tmp_path) == [f"{tmp_path / 'long.py'} "
+                                                        f"({MAX_MODULE_LINES + 1} lines)"]

@@ -8,6 +8,12 @@ arrays only (tensors are converted in the worker), at most a few per second (:cl
 the last one (:attr:`UpdateKind.DONE` or :attr:`UpdateKind.CANCELLED`) always comes. Nothing
 here imports Qt: the napari layer runs these on a thread worker
 (:mod:`napari_patchdiff._qt.workers`), benchmarks and tests drive them in their own thread.
+
+Kept as one module: it is the one protocol between a widget and its worker thread (a frozen
+job in, :class:`Update` s out, paced by :class:`Pace`, the last update always coming) and its
+two implementations, reconstruction (with an ensemble's progress and the bounds advice that
+the same job would get) and training; each job is a few functions that share the update
+types, the pacing and the conversion to display units.
 """
 from __future__ import annotations
 

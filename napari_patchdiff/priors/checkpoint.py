@@ -30,6 +30,10 @@ tensors is refused without unpickling it. Every failure is re-raised as
 
 Files are written through a temporary file in the same folder and renamed over the target
 (atomic), with the mode a newly created file would get (``0o666 & ~umask``).
+
+Kept as one module: it is the one file format of a prior, written and read in one place so
+that the two cannot drift apart (the metadata keys above, their validation, the safe loading
+rules and the training state that sits beside the weights).
 """
 from __future__ import annotations
 

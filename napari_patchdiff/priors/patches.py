@@ -62,6 +62,10 @@ has on the canvas; only pixels outside the canvas (which are zero, outside the f
 discarded) carry extrapolated coordinates. For the paper's set-up (256 image, P = 56, pad = 24)
 the grid always fits: k = 5 and ``a + 280 <= 304``. The tiling covers every field-of-view pixel
 exactly once for any ``H x W`` (non-square and odd sizes included).
+
+Kept as one module: the patch geometry is one concept, the canvas and coordinate map above and
+every function that cuts, tiles or reassembles patches on it, all pure and all bound to the
+same map.
 """
 from __future__ import annotations
 

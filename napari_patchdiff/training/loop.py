@@ -20,6 +20,13 @@ between or during a step) saves a checkpoint of the last completed step and rais
 :class:`~napari_patchdiff.events.Cancelled` saying which step and where. A step's weight update
 (Adam, EMA, step counter) is one unit: Ctrl-C during it is held back until it is done, so a
 step is either wholly in the checkpoint or not at all.
+
+Kept as one module: it is the one training loop, already cut into the named steps listed
+above, and its rules of determinism and stopping hold across all of them (every draw of step
+``t`` seeded by ``(seed, t)``, a checkpoint at every way out); the small types it passes between
+the steps (:class:`TrainingData`, :class:`Run`, :class:`Watch`, :class:`Batch`) exist only for
+it. What the loop uses lives beside it (:mod:`.config`, :mod:`.data`, :mod:`.objective`,
+:mod:`.checkpoints`, :mod:`.memorisation`).
 """
 from __future__ import annotations
 
