@@ -37,7 +37,7 @@ __all__ = ["Truth", "Problem", "Result", "load_truth", "truth_from_array", "simu
 def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
           on_event: Callable[[StepEvent], None] | None = None, prior=None, adapt=None,
           batch: int | None = None, overlap: int | None = None, cluster=None,
-          precision: str | None = None, **params) -> Result:
+          precision: str | None = "auto", **params) -> Result:
     """Run ``method`` to the end and return the reconstruction with its report.
 
     ``adapt`` (True, or a dict of ``adapt_steps``, ``adapt_rank``, ``adapt_lr``, ...) adapts the
@@ -49,8 +49,9 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
     volume's window (see :func:`napari_patchdiff.recon.runs.iterate`). ``cluster``: "ray" or
     "ray:ADDRESS" (or a :class:`~napari_patchdiff.recon.executors.RayExecutor`) runs a volume's
     windows on Ray workers, with the same result (see :mod:`napari_patchdiff.recon.executors`).
-    ``precision``: the prior network's, "float32" or "bfloat16" (None: the prior's own; see
-    :class:`~napari_patchdiff.priors.Prior`).
+    ``precision``: the prior network's: "auto" (bfloat16 where the device multiplies it
+    natively, else float32; :mod:`napari_patchdiff.priors.precision`), "float32" or "bfloat16"
+    (None: the prior's own); the report's ``precision`` and ``precision_reason`` say what ran.
     """
     from .recon.executors import resolve_executor
 
@@ -68,7 +69,7 @@ def solve(problem: Problem, method: str, cancel: CancelToken | None = None,
         return out
 
     with Drive(iterate(problem, method, cancel=cancel, prior=prior, batch=batch,
-                       overlap=overlap, cluster=executor, **used),
+                       overlap=overlap, cluster=executor, precision=None, **used),
                partial, what=f"method {method!r}") as drive:
         last = drive.run(on_event)
     result = result_of(problem, method, used, last, time.perf_counter() - t0, prior)
@@ -143,7 +144,8 @@ def calibrate(truth: Truth, operator: str, *, prior, method: str = "dds", sample
         problem = simulate(one, operator, noise_std=noise_std, seed=seed + i, device=device,
                            **(operator_params or {}))
         res = run_ensemble(problem, method, prior=prior, samples=samples, design=design,
-                           seed=seed + i, calibration=None, on_event=on_event, **params)
+                           seed=seed + i, calibration=None, on_event=on_event,
+                           precision="float32", **params)
         ensembles.append(res.samples)
         truths.append(stack[i])
         first = first or problem

@@ -127,11 +127,13 @@ SEED = Param("seed", int, 0, "seed of the diffusion samplers' noise stream (init
 #: ``--precision``, ``--cluster``, ``--workers`` and the Reconstruct widget's fields). ``seed`` is
 #: :data:`SEED`, the diffusion methods' parameter, which the run passes on.
 DEVICE = Param("device", str, "cpu", "torch device: cpu, cuda, cuda:1, ...")
-PRECISION = Param("precision", str, None, "the prior network's arithmetic (diffusion methods; "
-                  "default float32): bfloat16 made DDS and PnP-ADMM 2.4-2.9 times as fast on a "
-                  "CPU with AMX, at the PSNR of float32 within 0.02 dB "
-                  "(benchmarks/results/speed_compare*.md); slower on CPUs without bfloat16 "
-                  "instructions", choices=("float32", "bfloat16"))
+PRECISION = Param("precision", str, "auto", "the prior network's arithmetic (diffusion methods): "
+                  "auto (default) runs bfloat16 where the CPU has AMX or AVX-512 BF16 (or on a "
+                  "CUDA GPU with bfloat16), float32 elsewhere; bfloat16 made DDS and PnP-ADMM "
+                  "2.5-3.2 times as fast on a CPU with AMX at the PSNR of float32 within 0.01 "
+                  "dB, and 7.4 times as slow on a CPU without bfloat16 instructions "
+                  "(benchmarks/results/speed_compare_2threads.md, precision_nobf16.md)",
+                  choices=("auto", "float32", "bfloat16"))
 #: where the work runs (each surface says which work: a volume's windows, an ensemble's batches)
 CLUSTER = Param("cluster", str, "local", "local (default): here; ray: on the workers of a Ray "
                 "instance started on this machine; ray:ADDRESS: on an existing Ray cluster (the "

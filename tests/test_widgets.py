@@ -229,7 +229,8 @@ def test_widget_defaults_are_the_cli_and_api_defaults(make_napari_viewer):
         assert rec.seed_box.value() == args.seed == run["seed"].default
         assert rec.device_box.currentText() == args.device == run["device"].default
         assert rec.cluster_box.currentText() == args.cluster == run["cluster"].default
-        assert args.precision is None and rec.precision_box.currentText() == "float32"
+        assert args.precision == rec.precision_box.currentText() == run["precision"].default
+    assert run["precision"].default == "auto"
     assert rec.precision_box.toolTip() == PRECISION.help
     s.prior.configure(steps=7, batch=0, patch_sizes=(16, 32), resume=True)
     assert {k: v for k, v in s.prior.train_options().items() if gui[k] != v} == {
@@ -252,10 +253,14 @@ def test_load_a_measurement_written_by_the_cli(session, tmp_path):
     np.testing.assert_allclose(fbp.data * 2048 - 1024, recon, atol=0.5)
 
 
-def test_gui_runs_a_method_with_the_same_defaults_as_python(session, tiny_prior):
+def test_gui_runs_a_method_with_the_same_defaults_as_python(session, tiny_prior, monkeypatch):
     """The Reconstruct widget, the API and a direct Python call of the method resolve the same
     parameters for the same problem, and give the same reconstruction."""
     from napari_patchdiff import api
+    from napari_patchdiff.priors import precision
+
+    # auto is float32 on a CPU without bfloat16 instructions, as the direct call below
+    monkeypatch.setattr(precision, "cpu_bfloat16_instructions", lambda: ())
     from napari_patchdiff.events import run_to_end
     from napari_patchdiff.priors import load_prior
     from napari_patchdiff.solvers.diffusion import dds
@@ -270,12 +275,12 @@ def test_gui_runs_a_method_with_the_same_defaults_as_python(session, tiny_prior)
     direct = run_to_end(dds(problem.op, problem.y, noise_std=0.05, prior=load_prior(tiny_prior),
                             nfe=3)).estimate[0, 0].numpy()
     np.testing.assert_allclose(problem.truth.to_units(direct), done.image, rtol=0, atol=1e-3)
-    # the precision box: bfloat16 reaches the run and its report, float32 is the default
+    # the precision box: bfloat16 reaches the run and its report, auto is the default
     session.reconstructor.configure(precision="bfloat16")
     done = _run(session, "dds", nfe=3)[-1]
     assert done.report["prior"]["precision"] == "bfloat16"
-    session.reconstructor.configure(precision="float32")
-    assert session.reconstructor.snapshot().precision is None
+    session.reconstructor.configure(precision="auto")
+    assert session.reconstructor.snapshot().precision == "auto"
 
 
 def test_adapt_in_the_reconstruct_widget(session, tiny_prior, tmp_path):

@@ -84,7 +84,7 @@ class ReconstructWidget(QWidget):
         randomise = QPushButton("Randomise")
         self.device_box = combo(devices(), DEVICE.default)
         self.device_box.setToolTip(DEVICE.help)
-        self.precision_box = combo(PRECISION.choices)  # the first, float32: the default (None)
+        self.precision_box = combo(PRECISION.choices)  # the first, auto: the default
         self.precision_box.setToolTip(PRECISION.help)
         self.cluster_box = QComboBox()
         self.cluster_box.setEditable(True)
@@ -341,9 +341,7 @@ class ReconstructWidget(QWidget):
                         adapt=((self.adapt_form.values() or True)
                                if diffusion and self.adapt_box.isChecked() else None),
                         calibration=self._calibration(), cluster=self._cluster(),
-                        precision=(self.precision_box.currentText()
-                                   if diffusion and self.precision_box.currentText()
-                                   != PRECISION.choices[0] else None))
+                        precision=self.precision_box.currentText() if diffusion else None)
 
     def _cluster(self):
         from ..recon.executors import parse_cluster

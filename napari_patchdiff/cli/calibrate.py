@@ -90,7 +90,7 @@ def _check(args) -> None:
         raise InputError("calibrate takes --slices (one or more), not --slice")
     if args.adapt or args.save_prior:
         raise InputError("calibrate does not adapt the prior")
-    if args.precision not in (None, "float32"):
+    if args.precision not in (None, "auto", "float32"):
         raise InputError("calibrate runs the prior in float32; drop --precision")
     if args.prior is None:
         raise InputError(f"{args.method} needs --prior")

@@ -102,7 +102,7 @@ class ReconJob:
     adapt: Any = None  # test-time adaptation: None, True or a dict of its parameters
     calibration: Any = "auto"  # per-pixel bounds: "auto", None or a calibration file
     cluster: Any = None  # where batches/windows run: None/"local", "ray", "ray:ADDRESS"
-    precision: str | None = None  # the prior network's: None (float32) or "bfloat16"
+    precision: str | None = "auto"  # the prior network's: auto, float32 or bfloat16
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,8 @@ def recon_updates(job: ReconJob, problem: Problem, cancel: CancelToken | None = 
                       _metrics(problem, x), report=report)
 
     drive = Drive(iterate(problem, job.method, cancel=cancel, prior=prior, cluster=job.cluster,
-                          **params), cancelled, what=f"method {job.method!r}", error=JobError)
+                          precision=None, **params),
+                  cancelled, what=f"method {job.method!r}", error=JobError)
     try:
         with drive:
             for ev in drive:

@@ -8,13 +8,15 @@ the batch or the number of patches). ``denoise`` does not switch off autograd: s
 need ``grad_x |y - A D(x)|`` call it with ``x.requires_grad_()``; others wrap it in
 ``torch.no_grad()``.
 
-Precision: ``prior.precision`` is ``"float32"`` (the default) or ``"bfloat16"``, where the
+Precision: ``prior.precision`` is ``"float32"`` (a loaded prior's) or ``"bfloat16"``, where the
 network's convolutions and matrix products run in bfloat16 (``torch.autocast``) while the EDM
 skip connection, the patch assembly and the samplers stay in float32; :meth:`Prior.with_precision`
-gives a copy that shares the network. On a 2-core CPU with AMX whole DDS and PnP-ADMM runs
-were 2.4-2.9 times as fast as in float32, at the same PSNR within 0.02 dB
+gives a copy that shares the network (``"auto"``, the default of every run: bfloat16 where the
+device multiplies it natively, see :mod:`.precision`). On a 2-core CPU with AMX whole DDS and
+PnP-ADMM runs were 2.4-3.2 times as fast as in float32, at the same PSNR within 0.02 dB
 (``benchmarks/results/speed_compare_2threads.md``; the GroupNorm + SiLU then run as the fused
-kernel of :mod:`.norm_act_kernel`); on CPUs without bfloat16 instructions it can be slower.
+kernel of :mod:`.norm_act_kernel`); on CPUs without bfloat16 instructions it is 7.4 times as
+slow (``benchmarks/results/precision_nobf16.md``), so "auto" runs float32 there.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 from ..errors import InputError
 from .checkpoint import check_compatible, checkpoint_paths, load_checkpoint
 from .patches import assembled_denoise, averaged_denoise, canvas_coordinates, stitched_denoise
+from .precision import CHOICES, choose_precision
 
 __all__ = ["Prior", "PatchPrior", "WholeImagePrior", "load_prior", "shipped_priors",
            "SHIPPED_DIR", "MODES", "PRECISIONS"]
@@ -49,6 +52,7 @@ class Prior:
 
     name = "prior"
     precision = "float32"
+    precision_reason = "the prior's own"
 
     def __init__(self, metadata: dict[str, Any] | None = None, device="cpu"):
         self.nfe = 0
@@ -70,17 +74,22 @@ class Prior:
     __call__ = denoise
 
     def with_precision(self, precision: str | None) -> "Prior":
-        """This prior (``precision`` None or the same) or a copy sharing its network that runs
-        at ``precision`` ("float32" or "bfloat16")."""
-        if precision is None or precision == self.precision:
+        """This prior (``precision`` None) or one that runs at ``precision``: "float32",
+        "bfloat16" or "auto" (bfloat16 where this prior's device multiplies it natively, else
+        float32; see :mod:`.precision`), a copy sharing the network when that differs from
+        this prior's. ``precision_reason`` says why in words."""
+        if precision is None:
             return self
-        if precision not in PRECISIONS:
+        if precision not in CHOICES:
             raise InputError(f"unknown precision {precision!r}; choose one of "
-                             f"{', '.join(PRECISIONS)}")
+                             f"{', '.join(CHOICES)}")
+        chosen = choose_precision(precision, self.device)
+        if chosen.name == self.precision and chosen.reason == self.precision_reason:
+            return self
         import copy
 
         other = copy.copy(self)
-        other.precision = precision
+        other.precision, other.precision_reason = chosen.name, chosen.reason
         return other
 
     @property

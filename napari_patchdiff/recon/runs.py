@@ -47,19 +47,20 @@ def needs_prior(method: str) -> bool:
 
 
 def resolve_prior(problem: Problem, method: str, prior=None, adapt=None,
-                  precision: str | None = None):
+                  precision: str | None = "auto"):
     """The prior object for a diffusion ``method`` (a shipped name, a path or a Prior), checked
     against the problem's image size and modality, and wrapped for test-time adaptation to the
     problem's measurement when ``adapt`` is True or a dict of adaptation parameters
-    (:mod:`napari_patchdiff.recon.adapt`), at ``precision`` ("float32", "bfloat16"; None: the
-    prior's own, see :class:`~napari_patchdiff.priors.Prior`); ``None`` for classical methods."""
+    (:mod:`napari_patchdiff.recon.adapt`), at ``precision`` ("auto": bfloat16 where the device
+    multiplies it natively, else float32, :mod:`napari_patchdiff.priors.precision`; "float32",
+    "bfloat16"; None: the prior's own); ``None`` for classical methods."""
     if not (adapt is None or isinstance(adapt, (bool, dict))):
         raise InputError(f"adapt must be True, False, None or a dict of adaptation parameters "
                          f"(e.g. {{'steps': 3, 'lr': 1e-3}}), got {adapt!r}"[:160])
     if not needs_prior(method):
         if prior is not None:
             raise InputError(f"method {method!r} does not use a prior; drop --prior")
-        if precision not in (None, "float32"):
+        if precision not in (None, "auto", "float32"):
             raise InputError(f"method {method!r} has no network to run in {precision}; drop "
                              "--precision")
         if adapt:
@@ -92,7 +93,8 @@ def prior_info(prior) -> dict[str, Any]:
     """What a report records of the prior a run used."""
     return {**{k: prior.metadata.get(k) for k in ("name", "kind", "modality", "steps",
                                                    "created", "source")},
-            "precision": getattr(prior, "precision", "float32")}
+            "precision": getattr(prior, "precision", "float32"),
+            "precision_reason": getattr(prior, "precision_reason", "the prior's own")}
 
 
 def _coupled_overlap(used: dict) -> int:
@@ -103,7 +105,7 @@ def _coupled_overlap(used: dict) -> int:
 
 def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, prior=None,
             adapt=None, batch: int | None = None, overlap: int | None = None, cluster=None,
-            precision: str | None = None, **params) -> Iterator[StepEvent]:
+            precision: str | None = "auto", **params) -> Iterator[StepEvent]:
     """The step generator of ``method`` on ``problem`` (``prior``: a name, path or Prior, for
     diffusion methods; ``adapt``: test-time adaptation, see :func:`resolve_prior`; ``params``:
     the method's parameters, the rest take their defaults). With adaptation each event's

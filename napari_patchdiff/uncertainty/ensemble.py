@@ -153,7 +153,7 @@ def _check_batch(batch: int, design: str) -> None:
 
 def ensemble(problem: Problem, method: str, *, prior, samples: int = 8, design: str = "iid",
              batch: int | None = None, seed: int = 0, cancel: CancelToken | None = None,
-             adapt=None, cluster=None, precision: str | None = None,
+             adapt=None, cluster=None, precision: str | None = "auto",
              **params) -> Iterator[StepEvent | SampleEvent]:
     """Draw ``samples`` posterior samples of ``problem`` with the diffusion sampler ``method``.
 
@@ -303,12 +303,13 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
                  batch: int | None = None, seed: int = 0, roi=None, level: float = 0.9,
                  cancel: CancelToken | None = None,
                  on_event: Callable[[Any], None] | None = None, adapt=None,
-                 calibration="auto", cluster=None, precision: str | None = None,
+                 calibration="auto", cluster=None, precision: str | None = "auto",
                  **params) -> EnsembleResult:
     """Run :func:`ensemble` to the end and summarise it (with the truth if known).
 
-    ``precision``: the network's, "float32" or "bfloat16" (None: the prior's own; see
-    :class:`~napari_patchdiff.priors.Prior`).
+    ``precision``: the network's, "auto" (the default: bfloat16 where the device multiplies it
+    natively, else float32), "float32" or "bfloat16" (None: the prior's own; see
+    :mod:`napari_patchdiff.priors.precision`).
 
     ``cluster``: where the batches run (None or "local": here; "ray", "ray:ADDRESS" or a
     :class:`~napari_patchdiff.recon.executors.RayExecutor`: on Ray workers, with the same samples);
@@ -344,7 +345,8 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
         return out
 
     with Drive(ensemble(problem, method, prior=prior, samples=samples, design=design,
-                        batch=batch, seed=seed, cancel=cancel, cluster=executor, **params),
+                        batch=batch, seed=seed, cancel=cancel, cluster=executor,
+                        precision=None, **params),
                partial, what=f"method {method!r}") as drive:
         for ev in drive:
             if isinstance(ev, SampleEvent):
@@ -355,6 +357,7 @@ def run_ensemble(problem: Problem, method: str, *, prior, samples: int = 8, desi
     return _reported(acc.summary(truth, roi, level), problem, prior, executor, method=method,
                      seed=seed, batch=batch, nfe=acc.nfe,
                      precision=getattr(prior, "precision", "float32"),
+                     precision_reason=getattr(prior, "precision_reason", "the prior's own"),
                      seconds=round(time.perf_counter() - t0, 3),
                      nfe_per_sample=acc.nfe / math.ceil(samples / batch))
 
