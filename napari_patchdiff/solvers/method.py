@@ -43,11 +43,12 @@ __all__ = ["Method", "Context", "Volume", "SOLVERS", "register", "get_solver", "
 
 @dataclass(frozen=True)
 class Volume:
-    """What a method's defaults may know of a volume: its depth (slices) and the spacing of
-    its slices in mm (None: unknown)."""
+    """What a method's defaults may know of a volume: its depth (slices), the spacing of its
+    slices in mm and its pixels' (row, column) spacing in mm (None: unknown)."""
 
     depth: int
     spacing: float | None = None
+    pixel: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

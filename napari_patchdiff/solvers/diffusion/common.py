@@ -18,7 +18,7 @@ __all__ = ["OBJECTS", "SEED", "SIGMA_MAX", "SIGMA_MIN", "STARTS", "Z_WEIGHT", "Z
            "Z_TV_ITERATIONS", "Z_TV_STEP", "Z_REFERENCE_MM", "ZTotalVariation",
            "check_budget", "check_cancel", "denoise", "edm_sigmas", "first_iterate",
            "grad_residual", "setup", "z_coupling", "z_total_variation", "z_tv", "z_tv_denoised",
-           "z_tv_prox", "z_weight"]
+           "z_tv_prox", "z_weight", "volume_depth"]
 
 #: keyword arguments of every sampler that are objects, not parameters (``volume``: the batch's
 #: slices form volumes of ``volume.depth`` slices, see :class:`~napari_patchdiff.solvers.Volume`)
@@ -122,7 +122,7 @@ def z_tv(ctx, tuned) -> float:
     return float(tuned["z_tv_ref"]) * (Z_REFERENCE_MM / spacing)
 
 
-def _volume_depth(volume, batch: int) -> int:
+def volume_depth(volume, batch: int) -> int:
     """Slices per volume of a batch, checked to divide the batch; 0 when the batch holds no
     volume (``volume`` None or of one slice): then its images are independent (the samples of
     one image's ensemble, say) and nothing couples them."""
@@ -181,7 +181,7 @@ class ZTotalVariation:
             raise InputError(f"z_tv_step must be one of {Z_TV_STEPS}, got {step!r}")
         self.weight, self.rho, self.step = float(weight), float(rho), step
         self.admm_iterations = int(admm_iterations)
-        self.depth = _volume_depth(volume, batch)
+        self.depth = volume_depth(volume, batch)
         if not self.depth:
             raise InputError("TV along z couples the slices of a volume: give volume=Volume(depth, "
                              "spacing) of at least 2 slices")
@@ -218,7 +218,7 @@ class ZTotalVariation:
 def z_total_variation(weight: float, volume, batch: int, **options) -> ZTotalVariation | None:
     """The :class:`ZTotalVariation` of a sampler's data step (``options``: its ``step``,
     ``admm_iterations``), or None when ``weight`` is 0 or the batch holds no volume."""
-    if weight <= 0 or not _volume_depth(volume, batch):
+    if weight <= 0 or not volume_depth(volume, batch):
         return None
     return ZTotalVariation(weight, volume, batch, **options)
 
@@ -229,7 +229,7 @@ def z_tv_denoised(weight: float, volume, batch: int) -> Callable[[torch.Tensor],
     ``weight ||D_z .||_1`` (:func:`z_tv_prox`), as DDS's ``z_tv_step = 'prox'`` does after its
     data step; the identity when ``weight`` is 0 or the batch holds no volume. The sampler's data
     gradient stays that of the network's own estimate."""
-    depth = _volume_depth(volume, batch)
+    depth = volume_depth(volume, batch)
     if weight <= 0 or not depth:
         return lambda d: d
     return lambda d: z_tv_prox(d, weight, depth)
@@ -238,7 +238,7 @@ def z_tv_denoised(weight: float, volume, batch: int) -> Callable[[torch.Tensor],
 def z_coupling(op, weight: float, volume, batch: int) -> dict:
     """The ``op.solve`` arguments that couple the slices of the batch's volumes by
     ``weight ||A^T A|| ||D_z x||^2`` (none when ``weight`` is 0 or the batch holds no volume)."""
-    depth = _volume_depth(volume, batch)
+    depth = volume_depth(volume, batch)
     if weight <= 0 or not depth:
         return {}
     scale = weight * op.norm()

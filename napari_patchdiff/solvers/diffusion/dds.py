@@ -10,13 +10,14 @@ from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
 from .common import (OBJECTS, SEED, SIGMA_MAX, SIGMA_MIN, STARTS, Z_TV, Z_TV_ITERATIONS,
-                     Z_TV_STEP, Z_WEIGHT, check_cancel, denoise, edm_sigmas, first_iterate, setup,
-                     z_coupling, z_total_variation, z_tv, z_weight)
+                     Z_TV_STEP, Z_WEIGHT, check_cancel, edm_sigmas, first_iterate, setup,
+                     volume_depth, z_coupling, z_total_variation, z_tv, z_weight)
+from .planes import PLANES, denoise_planes, planes_rule
 
 
 def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight, z_tv,
-         z_tv_step, z_tv_iterations, start, sigma_max, sigma_min, seed, noise_source=None,
-         volume=None, cancel=None):
+         z_tv_step, z_tv_iterations, start, sigma_max, sigma_min, planes, seed,
+         noise_source=None, volume=None, cancel=None):
     """With ``sigma_0 > ... > sigma_{nfe-1}`` the EDM (rho = 7) schedule from ``sigma_max`` to
     ``sigma_min`` and ``sigma_nfe = 0``, start at ``x = sigma_max z`` (``start = 'initial'``:
     ``op.initial(y) + sigma_max z``, the "come closer, diffuse faster" warm start that lets a
@@ -37,6 +38,9 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight
     3. ``x = x0' + sigma_{i+1} (eta z + sqrt(1 - eta^2) eps_hat)``, ``eps_hat = (x - x0_hat) /
        sigma_i`` (DDIM style); at the last step ``x = x0'``.
 
+    In a volume, step 1 denoises the axial slices, or with ``planes = 'triplanar'`` the axial,
+    coronal and sagittal planes in turn (:mod:`.planes`).
+
     With ``eta = 0`` the sampler is deterministic given the initial noise.
     """
     noise, shape, used = setup(op, y, prior, noise_source, seed)
@@ -45,12 +49,13 @@ def _dds(op, y, *, prior, nfe, eta, cg_iterations, gamma, anneal_sigma, z_weight
     couple = z_coupling(op, z_weight, volume, shape[0])
     ztv = z_total_variation(z_tv, volume, shape[0], admm_iterations=z_tv_iterations,
                             step=z_tv_step)
+    depth = volume_depth(volume, shape[0])
     x = first_iterate(op, y, start, sigma_max, noise, shape)
     for i in range(nfe):
         check_cancel(cancel, x)
         s, s_next = sigmas[i], sigmas[i + 1]
         with torch.no_grad():
-            x0_hat = denoise(prior, x, s, noise)
+            x0_hat = denoise_planes(prior, x, s, noise, planes, depth, i)
             g = gamma if anneal_sigma == 0 else gamma * min(1.0, (s / anneal_sigma) ** 2)
             if g <= 0:
                 x0 = x0_hat
@@ -74,6 +79,7 @@ def _rule(ctx, values, tuned):
     out = {"gamma": math.inf if ctx.noise_std == 0 else (tuned["prior_std"] / ctx.noise_std) ** 2}
     out["z_weight"] = z_weight(ctx, tuned)
     out["z_tv"] = z_tv(ctx, tuned)
+    out["planes"] = planes_rule(ctx)
     return out
 
 
@@ -92,7 +98,7 @@ dds = register(Method(
         Z_WEIGHT, Z_TV, Z_TV_STEP, Z_TV_ITERATIONS,
         Param("start", str, None, "start from pure noise or from the direct reconstruction "
               "plus noise", STARTS),
-        SIGMA_MAX, SIGMA_MIN, SEED,
+        SIGMA_MAX, SIGMA_MIN, PLANES, SEED,
     ), rule=_rule, knobs=("prior_std", "z_weight_ref", "z_tv_ref"), objects=OBJECTS,
     kind="diffusion", sampler=True,
     doc="decomposed diffusion sampling: denoise, CG data step, DDIM step (50 evaluations)"))

@@ -9,12 +9,13 @@ import torch
 from ...events import StepEvent
 from ...params import Param
 from ..method import Method, register
-from .common import (OBJECTS, SEED, Z_TV, Z_TV_STEP, Z_WEIGHT, check_cancel, denoise, setup,
-                     z_coupling, z_total_variation, z_tv, z_weight)
+from .common import (OBJECTS, SEED, Z_TV, Z_TV_STEP, Z_WEIGHT, check_cancel, setup,
+                     volume_depth, z_coupling, z_total_variation, z_tv, z_weight)
+from .planes import PLANES, denoise_planes, planes_rule
 
 
 def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_std, z_weight,
-              z_tv, z_tv_step, seed, noise_source=None, volume=None, cancel=None):
+              z_tv, z_tv_step, planes, seed, noise_source=None, volume=None, cancel=None):
     """For ``min_x ||y - A x||^2 / (2 data_std^2) + R(x)`` with the split ``x = z`` and penalty
     ``1 / sigma^2``, start at ``x = z = op.initial(y)``, ``u = 0`` and per iteration at the level
     ``sigma_k`` (geometric from ``sigma_start`` to ``sigma_end`` over ``nfe`` iterations):
@@ -28,6 +29,9 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
        data term is in this step;
     2. ``z = D(x + u, sigma_k)``;
     3. ``u <- u + x - z``.
+
+    In a volume, step 2 denoises the axial slices, or with ``planes = 'triplanar'`` the axial,
+    coronal and sagittal planes in turn (:mod:`.planes`).
 
     The MMSE denoiser of a Gaussian prior ``N(mu, S)`` at level ``sigma`` is the proximal map of
     ``R(x) = (x - mu)^T S^-1 (x - mu) / 2`` with weight ``sigma^2``, so with such a prior, a fixed
@@ -43,6 +47,7 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
     with torch.no_grad():
         x = op.initial(y).to(op.dtype).expand(shape).clone()
     z, u = x.clone(), torch.zeros_like(x)
+    depth = volume_depth(volume, shape[0])
     for k in range(nfe):
         check_cancel(cancel, z)
         s = sigma_start * ratio**k
@@ -53,7 +58,7 @@ def _pnp_admm(op, y, *, prior, nfe, sigma_start, sigma_end, cg_iterations, data_
                               weight=z_tv * (s / sigma_start) ** 2, **couple)
             else:
                 x = op.solve(z - u, aty, gamma, iterations=cg_iterations, start=x, **couple)
-            z = denoise(prior, x + u, s, noise)
+            z = denoise_planes(prior, x + u, s, noise, planes, depth, k)
             u = u + x - z
         yield StepEvent(k + 1, nfe, z, z, nfe=used(), info={"sigma": s})
 
@@ -65,7 +70,8 @@ def _rule(ctx, values, tuned):
     (a floor in measurement units, 1e-3, lost 11 dB on noiseless 20-view CT)."""
     floor = tuned["noise_floor"] * math.sqrt(ctx.op.norm())
     return {"data_std": tuned["data_scale"] * max(ctx.noise_std, floor),
-            "z_weight": z_weight(ctx, tuned), "z_tv": z_tv(ctx, tuned)}
+            "z_weight": z_weight(ctx, tuned), "z_tv": z_tv(ctx, tuned),
+            "planes": planes_rule(ctx)}
 
 
 pnp_admm = register(Method(
@@ -79,7 +85,7 @@ pnp_admm = register(Method(
               low=0),
         Param("data_std", float, None, "noise std of the data term (default: data_scale times "
               "the noise, at least a floor for noiseless data)", low=0, open_low=True),
-        Z_WEIGHT, Z_TV, Z_TV_STEP, SEED,
+        Z_WEIGHT, Z_TV, Z_TV_STEP, PLANES, SEED,
     ), rule=_rule, knobs=("noise_floor", "data_scale", "z_weight_ref", "z_tv_ref"),
     objects=OBJECTS, kind="diffusion",
     doc="plug-and-play ADMM with the prior's denoiser as the proximal step (50 evaluations)"))
