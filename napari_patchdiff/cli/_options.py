@@ -55,26 +55,36 @@ _GLOBAL_OPTIONS = ("seed",)
 
 
 def _add_params(parser, registry, what: str) -> list[str]:
-    """Add one option per parameter name over all entries of ``registry``; return the names."""
+    """Add one option per parameter name over all entries of ``registry``; return the names.
+    Entries that declare a name differently share its option: its choices are all of theirs
+    (each entry's own declaration checks the value it gets, e.g. ``--mask``) and its help
+    gives each different meaning with the entries it belongs to."""
     seen: dict[str, list[str]] = {}
     specs: dict[str, Param] = {}
+    helps: dict[str, dict[str, list[str]]] = {}
+    choices: dict[str, list] = {}
     for entry in registry.names():
         for p in _params_of(registry, entry):
             if p.name in _GLOBAL_OPTIONS:
                 continue  # e.g. --seed: one option serves the noise and the sampler
             seen.setdefault(p.name, []).append(entry)
             specs.setdefault(p.name, p)
+            helps.setdefault(p.name, {}).setdefault(p.help, []).append(entry)
+            if p.choices:
+                choices.setdefault(p.name, [])
+                choices[p.name] += [c for c in p.choices if c not in choices[p.name]]
     group = parser.add_argument_group(f"{what} parameters (each applies to the {what}s named)")
     for name, p in specs.items():
-        kw = dict(default=None, help=f"{p.help} [{', '.join(seen[name])}]")
+        text = "; ".join(f"{h} [{', '.join(entries)}]" for h, entries in helps[name].items())
+        kw = dict(default=None, help=text)
         if p.type is not bool:
             kw["metavar"] = name.upper()
         if p.type is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = p.type
-            if p.choices:
-                kw["choices"] = p.choices
+            if name in choices:
+                kw["choices"] = tuple(choices[name])
         group.add_argument(_flag(name), dest=f"p_{what}_{name}", **kw)
     return list(specs)
 

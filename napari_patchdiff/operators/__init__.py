@@ -11,11 +11,12 @@ from .base import Operator, as_batch
 from .ct import FanBeamCT, ParallelBeamCT
 from .imaging import Denoising, GaussianBlur, Inpainting, SuperResolution
 from .mri import CartesianMRI, line_mask
+from .mri3d import CartesianMRI3D, phase_encode_mask
 from .noise import add_noise
 
 OPERATORS: Registry[type[Operator]] = Registry("operator")
-for _cls in (ParallelBeamCT, FanBeamCT, CartesianMRI, GaussianBlur, SuperResolution, Inpainting,
-             Denoising):
+for _cls in (ParallelBeamCT, FanBeamCT, CartesianMRI, CartesianMRI3D, GaussianBlur,
+             SuperResolution, Inpainting, Denoising):
     OPERATORS.register(_cls.name)(_cls)
 
 
@@ -27,4 +28,5 @@ def make_operator(name: str, image_shape, device="cpu", dtype=None, **params) ->
     return cls(image_shape, device=device, dtype=dtype or torch.float32, **params)
 
 
-__all__ = ["OPERATORS", "Operator", "Param", "as_batch", "make_operator", "add_noise", "line_mask"]
+__all__ = ["OPERATORS", "Operator", "Param", "as_batch", "make_operator", "add_noise", "line_mask",
+           "phase_encode_mask"]

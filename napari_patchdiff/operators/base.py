@@ -2,7 +2,9 @@
 
 Every operator maps a batch of real images ``(B, 1, H, W)`` on the project's normalised scale to a
 batch of measurements ``(B, 1, *measurement_shape)`` (complex for MRI) and back. Volumes
-``(D, H, W)`` are handled slice by slice through :func:`as_batch`.
+``(D, H, W)`` are handled slice by slice through :func:`as_batch`, except by an operator whose
+data couple the slices (``couples_slices``, 3D k-space: :mod:`.mri3d`), which takes the batch as
+one volume (or whole volumes of its ``depth``).
 
 Besides ``forward`` and ``adjoint`` every operator offers what the solvers need (in the spirit of
 DeepInverse's ``LinearPhysics``): ``normal`` (``A^T A``), ``norm()`` (``||A^T A||``, cached),
@@ -109,6 +111,9 @@ class Operator:
     initial_name: str = "adjoint"
     #: units of the measurement, for sidecars and documentation
     measurement_units: str = "image units"
+    #: whether the data of one slice depend on the others (3D k-space): then the batch is one
+    #: volume (or whole volumes), never split into windows of slices, and a 2D image is refused
+    couples_slices: bool = False
 
     def __init__(self, image_shape, device="cpu", dtype=torch.float32, **params):
         if len(tuple(image_shape)) != 2 or min(image_shape) < 8:
@@ -130,6 +135,24 @@ class Operator:
             value = params.get(p.name, p.default)
             self.params[p.name] = None if value is None else p.check(value, self.name)
         self._setup()
+
+    @classmethod
+    def volume_params(cls, params: dict, depth: int | None, got: str) -> dict:
+        """The parameters with which this operator measures a volume of ``depth`` slices
+        (None: not a volume, ``got`` says what it is): ``params`` themselves, unless the
+        operator couples the slices (:attr:`couples_slices`): then it measures a whole volume
+        of at least 2 slices at once (InputError otherwise), and ``depth`` is set to it (one
+        given must agree)."""
+        if not cls.couples_slices:
+            return params
+        if depth is None or depth < 2:
+            raise InputError(f"{cls.name} measures a whole volume (D, H, W) of at least 2 "
+                             f"slices at once (its data couple the slices); got {got}")
+        given = params.get("depth")
+        if given is not None and given != depth:
+            raise InputError(f"{cls.name}: depth {given} was given, but the volume has {depth} "
+                             f"slices; drop depth (it is set from the volume)")
+        return {**params, "depth": int(depth)}
 
     # -- to implement -------------------------------------------------------------------------
     def _setup(self) -> None:

@@ -302,6 +302,10 @@ def adapt_prior(prior, problem, adapt) -> AdaptingPrior:
     the operator, with what a shipped prior recommends for it over them: :func:`recommended`)
     or a dict of :data:`ADAPT_PARAMS` values, e.g. ``{"steps": 3, "rank": 8}`` (the rest take
     those defaults; on the command line ``--adapt-steps`` etc.)."""
+    if problem.op.couples_slices:  # its loss draws single slices: one adapter per volume
+        raise InputError(f"test-time adaptation does not yet work with {problem.op.name}, whose "
+                         f"data couple the slices of the volume (its loss is computed on single "
+                         f"slices); drop adapt")
     given = {**recommended(prior, problem.op), **({} if adapt is True else dict(adapt))}
     params = ADAPTATION.resolve(problem.op, problem.noise_std, **given)
     return AdaptingPrior(prior, problem.op, problem.y, problem.noise_std, **params)

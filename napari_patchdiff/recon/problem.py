@@ -245,6 +245,10 @@ def simulate(truth: Truth, operator: str, noise_std: float = 0.0, seed: int = 0,
                          f"{type(truth).__name__}")
     device = parse_device(device)
     noise_std, seed = NOISE_STD.check(noise_std), SEED.check(seed, "the noise seed")
+    op_params = OPERATORS.get(operator).volume_params(
+        op_params, truth.x.shape[0] if truth.x.ndim == 3 else None, "a 2D image" + (
+            " (one slice of a volume: drop slice=)" if truth.meta.get("slice") is not None
+            else ""))
     op = make_operator(operator, truth.x.shape[-2:], device=device, dtype=dtype, **op_params)
     check_problem_memory(op, 1 if truth.x.ndim == 2 else truth.x.shape[0])
     problem = Problem(op=op, y=None, noise_std=float(noise_std), seed=int(seed), truth=truth,
@@ -268,6 +272,9 @@ def from_measurement(y, operator: str, image_shape, noise_std: float = 0.0, devi
     if noise_origin not in NOISE_ORIGINS:
         raise InputError(f"noise_origin must be one of {', '.join(NOISE_ORIGINS)}, got "
                          f"{noise_origin!r}")
+    op_params = OPERATORS.get(operator).volume_params(  # a stack (D, H, W): one volume
+        op_params, np.shape(y)[0] if len(np.shape(y)) == 3 else None,
+        f"a measurement of shape {tuple(np.shape(y))}")
     op = make_operator(operator, image_shape, device=device, dtype=dtype, **op_params)
     check_problem_memory(op, int(np.prod(np.shape(y)[:-len(op.measurement_shape)] or (1,))))
     y = torch.as_tensor(np.asarray(y))
@@ -368,6 +375,9 @@ def _one_slice(problem: Problem, index) -> Problem:
     """One measurement of a stack as a problem of its own."""
     if problem.squeeze:
         raise InputError("slice= needs a stack of measurements; this is a single one")
+    if problem.op.couples_slices:
+        raise InputError(f"slice= picks one measurement of a stack, but {problem.op.name}'s "
+                         f"are planes of one volume's k-space: reconstruct the whole volume")
     index = _slice_index(index, problem.slices)
     return dataclasses.replace(problem, y=problem.y[index:index + 1], squeeze=True,
                                slice_index=index)

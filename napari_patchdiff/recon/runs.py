@@ -114,7 +114,9 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
     A volume deeper than ``batch`` slices (default
     :data:`~napari_patchdiff.recon.volumes.VOLUME_BATCH`) runs window by window in bounded memory,
     with ``overlap`` slices of context (default 2 when the method couples slices along z, else 0);
-    see :mod:`napari_patchdiff.recon.volumes`.
+    see :mod:`napari_patchdiff.recon.volumes`. An operator whose data couple every slice
+    (``op.couples_slices``: ``mri-cartesian-3d``) runs the whole volume as one window, whatever
+    ``batch`` says (its memory grows with the depth; the memory check counts every slice).
 
     ``cluster`` (see :func:`napari_patchdiff.recon.executors.resolve_executor`): None or "local"
     runs here, step by step; "ray" or "ray:ADDRESS" runs the windows on Ray workers at once (a run
@@ -128,6 +130,8 @@ def iterate(problem: Problem, method: str, cancel: CancelToken | None = None, pr
     executor.check_adaptation(adapt or getattr(prior, "adapting", False))
     prior = resolve_prior(problem, method, prior, adapt, precision)
     batch = VOLUME_BATCH if batch is None else int(batch)
+    if problem.op.couples_slices:  # data coupling every slice (3D k-space): one window
+        batch = max(batch, problem.slices)
     whole = problem.volume is None or problem.slices <= batch
     if prior is not None and batch >= 1:  # the network's memory, per worker here
         from .memory import check_run_memory

@@ -70,7 +70,8 @@ initial = register(Method("initial", _direct("initial"),
 
 def _cg_run(op, y, *, iterations, damping, start, cancel=None):
     """Early-stopped conjugate gradients on ``(A^T A + damping I) x = A^T y`` from zero or from
-    the direct reconstruction; per-slice step sizes. ``info``: ``residual`` (of the normal
+    the direct reconstruction; per-slice step sizes (whole-batch ones for an operator whose
+    data couple the slices, ``op.couples_slices``). ``info``: ``residual`` (of the normal
     equations, over the batch) and ``relative_residual`` (divided by ``||A^T y||``)."""
     b = op.adjoint(y)
     x = op.initial(y).to(b.dtype) if start == "initial" else torch.zeros_like(b)
@@ -80,7 +81,7 @@ def _cg_run(op, y, *, iterations, damping, start, cancel=None):
         out = op.normal(v)
         return out + damping * v if damping else out
 
-    steps = cg_steps(apply, b, x, per_item=True)
+    steps = cg_steps(apply, b, x, per_item=not op.couples_slices)
     for k in range(1, iterations + 1):
         _check(cancel, x)
         x, r = next(steps)
