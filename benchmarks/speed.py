@@ -16,6 +16,16 @@ bfloat16`` times this tree at both, beside REF, in the same run. ``--volume D``:
 volume (lung2 50...) instead of one slice, in the default windows of slices (without
 ``--compare``: this tree only, printed as JSON).
 
+    python benchmarks/speed.py --throughput 16 64 [--nfe N] [--method dds pnp-admm]
+        [--precision float32 auto] [--batch B ...] [--max-batch M ...] [--threads 2]
+        [--device cpu]
+
+writes speed_volume.md / .json (speed_volume_cuda.* on CUDA; ``--output NAME``: NAME.*): for
+each depth a D-slice volume in its own process, with slices per second, seconds per network
+evaluation per slice, peak memory and the window of slices it ran in (see speed_volume.py).
+lung2 has 61 slices: a D-slice volume is the test slices 50-60 mirrored back and forth
+(50, 51, ..., 60, 59, ..., 50, 51, ...; :func:`volume_slices`), the first 11 as before.
+
 One 256 x 256 slice (lung2 55), 20 views, noise 0.2, the method's default evaluations. Reports
 wall seconds, network evaluations, seconds per evaluation, the network's GFLOP per evaluation
 (torch.utils.flop_counter on one assembled denoiser call), the achieved GFLOP/s of the network
@@ -37,7 +47,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import RESULTS, ct_slices, machine
+from common import CT_TEST, RESULTS, ct_slices, machine
 from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
 
@@ -64,14 +74,51 @@ HERE = Path(__file__).resolve().parent
 DIFFUSION = ("dds", "dps", "padis", "langevin", "pnp-admm")
 
 
+def volume_slices(depth: int, first: int = CT_TEST[0], last: int = CT_TEST[-1]) -> list[int]:
+    """The lung2 slices of a ``depth``-slice volume: ``first..last`` (the test slices 50-60),
+    mirrored back and forth as often as ``depth`` needs (lung2 has 61 slices): 50, ..., 60,
+    59, ..., 50, 51, ... Neighbours stay neighbours, so a coupling along z sees anatomy."""
+    period = 2 * (last - first)
+    return [first + (i % period if i % period <= last - first else period - i % period)
+            for i in range(depth)]
+
+
+def _peak_rss_gib() -> float:
+    """This process's peak resident memory (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def _window(depth: int, batch: int | None, used: dict) -> dict:
+    """The windows of slices a ``depth``-slice run went through (as recon/runs.py cuts them;
+    ``{}`` with code that predates them, e.g. REF's in ``--compare``)."""
+    try:
+        from napari_patchdiff.recon.runs import _coupled_overlap
+        from napari_patchdiff.recon.volumes import VOLUME_BATCH, windows
+    except ImportError:
+        return {}
+
+    batch = VOLUME_BATCH if batch is None else batch
+    if depth <= batch:
+        return {"batch": batch, "overlap": 0, "windows": 1, "computed_slices": depth}
+    parts = windows(depth, batch, _coupled_overlap(used))
+    return {"batch": batch, "overlap": _coupled_overlap(used), "windows": len(parts),
+            "computed_slices": sum(w.stop - w.start for w in parts)}
+
+
 def child(args) -> None:
-    """One timed job in this process: prints ``{"seconds", "psnr", "package"}`` as JSON."""
+    """One timed job in this process: prints ``{"seconds", "psnr", "package", ...}`` as JSON
+    (with ``--volume``: also the evaluations, precision, windows and peak memory)."""
     import napari_patchdiff
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    prior = load_prior(args.prior, device=device)
-    slices = [args.slice] if not args.volume else list(range(50, 50 + args.volume))
+    # --max-batch: patches per network call (0: all of a call at once); else load_prior's own
+    extra = {"max_batch": args.max_batch[0] or None} if args.max_batch else {}
+    prior = load_prior(args.prior, device=device, **extra)
+    slices = [args.slice] if not args.volume else volume_slices(args.volume)
     x = ct_slices(slices)
     truth = api.truth_from_array(x[0] if len(slices) == 1 else x,
                                  {"spacing": (5.0, 1.0, 1.0)} if len(slices) > 1 else None,
@@ -79,12 +126,24 @@ def child(args) -> None:
     problem = api.simulate(truth, "ct-parallel", noise_std=0.2, seed=0, views=20, device=device)
     t0 = time.perf_counter()
     kw = {"prior": prior} if args.child in DIFFUSION else {}
-    if args.precision:
-        kw["precision"] = args.precision
+    if args.precision and args.precision[0] != "default":
+        kw["precision"] = args.precision[0]
+    if args.nfe:
+        kw["nfe"] = args.nfe
+    batch = args.batch[0] if args.batch else None
+    if batch:  # only when asked: REF's api.solve (--compare) may predate it
+        kw["batch"] = batch
     result = api.solve(problem, args.child, **kw)
     _sync(device)
-    out = {"seconds": time.perf_counter() - t0, "psnr": result.report["psnr"],
+    r = result.report
+    out = {"seconds": time.perf_counter() - t0, "psnr": r["psnr"],
            "package": str(Path(napari_patchdiff.__file__).parent)}
+    if args.volume:
+        out.update(slices=slices, nfe=r["nfe"], nfe_per_slice=r["method_params"].get("nfe"),
+                   precision=r.get("prior", {}).get("precision"),
+                   precision_reason=r.get("prior", {}).get("precision_reason"),
+                   max_batch=getattr(prior, "max_batch", None), peak_rss_gib=_peak_rss_gib(),
+                   **_window(len(slices), batch, r["method_params"]))
     if device.type == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     print(json.dumps(out))
@@ -181,8 +240,21 @@ def main() -> None:
     parser.add_argument("--volume", type=int, default=0, metavar="D",
                         help="with --compare: a D-slice volume instead of one slice")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--output", default="speed_compare", metavar="NAME",
-                        help="with --compare: write benchmarks/results/NAME.md / .json")
+    parser.add_argument("--output", default=None, metavar="NAME",
+                        help="with --compare or --throughput: write benchmarks/results/NAME.md "
+                             "/ .json (default speed_compare; speed_volume[_cuda])")
+    parser.add_argument("--throughput", type=int, nargs="+", metavar="D",
+                        help="the volume throughput table: a D-slice volume per depth, each in "
+                             "its own process (speed_volume.py)")
+    parser.add_argument("--nfe", type=int, default=None, metavar="N",
+                        help="with --throughput or --volume: N network evaluations instead of "
+                             "the method's default (the table says so)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None, metavar="B",
+                        help="with --throughput or --volume: slices per window (default "
+                             "recon/volumes.py VOLUME_BATCH); several: one row each")
+    parser.add_argument("--max-batch", type=int, nargs="+", default=None, metavar="M",
+                        help="with --throughput or --volume: patches per network call (0: all "
+                             "of a call at once; default load_prior's); several: one row each")
     parser.add_argument("--slices", type=int, nargs="+", default=[55],
                         help="with --compare: the test slices (lung2), one run each")
     parser.add_argument("--ref-precision", choices=("float32", "bfloat16"),
@@ -191,14 +263,22 @@ def main() -> None:
                         help="with --compare: the prior's precision(s) in this tree's runs "
                              "(several: one B column each, all in the same run)")
     parser.add_argument("--slice", type=int, default=55, help=argparse.SUPPRESS)
-    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", nargs="+", default=None,
+                        help="with --throughput or --volume: the prior's precision (float32, "
+                             "bfloat16, auto; default: the API's); several: one row each")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
     if args.compare:
         args.method = args.method or ["dds", "pnp-admm"]
+        args.output = args.output or "speed_compare"
         return compare(args)
+    if args.throughput:
+        from speed_volume import throughput
+
+        args.method = args.method or ["dds"]
+        return throughput(args)
     args.method = (args.method or ["dds"])[0]
     if args.volume:  # this tree only: seconds and PSNR of the volume job
         args.child = args.method
