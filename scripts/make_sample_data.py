@@ -2,13 +2,16 @@
 
 Run from the repository root (or anywhere)::
 
-    python scripts/make_sample_data.py [--data ../shared/data]
+    python scripts/make_sample_data.py [--data ../shared/data] [--nilearn-wheel WHEEL]
 
 Outputs (all zlib-compressed multi-page TIFF plus a JSON sidecar each):
 
 - ``ct_lung.tif``: lung2.tif slices 45..60 (inclusive; not in the prior training split),
   each 512 x 512 slice averaged over 2 x 2 blocks to 256 x 256, rounded to int16 HU.
 - ``mri_brain.tif``: brain2.tif, all 23 slices (the MRI test split), int16 scanner units.
+- ``mri_mni152.tif`` (with ``--nilearn-wheel``, the wheel from ``pip download nilearn==0.14.1
+  --no-deps``): the MNI ICBM152 2009a T1 template that the nilearn wheel ships, 1 mm isotropic,
+  the isotropic development volume of true 3D (issue 36).
 """
 from __future__ import annotations
 
@@ -77,16 +80,64 @@ def make_mri(data_dir: Path) -> None:
     save("mri_brain", mri, meta)
 
 
+MNI_MEMBER = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+MNI_LICENCE = (
+    "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal "
+    "Neurological Institute, McGill University. Permission to use, copy, modify, and distribute "
+    "this software and its documentation for any purpose and without fee is hereby granted, "
+    "provided that the above copyright notice appear in all copies. The authors and McGill "
+    "University make no representations about the suitability of this software for any "
+    "purpose. It is provided 'as is' without express or implied warranty. (ICBM152 2009 "
+    "licence, as distributed with the template; nilearn itself is BSD-3-Clause)")
+
+
+def make_mni(wheel: Path) -> None:
+    """The isotropic MRI sample: the MNI ICBM152 2009a T1 template from the nilearn wheel,
+    reordered from the NIfTI (x, y, z) array (RAS+, 1 mm) to axial slices (z, y, x) with the
+    anterior rows first, as the other samples are stored; values unchanged (0-255)."""
+    import gzip
+    import zipfile
+
+    import nibabel as nib
+
+    with zipfile.ZipFile(wheel) as zf:
+        raw = gzip.decompress(zf.read(MNI_MEMBER))
+    img = nib.Nifti1Image.from_bytes(raw)
+    if nib.aff2axcodes(img.affine) != ("R", "A", "S"):
+        raise SystemExit(f"unexpected orientation {nib.aff2axcodes(img.affine)}")
+    xyz = np.asarray(img.dataobj)
+    vol = np.ascontiguousarray(xyz.transpose(2, 1, 0)[:, ::-1, :]).astype(np.int16)
+    meta = {
+        "modality": "mri",
+        "units": "template intensity (0-255)",
+        "spacing": [float(z) for z in img.header.get_zooms()[::-1]],
+        "source": f"{wheel.name}: {MNI_MEMBER} (MNI ICBM152 2009a nonlinear symmetric T1 "
+                  "template; http://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009)",
+        "slices": list(range(vol.shape[0])),
+        "processing": "NIfTI (x, y, z) RAS+ array reordered to (z, y, x), rows flipped so the "
+                      "first row is anterior; values unchanged, stored as int16",
+        "attribution": "MNI ICBM152 2009a template (Fonov et al., NeuroImage 2011; Fonov et "
+                       "al., NeuroImage 2009), via nilearn",
+        "licence": MNI_LICENCE,
+        "split": "development volume of true 3D (an average of 152 brains: never trained on)",
+    }
+    save("mri_mni152", vol, meta)
+
+
 def main() -> None:
     """Parse arguments and write both samples."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="folder with lung2.tif and brain2.tif"
     )
+    parser.add_argument("--nilearn-wheel", type=Path, default=None,
+                        help="the nilearn 0.14.1 wheel (pip download nilearn==0.14.1 --no-deps)")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     make_ct(args.data)
     make_mri(args.data)
+    if args.nilearn_wheel is not None:
+        make_mni(args.nilearn_wheel)
     for p in sorted(OUT.glob("*.tif")) + sorted(OUT.glob("*.json")):
         print(f"{p.relative_to(REPO)}: {p.stat().st_size} bytes")
 

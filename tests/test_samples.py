@@ -6,7 +6,7 @@ import pytest
 
 from napari_patchdiff.conventions import denormalise, hu_to_unit, normalise, unit_to_hu
 from napari_patchdiff.errors import InputError
-from napari_patchdiff.io.samples import SAMPLES, ct_sample, load_sample, mri_sample
+from napari_patchdiff.io.samples import SAMPLES, ct_sample, load_sample, mni_sample, mri_sample
 
 
 def test_ct_sample():
@@ -27,13 +27,28 @@ def test_mri_sample():
     assert data.min() >= 0
 
 
+def test_mni_sample_is_isotropic_axial_and_carries_its_licence():
+    data, meta = load_sample("mni")
+    assert data.shape == (189, 233, 197) and data.dtype == np.int16
+    assert meta["modality"] == "mri" and meta["spacing"] == (1.0, 1.0, 1.0)
+    assert "Louis Collins" in meta["licence"] and "ICBM152" in meta["source"]
+    assert data.min() == 0 and data.max() == 255
+    # axial slices, anterior rows first: the frontal lobe is in the top half of a mid slice, and
+    # the brain is left-right symmetric (a symmetric template)
+    mid = data[95].astype(float)
+    rows = np.nonzero(mid.sum(axis=1) > 0)[0]
+    assert rows[0] < 40 and rows[-1] > 190
+    assert abs(mid[:, :98].sum() - mid[:, 99:].sum()) < 0.02 * mid.sum()
+
+
 def test_unknown_sample():
-    assert SAMPLES == ("ct", "mri")
-    with pytest.raises(InputError, match="unknown sample 'pet'.*ct, mri"):
+    assert SAMPLES == ("ct", "mri", "mni")
+    with pytest.raises(InputError, match="unknown sample 'pet'.*ct, mri, mni"):
         load_sample("pet")
 
 
-@pytest.mark.parametrize("func, name", [(ct_sample, "ct"), (mri_sample, "mri")])
+@pytest.mark.parametrize("func, name", [(ct_sample, "ct"), (mri_sample, "mri"),
+                                        (mni_sample, "mni")])
 def test_layer_tuples(func, name):
     layers = func()
     assert isinstance(layers, list) and len(layers) == 1
@@ -71,7 +86,8 @@ def test_manifest_validates():
     pm = PluginManifest.from_distribution("napari-patchdiff")
     assert pm.name == "napari-patchdiff"
     keys = {s.key: s.display_name for s in pm.contributions.sample_data}
-    assert keys == {"ct": "CT volume (lung, 16 slices)", "mri": "MRI volume (brain, 23 slices)"}
+    assert keys == {"ct": "CT volume (lung, 16 slices)", "mri": "MRI volume (brain, 23 slices)",
+                    "mni": "MRI template (MNI152 T1, 1 mm isotropic)"}
     assert all(c.id.startswith("napari-patchdiff.") for c in pm.contributions.commands)
     pm.validate_imports()
 

@@ -2,10 +2,13 @@
 
 ``load_sample("ct")``: chest CT, 16 x 256 x 256 int16 HU (lung2 slices 45-60, held out from
 training). ``load_sample("mri")``: brain MRI, 23 x 256 x 256 int16 scanner units (brain2, the
-MRI test split). Both are "pyradiomics test data" (BSD-3-Clause); see the README.md there.
+MRI test split). Both are "pyradiomics test data" (BSD-3-Clause). ``load_sample("mni")``: the
+MNI ICBM152 2009a T1 template, 189 x 233 x 197 at 1 mm isotropic (the isotropic development
+volume of true 3D; its licence asks for its copyright notice, kept in its JSON). See the
+README.md there.
 
-``ct_sample`` and ``mri_sample`` are the napari sample-data commands (File > Open Sample). This
-module imports neither napari nor Qt.
+``ct_sample``, ``mri_sample`` and ``mni_sample`` are the napari sample-data commands (File > Open
+Sample). This module imports neither napari nor Qt.
 """
 from __future__ import annotations
 
@@ -18,9 +21,9 @@ import tifffile
 from ..conventions import mri_scale
 from ..errors import InputError
 
-SAMPLES = ("ct", "mri")
-_STEMS = {"ct": "ct_lung", "mri": "mri_brain"}
-_LAYER_NAMES = {"ct": "CT lung (HU)", "mri": "MRI brain"}
+SAMPLES = ("ct", "mri", "mni")
+_STEMS = {"ct": "ct_lung", "mri": "mri_brain", "mni": "mri_mni152"}
+_LAYER_NAMES = {"ct": "CT lung (HU)", "mri": "MRI brain", "mni": "MNI152 T1 template (1 mm)"}
 CT_CONTRAST_LIMITS = (-1000.0, 600.0)
 
 
@@ -69,3 +72,8 @@ def ct_sample() -> list[tuple]:
 def mri_sample() -> list[tuple]:
     """napari sample: the brain MRI volume, window 0..99.5th percentile."""
     return _layer("mri")
+
+
+def mni_sample() -> list[tuple]:
+    """napari sample: the MNI152 T1 template, 1 mm isotropic, window 0..99.5th percentile."""
+    return _layer("mni")
