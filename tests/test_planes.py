@@ -78,3 +78,16 @@ def test_triplanar_runs_turn_the_planes_and_axial_runs_do_not(method):
     with pytest.raises(InputError, match="planes"):
         api.solve(problem, method, planes="coronal", **common)
     assert get_solver(method).names.count("planes") == 1
+
+
+def test_an_isotropic_3d_kspace_volume_defaults_to_triplanar_and_a_thick_one_to_axial():
+    rng = np.random.default_rng(1)
+    vol = (0.5 + 0.1 * rng.standard_normal((8, 16, 16))).astype(np.float32)
+    for spacing, planes in (((1.0, 1.0, 1.0), "triplanar"), ((6.5, 0.8, 0.8), "axial")):
+        truth = api.truth_from_array(vol, {"spacing": spacing}, modality="unit")
+        problem = api.simulate(truth, "mri-cartesian-3d", acceleration=4, noise_std=0.0, seed=0)
+        assert problem.volume.pixel == spacing[1:]
+        assert api.method_params(problem, "dds")["planes"] == planes
+        assert api.method_params(problem, "pnp-admm")["planes"] == planes
+        stack = api.simulate(truth, "mri-cartesian", acceleration=4, noise_std=0.0, seed=0)
+        assert api.method_params(stack, "dds")["planes"] == "axial"

@@ -100,14 +100,16 @@ class Problem:
 
     @property
     def volume(self):
-        """The :class:`~napari_patchdiff.solvers.Volume` a method's defaults see (depth and
-        slice spacing in mm, from the truth's metadata when known), or None for one image."""
+        """The :class:`~napari_patchdiff.solvers.Volume` a method's defaults see (depth, slice
+        and pixel spacing in mm, from the truth's metadata when known), or None for one image."""
         if self.squeeze or self.slices < 2:
             return None
         from ..solvers import Volume
 
         spacing = (self.truth.meta.get("spacing") if self.truth is not None else None) or ()
-        return Volume(self.slices, float(spacing[0]) if len(spacing) == 3 else None)
+        if len(spacing) != 3:
+            return Volume(self.slices)
+        return Volume(self.slices, float(spacing[0]), (float(spacing[1]), float(spacing[2])))
 
     @property
     def units(self) -> str:

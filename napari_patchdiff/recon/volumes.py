@@ -86,9 +86,10 @@ class VolumeWork(Work):
             objects["noise_source"] = run_noise(
                 [NoiseSource(sample_seed(self.seed, i), False, dev, dt)
                  for i in range(w.start, w.stop)], [1] * depth, self.seed, k, dev, dt)
-        spacing = self.volume.spacing if self.volume is not None else None
+        spacing, pixel = ((self.volume.spacing, self.volume.pixel) if self.volume is not None
+                          else (None, None))
         return spec(self.op, y, noise_std=self.noise_std, cancel=cancel,
-                    volume=Volume(depth, spacing) if depth >= 2 else None, **objects,
+                    volume=Volume(depth, spacing, pixel) if depth >= 2 else None, **objects,
                     **self.params)
 
 
