@@ -131,7 +131,7 @@ PRECISION = Param("precision", str, "auto", "the prior network's arithmetic (dif
                   "auto (default) runs bfloat16 where the CPU has AMX or AVX-512 BF16 (or on a "
                   "CUDA GPU with bfloat16), float32 elsewhere; bfloat16 made DDS and PnP-ADMM "
                   "2.5-3.2 times as fast on a CPU with AMX at the PSNR of float32 within 0.01 "
-                  "dB, and 7.4 times as slow on a CPU without bfloat16 instructions "
+                  "dB, and 7.9 times as slow on a CPU without bfloat16 instructions "
                   "(benchmarks/results/speed_compare_2threads.md, precision_nobf16.md)",
                   choices=("auto", "float32", "bfloat16"))
 #: where the work runs (each surface says which work: a volume's windows, an ensemble's batches)

@@ -103,12 +103,14 @@ def threads(request):
     torch.set_num_threads(n)
 
 
-@pytest.fixture(params=[True, False], ids=["fused bf16", "torch bf16"])
+@pytest.fixture(params=[True, False], ids=["fused", "torch ops"])
 def fused(request, monkeypatch):
-    """bfloat16 on the CPU through the numba kernel (when numba imports) or PyTorch's ops."""
+    """bfloat16 and float32 on the CPU through the numba kernel (when numba imports) or
+    PyTorch's ops."""
     from napari_patchdiff.priors import network
 
-    monkeypatch.setattr(network, "FUSED_DTYPES", (torch.bfloat16,) if request.param else ())
+    monkeypatch.setattr(network, "FUSED_DTYPES",
+                        (torch.bfloat16, torch.float32) if request.param else ())
     return request.param
 
 

@@ -65,10 +65,11 @@ _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _CHUNK = 1 << 17
 _CHUNK_MAX_THREADS = 1
 #: the dtypes whose norm_act runs the fused numba kernel of :mod:`.norm_act_kernel` on the CPU
-#: (tests and benchmarks change it to compare with the PyTorch path). Not float32 (yet): the
-#: kernel gained about a tenth there (``benchmarks/results/norm_act_threads.md``), but every
-#: recorded float32 result was made with PyTorch's own operations
-FUSED_DTYPES: tuple = (torch.bfloat16,)
+#: (tests and benchmarks change it to compare with the PyTorch path). float32 too since issue
+#: 34: one evaluation 1.23x as fast on a 2-core AVX2 CPU (``benchmarks/results/
+#: precision_nobf16.md``), whole DDS / PnP-ADMM runs of three test slices at the PSNR of
+#: PyTorch's path (``benchmarks/results/speed_compare_fused.md``)
+FUSED_DTYPES: tuple = (torch.bfloat16, torch.float32)
 _FUSED = None  # the kernel once imported, False when numba did not import
 
 
@@ -119,8 +120,8 @@ def norm_act(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None = N
     float64), and the normalisation, the affine maps and the FiLM modulation fold into one
     per-(sample, channel) multiply-add: PyTorch's own channels-last GroupNorm on the CPU is 4-20
     times slower than that on the 28 x 28 and 14 x 14 levels, and in bfloat16 it was a third of
-    the network's time. In bfloat16 on the CPU outside autograd, where those passes over
-    memory and PyTorch's bfloat16 SiLU dominate, one fused kernel does it all per sample
+    the network's time. On the CPU outside autograd (bfloat16 and float32, where those passes
+    over memory and PyTorch's bfloat16 SiLU dominate), one fused kernel does it all per sample
     (:mod:`.norm_act_kernel`, when numba imports). Other layouts use ``norm`` itself, as in training
     on a GPU."""
     n, c, h, w = x.shape

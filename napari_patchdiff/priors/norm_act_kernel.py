@@ -1,4 +1,5 @@
-"""Fused CPU kernel for the GroupNorm + FiLM + SiLU of the U-Net (numba), used in bfloat16.
+"""Fused CPU kernel for the GroupNorm + FiLM + SiLU of the U-Net (numba), used in bfloat16 and
+float32.
 
 :func:`~napari_patchdiff.priors.network.norm_act` in bfloat16 on the CPU is bound by memory
 and by calls, not arithmetic: PyTorch makes an upcast copy for the sums, then a multiply-add
@@ -22,13 +23,13 @@ rounding, far below bfloat16's 4e-3), so that the loop vectorises; the division 
 division. No fast-math assumption about NaN or infinity is made, so a NaN stays a NaN.
 
 One assembled evaluation of the shipped ``ct`` prior (25 patches of 56 x 56) ran 1.33-1.37x as
-fast with it in bfloat16 on 1 and 2 threads of a 2-core CPU with AMX, and 1.09-1.11x in float32,
-where :mod:`.network` keeps PyTorch's operations for now
-(``benchmarks/results/norm_act_threads.md``; the README's speed section).
+fast with it in bfloat16 on 1 and 2 threads of a 2-core CPU with AMX, and 1.09-1.11x in float32
+(``benchmarks/results/norm_act_threads.md``); in float32 on a 2-core AVX2 CPU without bfloat16
+1.23x (``benchmarks/results/precision_nobf16.md``), so :mod:`.network` uses it for both.
 
 Importing this module imports numba and compiles the kernel on its first call (a few seconds;
 numba caches it on disk next to this file, or in its user cache where that is read-only);
-:mod:`.network` imports it lazily, only for a bfloat16 evaluation on the CPU, and falls back to
+:mod:`.network` imports it lazily, on the first CPU evaluation outside autograd, and falls back to
 its PyTorch path when numba is missing. The kernel runs on as many threads as
 ``torch.get_num_threads()``, on numba's OpenMP layer where it loads (see ``_LOCK`` below); its
 results do not depend on that number (each sample is summed in a fixed order). Written for

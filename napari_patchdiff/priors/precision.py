@@ -8,9 +8,9 @@ float32 elsewhere:
   flags (``/proc/cpuinfo`` on Linux, else torch's own CPU probe): bfloat16. Measured on a
   2-core CPU with both: whole DDS and PnP-ADMM slices 3.2 and 2.5 times as fast as float32 at the
   same PSNR within 0.01 dB (``benchmarks/results/speed_compare_2threads.md``);
-* any other CPU (AVX2 only, ARM): float32. There bfloat16 is emulated: one 256 x 256 DDS slice
-  took 7.4 times as long as in float32 on a 2-core AMD EPYC with AVX2
-  (``benchmarks/results/precision_nobf16.md``);
+* any other CPU (AVX2 only, ARM): float32. There bfloat16 is emulated: one network evaluation
+  on a 256 x 256 image took 7.9 times as long as in float32 on a 2-core AMD EPYC with AVX2
+  (``benchmarks/results/precision_nobf16.md``; a whole DDS slice 7.4 times, issue 34);
 * a CUDA device that supports bfloat16 (``torch.cuda.is_bf16_supported()``, compute capability
   8.0 and up): bfloat16, the same autocast as on the CPU (float32 sums, float32 samplers); older
   GPUs: float32.
@@ -36,9 +36,9 @@ __all__ = ["CHOICES", "Precision", "choose_precision", "cpu_bfloat16_instruction
 
 #: what a user may ask for ("auto": :func:`choose_precision` decides)
 CHOICES = PRECISION.choices
-#: measured: one DDS slice in bfloat16 / in float32 on a CPU without bfloat16 instructions
-#: (benchmarks/results/precision_nobf16.md)
-EMULATED_SLOWDOWN = 7.4
+#: measured: one network evaluation in bfloat16 / in float32 on a CPU without bfloat16
+#: instructions (benchmarks/results/precision_nobf16.md)
+EMULATED_SLOWDOWN = 7.9
 
 
 class SlowPrecisionWarning(InputWarning):

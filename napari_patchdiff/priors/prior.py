@@ -15,7 +15,7 @@ gives a copy that shares the network (``"auto"``, the default of every run: bflo
 device multiplies it natively, see :mod:`.precision`). On a 2-core CPU with AMX whole DDS and
 PnP-ADMM runs were 2.4-3.2 times as fast as in float32, at the same PSNR within 0.02 dB
 (``benchmarks/results/speed_compare_2threads.md``; the GroupNorm + SiLU then run as the fused
-kernel of :mod:`.norm_act_kernel`); on CPUs without bfloat16 instructions it is 7.4 times as
+kernel of :mod:`.norm_act_kernel`); on CPUs without bfloat16 instructions it is 7.9 times as
 slow (``benchmarks/results/precision_nobf16.md``), so "auto" runs float32 there.
 """
 from __future__ import annotations
