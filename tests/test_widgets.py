@@ -473,3 +473,25 @@ def test_bounds_say_which_and_offer_the_calibrated_budget(session):
     assert "no calibration asked for" in rec.bounds_info.text()
     rec.configure(samples=1)
     assert not rec.bounds_info.isVisibleTo(rec)  # one sample: no bounds
+
+
+def test_3d_mri_of_the_sample_volume_streams_into_a_3d_layer(make_napari_viewer):
+    """The Measurement widget simulates 3D k-space MRI of the whole MRI sample volume (its form
+    has no depth field: the volume sets it), and a run streams into a volume layer that napari's
+    3D view shows."""
+    viewer = make_napari_viewer()
+    s = open_viewer(sample=None, viewer=viewer)
+    viewer.open_sample(PLUGIN, "mri")
+    s.measurement.configure(operator="mri-cartesian-3d")
+    assert "depth" not in s.measurement.params.form.inputs
+    s.simulate("mri-cartesian-3d", layer="MRI brain", acceleration=4, noise_std=0.005)
+    assert viewer.layers["measurement"].data.shape[0] == 23
+    s.reconstructor.interval = 0.0
+    updates = _run(s, "admm-tv", iterations=6)
+    kinds = [u.kind for u in updates]
+    assert kinds.count("step") >= 2 and kinds[-1] == "done"
+    layer = viewer.layers["admm-tv #1"]
+    assert layer.data.shape == (23, 256, 256)
+    assert "mri-cartesian-3d" in str(layer.metadata["operator"])
+    viewer.dims.ndisplay = 3
+    assert viewer.dims.ndisplay == 3 and layer.visible

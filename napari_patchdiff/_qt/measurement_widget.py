@@ -19,6 +19,10 @@ from .forms import (MAX_SEED, FormSlot, Section, combo, notify_error, row, scrol
 from .layer_io import read_volume
 from .layers import ROLE, image_layers, plugin_role, show_layer
 
+#: operator parameters the simulation takes from the chosen layer, not from the form
+#: (``depth``: the slices a 3D k-space volume couples)
+_SET_BY_VOLUME = ("depth",)
+
 __all__ = ["MeasurementWidget"]
 
 
@@ -40,7 +44,8 @@ class MeasurementWidget(QWidget):
         self.info.setWordWrap(True)
         self._build_layout(simulate, load)
         self._connect_signals(simulate, load)
-        self.params.set(OPERATORS.get(self.operator_box.currentText()).PARAMS)
+        self.params.set(OPERATORS.get(self.operator_box.currentText()).PARAMS,
+                        skip=_SET_BY_VOLUME)
         self._refresh_layers()
 
     def _build_inputs(self) -> None:
@@ -98,7 +103,7 @@ class MeasurementWidget(QWidget):
 
     def _connect_signals(self, simulate: QPushButton, load: QPushButton) -> None:
         self.operator_box.currentTextChanged.connect(
-            lambda name: self.params.set(OPERATORS.get(name).PARAMS))
+            lambda name: self.params.set(OPERATORS.get(name).PARAMS, skip=_SET_BY_VOLUME))
         self.layer_box.currentTextChanged.connect(self._layer_changed)
         simulate.clicked.connect(self.simulate)
         load.clicked.connect(self._browse)
