@@ -56,7 +56,7 @@ def test_the_default_is_triplanar_only_for_isotropic_volumes_whose_data_couple_s
     assert rule(coupled, None) == "axial"
     assert [plane_of_step("triplanar", i) for i in range(4)] == [
         "axial", "coronal", "sagittal", "axial"]
-    assert plane_of_step("axial", 1) == "axial"
+    assert plane_of_step("axial", 1) == "axial" and plane_of_step("sagittal", 2) == "sagittal"
 
 
 @pytest.mark.parametrize("method", ["dds", "pnp-admm"])
@@ -75,8 +75,11 @@ def test_triplanar_runs_turn_the_planes_and_axial_runs_do_not(method):
     assert prior.shapes == [(5, 1, 9, 10), (9, 1, 5, 10), (10, 1, 5, 9), (5, 1, 9, 10)]
     assert tri.recon.shape == axial.recon.shape == (5, 9, 10)
     assert api.method_params(problem, method)["planes"] == "axial"  # a stack of 2D problems
+    prior.shapes.clear()
+    api.solve(problem, method, planes="sagittal", **common)
+    assert set(prior.shapes) == {(10, 1, 5, 9)}  # every step the sagittal planes only
     with pytest.raises(InputError, match="planes"):
-        api.solve(problem, method, planes="coronal", **common)
+        api.solve(problem, method, planes="oblique", **common)
     assert get_solver(method).names.count("planes") == 1
 
 

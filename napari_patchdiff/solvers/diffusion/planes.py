@@ -9,7 +9,11 @@ turn lets the prior see structure along z that an axial-only sampler never regul
 alternation of planes in Lee, Chung et al., "Improving 3D imaging with pre-trained perpendicular
 2D diffusion models", ICCV 2023; written here from the description, no code taken).
 
-Step ``i`` uses plane ``i mod 3`` (axial, coronal, sagittal). A coronal plane of a ``(D, H, W)``
+Step ``i`` uses plane ``i mod 3`` (axial, coronal, sagittal); ``coronal`` or ``sagittal`` alone
+denoise only those planes. With ``mri-cartesian-3d`` the sagittal planes are the slice-wise 2D
+reconstruction of the same data: the readout (W) is fully sampled, so after the inverse FFT along
+it every sagittal plane (D x H) has its own 2D k-space (kz, ky) under the shared mask, and the
+exact 3D data step is the 2D data step of each sagittal plane. A coronal plane of a ``(D, H, W)``
 volume is ``(D, W)`` at fixed row ``h``; a sagittal plane ``(D, H)`` at fixed column ``w``; the
 prior handles any image size (:data:`~napari_patchdiff.priors.patches.COORDINATE_MAPPING`).
 """
@@ -23,14 +27,14 @@ from .common import denoise
 __all__ = ["PLANES", "PLANE_CHOICES", "ISOTROPY", "planes_rule", "plane_of_step",
            "to_planes", "from_planes", "denoise_planes"]
 
-PLANE_CHOICES = ("axial", "triplanar")
+PLANE_CHOICES = ("axial", "triplanar", "coronal", "sagittal")
 #: largest / smallest voxel spacing up to which a volume counts as near-isotropic
 ISOTROPY = 1.5
 PLANES = Param("planes", str, None, "which planes of a volume the 2D prior denoises: 'axial' "
                "(each slice), 'triplanar' (axial, coronal and sagittal in turn across the "
-               "steps); default: triplanar for a near-isotropic volume (largest / smallest voxel "
-               "spacing <= 1.5) whose data couple every slice (mri-cartesian-3d), else axial",
-               PLANE_CHOICES)
+               "steps), or only 'coronal' or 'sagittal' planes; default: triplanar for a "
+               "near-isotropic volume (largest / smallest voxel spacing <= 1.5) whose data "
+               "couple every slice (mri-cartesian-3d), else axial", PLANE_CHOICES)
 _ORDER = ("axial", "coronal", "sagittal")
 
 
@@ -47,7 +51,7 @@ def planes_rule(ctx) -> str:
 
 def plane_of_step(planes: str, step: int) -> str:
     """The plane step ``step`` (0-based) denoises: "axial", "coronal" or "sagittal"."""
-    return "axial" if planes == "axial" else _ORDER[step % 3]
+    return _ORDER[step % 3] if planes == "triplanar" else planes
 
 
 def to_planes(x: torch.Tensor, depth: int, plane: str) -> torch.Tensor:
