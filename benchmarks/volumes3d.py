@@ -14,7 +14,11 @@ measurement noise 0.005 as in the 2D MRI tasks) and reconstructed by:
 * ``admm-tv 3d``: ADMM with total variation in 3D (``tv3d``), its defaults;
 * ``dds axial`` / ``dds triplanar``: DDS with the shipped ``mri`` prior and the exact 3D k-space
   data step on the whole volume, the prior on axial slices only or on axial, coronal and
-  sagittal planes in turn (``planes``); the same for ``pnp-admm``.
+  sagittal planes in turn (``planes``); the same for ``pnp-admm``;
+* ``dds sagittal (slice-wise 2D)``: the prior on sagittal planes only, which with a fully
+  sampled readout is the slice-wise 2D reconstruction of the same data (each sagittal plane has
+  its own 2D k-space after the inverse FFT along the readout; :mod:`napari_patchdiff.solvers.
+  diffusion.planes`).
 
 ``--volume mri``: the thick-slice counterpart, the shipped MRI sample (brain2, 23 slices of
 6.5 mm; the MRI test split), its 0.78 mm pixels averaged over ``factor`` x ``factor`` in-plane
@@ -45,6 +49,7 @@ METHODS = {
     "admm-tv 3d": ("admm-tv", {"tv3d": True}),
     "dds axial": ("dds", {"planes": "axial"}),
     "dds triplanar": ("dds", {"planes": "triplanar"}),
+    "dds sagittal (slice-wise 2D)": ("dds", {"planes": "sagittal"}),
     "pnp-admm axial": ("pnp-admm", {"planes": "axial"}),
     "pnp-admm triplanar": ("pnp-admm", {"planes": "triplanar"}),
 }
