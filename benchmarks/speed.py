@@ -52,9 +52,10 @@ from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
 
 
-def matmul_gflops(device, n=2048, repeats=10) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def matmul_gflops(device, n=2048, repeats=10, dtype=torch.float32) -> float:
+    """GFLOP/s of ``repeats`` ``n x n`` matrix products in ``dtype`` on ``device``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     _sync(device)
     t0 = time.perf_counter()

@@ -31,13 +31,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import RESULTS, ct_slices, machine
-from speed import HERE, _sync, matmul_gflops, volume_slices
+from speed import HERE, matmul_gflops, volume_slices
 from napari_patchdiff.priors import load_prior
 
 #: NVIDIA's datasheet peaks in TFLOP/s, dense (the datasheets give the Tensor Core figures with
@@ -81,15 +80,7 @@ def measured_peak(device, kind: str, n: int = 8192, repeats: int = 20) -> float:
     before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
     try:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        a @ b
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        _sync(device)
-        return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+        return matmul_gflops(device, n, repeats, dtype)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 

@@ -126,8 +126,6 @@ def main() -> None:
     path = RESULTS / "volumes3d.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     meta = {k: v for k, v in done.get("_meta", {}).items() if k in ("mni", "mri")}
-    if "shape" in done.get("_meta", {}):  # the first run's record (mni only)
-        meta.setdefault("mni", {k: done["_meta"][k] for k in ("shape", "spacing", "factor")})
     meta[args.volume] = {"shape": list(x.shape), "spacing": list(spacing), "factor": factor}
     record(path, "_meta", {"machine": machine(), **meta})
     truth = api.truth_from_array(x, {"spacing": spacing}, modality="unit")

@@ -92,10 +92,9 @@ def choose_precision(requested: str | None, device="cpu") -> Precision:
     requested = "auto" if requested is None else requested
     if requested not in CHOICES:
         raise InputError(f"unknown precision {requested!r}; choose one of {', '.join(CHOICES)}")
-    dev = torch.device(device)
-    native, where = _native_bfloat16(dev)
     if requested == "float32":
         return Precision("float32", "asked for")
+    native, where = _native_bfloat16(torch.device(device))
     if requested == "bfloat16":
         if not native:
             warnings.warn(f"bfloat16 asked for, but {where}: it runs emulated, about "
