@@ -4,7 +4,8 @@
 # plus the copy: every step has its own time limit, cut to what is left of the budget, and a
 # step with under 30 s left is skipped (the log says which). It runs, with what `make setup`
 # installed (--threads 4 for the host's share):
-#   1. the CUDA unit tests (skipped on CPU-only machines and in CI);
+#   1. the CUDA unit tests and cone-beam CT, which runs on CUDA only (tests/test_ct_cone.py;
+#      skipped on CPU-only machines and in CI);
 #   2. one 256 x 256 slice of DDS at the default precision (speed.py --device cuda ->
 #      speed_cuda.md), and the same slice in float32 and in bfloat16 (seconds, PSNR, peak GPU
 #      memory: JSON lines in the log);
@@ -60,7 +61,8 @@ trap finish EXIT
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 git log -1 --format='code: %h %s' 2>/dev/null | cut -c1-120 || true
-step "CUDA tests" 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_operators.py -k cuda
+step "CUDA tests" 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_operators.py -k "cuda or cone" \
+    tests/test_ct_cone.py
 step "slice, default precision" 60 "$PY" benchmarks/speed.py --device cuda --threads 4
 for prec in float32 bfloat16; do
     step "slice $prec" 45 "$PY" benchmarks/speed.py --device cuda --method dds --volume 1 \

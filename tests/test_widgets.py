@@ -14,6 +14,7 @@ from napari_patchdiff.conventions import hu_to_unit  # noqa: E402
 from napari_patchdiff.io.samples import load_sample  # noqa: E402
 from napari_patchdiff.plugin.state import state_for  # noqa: E402
 from napari_patchdiff.recon import runs  # noqa: E402
+from napari_patchdiff.operators import OPERATORS  # noqa: E402
 
 PLUGIN = "napari-patchdiff"
 
@@ -495,3 +496,20 @@ def test_3d_mri_of_the_sample_volume_streams_into_a_3d_layer(make_napari_viewer)
     assert "mri-cartesian-3d" in str(layer.metadata["operator"])
     viewer.dims.ndisplay = 3
     assert viewer.dims.ndisplay == 3 and layer.visible
+
+
+@pytest.mark.skipif(OPERATORS.get("ct-cone").default_device() == "cuda",
+                    reason="CUDA is present: ct-cone runs (tests/test_ct_cone.py)")
+def test_cone_beam_without_cuda_says_why_and_publishes_nothing(make_napari_viewer):
+    """ct-cone is offered (it runs where a CUDA GPU is), and on a computer without one the
+    Measurement widget says why in its info line instead of adding a measurement."""
+    viewer = make_napari_viewer()
+    s = open_viewer(sample=None, viewer=viewer)
+    viewer.open_sample(PLUGIN, "ct")
+    m = s.measurement
+    m.configure(operator="ct-cone")
+    assert "depth" not in m.params.form.inputs and "slice_thickness" in m.params.form.inputs
+    m.slice_box.setValue(-1)  # the whole volume
+    assert m.simulate() is None
+    assert "ct-cone needs a CUDA GPU" in m.info.text()
+    assert "measurement" not in viewer.layers

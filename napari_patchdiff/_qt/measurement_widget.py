@@ -161,8 +161,11 @@ class MeasurementWidget(QWidget):
             modality = self.modality_box.currentText()
             truth = api.truth_from_array(np.asarray(layer.data), layer.metadata, slice=sl,
                                          modality=None if modality == "auto" else modality)
-            problem = api.simulate(truth, self.operator_box.currentText(),
-                                   noise_std=self.noise_box.value(), seed=self.seed_box.value(),
+            operator = self.operator_box.currentText()
+            # an operator that runs on CUDA only (ct-cone) simulates there, or says why not
+            device = OPERATORS.get(operator).default_device()
+            problem = api.simulate(truth, operator, noise_std=self.noise_box.value(),
+                                   seed=self.seed_box.value(), device=device,
                                    **self.params.form.values())
         except InputError as exc:
             return self._fail(exc)

@@ -37,6 +37,7 @@ API_WORDS: tuple[tuple[str | re.Pattern, str], ...] = (
     ("(solve(..., adapt=True) and result.prior.save(PATH))",
      "(reconstruct --adapt --save-prior PATH)"),
     ("use prior=PATH", "use --prior PATH"),
+    ("give device='cuda'", "give --device cuda"),  # ct-cone without CUDA
 )
 
 

@@ -9,13 +9,14 @@ from ..registry import Registry
 from ..params import Param
 from .base import Operator, as_batch
 from .ct import FanBeamCT, ParallelBeamCT
+from .ct_cone import ConeBeamCT
 from .imaging import Denoising, GaussianBlur, Inpainting, SuperResolution
 from .mri import CartesianMRI, line_mask
 from .mri3d import CartesianMRI3D, phase_encode_mask
 from .noise import add_noise
 
 OPERATORS: Registry[type[Operator]] = Registry("operator")
-for _cls in (ParallelBeamCT, FanBeamCT, CartesianMRI, CartesianMRI3D, GaussianBlur,
+for _cls in (ParallelBeamCT, FanBeamCT, ConeBeamCT, CartesianMRI, CartesianMRI3D, GaussianBlur,
              SuperResolution, Inpainting, Denoising):
     OPERATORS.register(_cls.name)(_cls)
 

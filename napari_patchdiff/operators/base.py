@@ -114,6 +114,9 @@ class Operator:
     #: whether the data of one slice depend on the others (3D k-space): then the batch is one
     #: volume (or whole volumes), never split into windows of slices, and a 2D image is refused
     couples_slices: bool = False
+    #: whether it runs only on a CUDA device (cone-beam CT: ASTRA projects cone beams on the
+    #: GPU only); such an operator refuses any other device when it is built
+    needs_cuda: bool = False
 
     def __init__(self, image_shape, device="cpu", dtype=torch.float32, **params):
         if len(tuple(image_shape)) != 2 or min(image_shape) < 8:
@@ -135,6 +138,12 @@ class Operator:
             value = params.get(p.name, p.default)
             self.params[p.name] = None if value is None else p.check(value, self.name)
         self._setup()
+
+    @classmethod
+    def default_device(cls) -> str:
+        """Where this operator runs when nothing says: ``"cpu"`` (ct-cone: ``"cuda"`` where it
+        can run)."""
+        return "cpu"
 
     @classmethod
     def volume_params(cls, params: dict, depth: int | None, got: str) -> dict:
@@ -308,6 +317,57 @@ class Operator:
                              f"({y.dtype}), e.g. a magnitude image: give the complex "
                              f"measurement")
         return y.to(device=self.device, dtype=self.measurement_dtype)
+
+
+class VolumeOperator(Operator):
+    """An operator whose data couple the slices of a volume (:attr:`couples_slices`): it takes
+    a batch ``(B, 1, H, W)`` as whole volumes of its parameter ``depth`` (every subclass
+    declares it; without it, each call's whole batch is one volume), and its
+    data-consistency solve takes its conjugate-gradient step sizes per volume, never per
+    slice."""
+
+    couples_slices = True
+
+    def _volumes(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """A batch ``(B, 1, ...)`` as volumes ``(B / depth, depth, ...)``."""
+        b = int(t.shape[0])
+        depth = self.params["depth"] or b
+        if b == 0 or b % depth:
+            raise InputError(f"{self.name} couples the {depth} slices of a volume: expected a "
+                             f"batch of whole volumes (a multiple of {depth} slices), got {b}")
+        return t.reshape(b // depth, depth, *t.shape[2:]), depth
+
+    def norm(self, iterations: int = 20) -> float:
+        """``||A^T A||`` by power iteration from a fixed seeded random volume of ``depth``
+        slices (the base class's single slice is not a volume here); cached."""
+        cache = self.__dict__.setdefault("_norms", {})
+        if iterations not in cache:
+            depth = self.params["depth"] or 2
+            g = torch.Generator().manual_seed(0)
+            start = torch.rand((depth, 1, *self.image_shape), generator=g, dtype=torch.float64)
+            lam = power_iteration(self.normal, start.to(self.device, self.dtype), iterations)
+            if not lam > 0:
+                raise InputError(f"{self.name}: A^T A appears to be zero; cannot set step sizes")
+            cache[iterations] = lam
+        return cache[iterations]
+
+    def solve(self, z, aty, gamma=math.inf, *, iterations=0, start=None, penalty=None,
+              coupling=None, per_item=True):
+        """:meth:`Operator.solve` with conjugate-gradient step sizes per volume, never per
+        slice (the slices are coupled): ``per_item`` (the caller's terms act on each slice
+        alone) runs one CG per volume of the batch; ``per_item=False`` one on the batch."""
+        kw = dict(iterations=iterations, penalty=penalty, coupling=coupling, per_item=False)
+        b = int(z.shape[0])
+        depth = self.params["depth"] or b
+        exact = iterations == 0 and penalty is None and coupling is None
+        if exact or not per_item or b <= depth:
+            return super().solve(z, aty, gamma, start=start, **kw)
+        if b % depth:
+            self._volumes(z)  # the error
+        parts = [slice(i, i + depth) for i in range(0, b, depth)]
+        return torch.cat([super(VolumeOperator, self).solve(
+            z[s], aty[s], gamma, start=None if start is None else start[s], **kw)
+            for s in parts])
 
 
 def _check_tensor(t, what: str) -> None:

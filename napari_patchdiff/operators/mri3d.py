@@ -28,7 +28,7 @@ import torch
 
 from ..errors import InputError
 from ..params import Param
-from .base import MIN_NOISE_SAMPLES, Operator, robust_std
+from .base import MIN_NOISE_SAMPLES, VolumeOperator, robust_std
 
 #: growth of the Poisson disc's radius from the centre of the ky-kz plane to its edge: the
 #: radius is ``s (1 + VD_SLOPE rho)`` (``rho`` 0 at the centre, 1 at the corners), so the
@@ -147,7 +147,7 @@ def _too_few(acceleration, target, calib, what, centre) -> str:
             f"or the center fraction")
 
 
-class CartesianMRI3D(Operator):
+class CartesianMRI3D(VolumeOperator):
     """3D Cartesian MRI of a volume: readout fully sampled, ky-kz undersampled by a 2D mask
     (variable-density Poisson disc or lines) with a fully sampled centre."""
 
@@ -155,7 +155,6 @@ class CartesianMRI3D(Operator):
     #: what it measures: the modality of a truth the values cannot tell (problem.load_truth)
     modality = "mri"
     is_complex = True
-    couples_slices = True
     initial_name = "zero-filled"
     measurement_units = ("complex 3D k-space (kz, ky, kx), orthonormal FFT (same energy as the "
                          "volume); plane d is kz = d - D // 2")
@@ -199,15 +198,6 @@ class CartesianMRI3D(Operator):
             reflected = torch.roll(torch.flip(m, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))
             self._sym[depth] = 0.5 * (m + reflected)
         return self._sym[depth]
-
-    def _volumes(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """A batch ``(B, 1, H, W)`` as volumes ``(B / depth, depth, H, W)``."""
-        b = int(t.shape[0])
-        depth = self.params["depth"] or b
-        if b == 0 or b % depth:
-            raise InputError(f"{self.name} couples the {depth} slices of a volume: expected a "
-                             f"batch of whole volumes (a multiple of {depth} slices), got {b}")
-        return t.reshape(b // depth, depth, *t.shape[2:]), depth
 
     @property
     def measurement_shape(self):
@@ -255,24 +245,6 @@ class CartesianMRI3D(Operator):
         """``||A^T A|| = 1`` exactly: ``A^T A = F^H S F`` with ``S`` in {0, 1/2, 1}, and 1 at
         the (always sampled) centre of k-space."""
         return 1.0
-
-    def solve(self, z, aty, gamma=math.inf, *, iterations=0, start=None, penalty=None,
-              coupling=None, per_item=True):
-        """:meth:`Operator.solve` with conjugate-gradient step sizes per volume, never per
-        slice (the slices are coupled): ``per_item`` (the caller's terms act on each slice
-        alone) runs one CG per volume of the batch; ``per_item=False`` one on the batch."""
-        kw = dict(iterations=iterations, penalty=penalty, coupling=coupling, per_item=False)
-        b = int(z.shape[0])
-        depth = self.params["depth"] or b
-        exact = iterations == 0 and penalty is None and coupling is None
-        if exact or not per_item or b <= depth:
-            return super().solve(z, aty, gamma, start=start, **kw)
-        if b % depth:
-            self._volumes(z)  # the error
-        parts = [slice(i, i + depth) for i in range(0, b, depth)]
-        return torch.cat([super(CartesianMRI3D, self).solve(
-            z[s], aty[s], gamma, start=None if start is None else start[s], **kw)
-            for s in parts])
 
     def _closed_form_solve(self, z, aty, gamma):
         """For real volumes ``A^T A = F^H S F`` with ``S`` the mask made symmetric under

@@ -37,7 +37,8 @@ def _check(cancel: CancelToken | None, estimate) -> None:
 # direct reconstructions
 # ------------------------------------------------------------------------------------------------
 
-_DIRECT = {"fbp": ("filtered back-projection, for CT operators (ct-parallel, ct-fan)", "fbp"),
+_DIRECT = {"fbp": ("filtered back-projection, for CT operators (ct-parallel, ct-fan; FDK-type "
+                   "for ct-cone)", "fbp"),
            "zero-filled": ("the zero-filled inverse FFT, for MRI (mri-cartesian)", "zero-filled")}
 
 

@@ -50,7 +50,7 @@ FILES = ("solvers/classical.toml", "solvers/diffusion/dds.toml", "solvers/diffus
 FALLBACK_ROW = "fallback"
 #: rows shared by several operators (the fan beam was never tuned on its own); an operator's own
 #: row, if any, goes over its group's
-GROUPS = MappingProxyType({"ct": ("ct-parallel", "ct-fan")})
+GROUPS = MappingProxyType({"ct": ("ct-parallel", "ct-fan", "ct-cone")})
 #: suffix of a value for views covering less than a complete scan (``z_tv_ref`` and
 #: ``z_tv_ref_limited_angle``): limited-angle CT needs its own coupling and data step
 LIMITED_ANGLE = "_limited_angle"
