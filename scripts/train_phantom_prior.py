@@ -1,14 +1,16 @@
 """Train the shipped phantom prior: the CT patch prior's recipe on synthetic images only.
 
     python scripts/train_phantom_prior.py --out napari_patchdiff/priors/shipped/phantom \
-        --steps 4000 --threads 1 [--resume]
+        --steps 4000 --threads 1 [--resume | --init phantom]
 
 The training set is ``training_volumes("phantoms")``: 400 random-ellipse bodies and ODL
 phantoms on the CT normalised scale (napari_patchdiff/training/phantoms.py, seed 0), every 10th
 held out for validation. The recipe is the shipped ``ct`` prior's (the ``cpu`` U-Net, patches
 16/32/64 with probabilities 0.2/0.3/0.5, 8 patches of 64 per step, pad 24, inference patch 56), so
 the two differ only in their training images. Checkpoints every 100 steps; ``--resume`` continues a
-stopped run bit-identically.
+stopped run bit-identically; ``--init phantom`` continues the shipped prior (whose training state
+is not shipped) from its weights with a fresh Adam, the step count and the data stream going on
+from its last step.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", help="a prior to start from (e.g. phantom, the shipped one)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -41,6 +44,7 @@ def main() -> None:
 
     meta = api.train("phantoms", args.out, steps=args.steps, device=args.device,
                      resume=args.resume, overwrite=not args.resume, log_every=10,
+                     **({"init": args.init} if args.init else {}),
                      on_event=show, **RECIPE)
     print(f"done: {meta['steps']} steps, final validation {meta.get('final_val_loss')}")
 

@@ -73,6 +73,20 @@ def test_adaptation_lowers_the_data_loss_and_keeps_its_history(tiny):
     assert all(not isinstance(m, LoRAConv2d) for m in prior.denoiser.modules())
 
 
+def test_an_adapting_prior_given_to_solve_is_the_one_that_adapts(tiny):
+    """A prior already adapting (a research subclass, or ``result.prior`` handed back) keeps
+    its own counters, history and stop through ``solve``: choosing the precision must not run
+    a copy of it (the copy counted the adapter evaluations, the caller's object said 0)."""
+    prior, truth, _ = tiny
+    problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.0)
+    params = ADAPTATION.resolve(problem.op, 0.0, steps=2, lr=3e-3, discrepancy=0.0)
+    adapting = AdaptingPrior(prior, problem.op, problem.y, 0.0, **params)
+    result = api.solve(problem, "dds", prior=adapting, nfe=3)
+    assert result.prior is adapting
+    assert adapting.evaluations == 2 * len(adapting.history) > 0
+    assert result.report["adaptation"]["evaluations"] == adapting.evaluations
+
+
 def test_adaptation_stops_at_the_noise_level(tiny):
     prior, truth, _ = tiny
     problem = api.simulate(truth, "denoise", noise_std=0.1)

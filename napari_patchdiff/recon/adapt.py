@@ -149,6 +149,14 @@ class AdaptingPrior(Prior):
     def to(self, device) -> "AdaptingPrior":
         raise InputError("move the base prior before adapting it")
 
+    def with_precision(self, precision: str | None) -> "AdaptingPrior":
+        """This prior, set to run at ``precision`` (see :meth:`Prior.with_precision`). Never a
+        copy: the adapters, the optimiser, the counters, the history and the stop are the state
+        of one adaptation, which the caller's object must see."""
+        chosen = super().with_precision(precision)
+        self.precision, self.precision_reason = chosen.precision, chosen.precision_reason
+        return self
+
     def check(self, image_shape, modality=None):
         return self.base.check(image_shape, modality)
 
