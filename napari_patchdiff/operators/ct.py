@@ -169,6 +169,19 @@ class _CTBase(Operator):
                           if backend == "matrix" else None)
         self.backend = backend
 
+    def _fan_half_width(self) -> float:
+        """Half the width of a flat detector that sees the fan over the image's circumscribed
+        circle from ``src_radius`` (5 % to spare); InputError when the source is inside it."""
+        h, w = self.image_shape
+        r_obj = math.sqrt(h * h + w * w) / 2
+        src, det = self.params["src_radius"], self.params["det_radius"]
+        if src <= r_obj * 1.01 or det <= 0:
+            raise InputError(
+                f"{self.name}: src_radius must exceed the image half-diagonal ({r_obj:.0f} px) and "
+                f"det_radius must be positive; got {src}, {det}"
+            )
+        return 1.05 * (src + det) * math.tan(math.asin(r_obj / src))
+
     def _matrix_nnz_estimate(self) -> int:
         h, w = self.image_shape
         return int(2 * self._meas_shape[0] * self._meas_shape[1] * max(h, w))
@@ -287,15 +300,8 @@ class FanBeamCT(_CTBase):
 
     def _geometry(self, space):
         h, w = self.image_shape
-        r_obj = math.sqrt(h * h + w * w) / 2
         src, det = self.params["src_radius"], self.params["det_radius"]
-        if src <= r_obj * 1.01 or det <= 0:
-            raise InputError(
-                f"{self.name}: src_radius must exceed the image half-diagonal ({r_obj:.0f} px) and "
-                f"det_radius must be positive; got {src}, {det}"
-            )
-        # flat detector wide enough for the fan that covers the image's circumscribed circle
-        half = 1.05 * (src + det) * math.tan(math.asin(r_obj / src))
+        half = self._fan_half_width()
         n = self._detector_count(2 * max(h, w))
         return tomo.FanBeamGeometry(
             self._angles(), odl.uniform_partition(-half, half, n), src_radius=src, det_radius=det

@@ -121,12 +121,9 @@ class ConeBeamCT(VolumeOperator, _CTBase):
         d, t = self.params["depth"], self.params["slice_thickness"]
         r_obj = math.sqrt(h * h + w * w) / 2
         src, det = self.params["src_radius"], self.params["det_radius"]
-        if src <= r_obj * 1.01 or det <= 0:
-            raise InputError(f"{self.name}: src_radius must exceed the image half-diagonal "
-                             f"({r_obj:.0f} px) and det_radius must be positive; got {src}, {det}")
         # columns: the fan over the circumscribed circle (as ct-fan); rows: the volume's height
         # magnified from its point nearest the source, with 5 % to spare
-        half_u = 1.05 * (src + det) * math.tan(math.asin(r_obj / src))
+        half_u = self._fan_half_width()
         half_v = 1.05 * (src + det) * (d * t / 2) / (src - r_obj)
         n = self._detector_count(2 * max(h, w))
         dpart = odl.uniform_partition([-half_u, -half_v], [half_u, half_v], (n, d))
