@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -166,6 +167,8 @@ def main() -> None:
     ap.add_argument("--slice", type=int, help="another validation slice (CT: lung2 45-49, "
                     "the gap between the training and test slices; MRI: brain2 0-4)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prior", help="another checkpoint in place of the case's prior (e.g. a "
+                    "longer-trained phantom prior); its name joins the case label")
     ap.add_argument("--redo", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -176,6 +179,9 @@ def main() -> None:
     default_slice = 2 if args.case == "mri" else 47
     if args.slice is not None and args.slice != default_slice:
         label = label.replace(f"slice {default_slice}", f"slice {args.slice}")
+    if args.prior:
+        prior_name = args.prior
+        label = f"{label}, checkpoint {Path(args.prior).name}"
     index = default_slice if args.slice is None else args.slice
     x = mri_slices("brain2", [index])[0] if args.case == "mri" else ct_slices([index])[0]
     problem = api.simulate(api.truth_from_array(x, modality="unit"), operator,
