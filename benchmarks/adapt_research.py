@@ -91,6 +91,9 @@ VARIANTS = {
     "full-rounds": {"steps": 3, "every": 3, "stop": False, "lr": 1e-4, "full": True},
     "full-rounds-lr3e4": {"steps": 3, "every": 3, "stop": False, "lr": 3e-4, "full": True},
     "full-rounds-lr3e5": {"steps": 3, "every": 3, "stop": False, "lr": 3e-5, "full": True},
+    "long150-none": {"method": {"nfe": 150}, "none": True},
+    "long150-rounds": {"steps": 3, "every": 3, "stop": False, "lr": 1e-3, "rank": 8,
+                       "method": {"nfe": 150}},
     "rounds-first": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8,
                      "until": 0.5},
 }
