@@ -202,13 +202,20 @@ class Operator:
         high-pass over the last two axes, MAD) of the whole measurement."""
         return image_noise_std(self.check_measurement(y))
 
+    def _norm_slices(self) -> int:
+        """Slices of the random start of :meth:`norm`: one image (a volume where the data
+        couple the slices)."""
+        return 1
+
     def norm(self, iterations: int = 20) -> float:
         """``L = ||A^T A||`` (the largest eigenvalue) by power iteration from a fixed seeded
-        random image, so the value is deterministic; computed once per operator."""
+        random image (:meth:`_norm_slices` of them), so the value is deterministic; computed
+        once per operator."""
         cache = self.__dict__.setdefault("_norms", {})
         if iterations not in cache:
             g = torch.Generator().manual_seed(0)
-            start = torch.rand((1, 1, *self.image_shape), generator=g, dtype=torch.float64)
+            start = torch.rand((self._norm_slices(), 1, *self.image_shape), generator=g,
+                               dtype=torch.float64)
             lam = power_iteration(self.normal, start.to(self.device, self.dtype), iterations)
             if not lam > 0:
                 raise InputError(f"{self.name}: A^T A appears to be zero; cannot set step sizes")
@@ -337,19 +344,9 @@ class VolumeOperator(Operator):
                              f"batch of whole volumes (a multiple of {depth} slices), got {b}")
         return t.reshape(b // depth, depth, *t.shape[2:]), depth
 
-    def norm(self, iterations: int = 20) -> float:
-        """``||A^T A||`` by power iteration from a fixed seeded random volume of ``depth``
-        slices (the base class's single slice is not a volume here); cached."""
-        cache = self.__dict__.setdefault("_norms", {})
-        if iterations not in cache:
-            depth = self.params["depth"] or 2
-            g = torch.Generator().manual_seed(0)
-            start = torch.rand((depth, 1, *self.image_shape), generator=g, dtype=torch.float64)
-            lam = power_iteration(self.normal, start.to(self.device, self.dtype), iterations)
-            if not lam > 0:
-                raise InputError(f"{self.name}: A^T A appears to be zero; cannot set step sizes")
-            cache[iterations] = lam
-        return cache[iterations]
+    def _norm_slices(self) -> int:
+        """A volume of ``depth`` slices (2 without one): a single slice is not a volume here."""
+        return self.params["depth"] or 2
 
     def solve(self, z, aty, gamma=math.inf, *, iterations=0, start=None, penalty=None,
               coupling=None, per_item=True):

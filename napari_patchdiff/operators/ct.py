@@ -148,7 +148,8 @@ class _CTBase(Operator):
     def _geometry(self, space):
         raise NotImplementedError
 
-    def _setup(self):
+    def _check_scan(self) -> None:
+        """InputError unless there is at least one view over an angular range in (0, 360]."""
         if self.params["views"] < 1:
             raise InputError(f"{self.name}: views must be >= 1, got {self.params['views']}")
         if not 0 < self.params["angular_range"] <= 360:
@@ -156,6 +157,9 @@ class _CTBase(Operator):
                 f"{self.name}: angular_range must be in (0, 360] degrees, "
                 f"got {self.params['angular_range']}"
             )
+
+    def _setup(self):
+        self._check_scan()
         h, w = self.image_shape
         space = odl.uniform_discr([-h / 2, -w / 2], [h / 2, w / 2], (h, w), dtype="float32")
         self.ray = tomo.RayTransform(space, self._geometry(space), impl=_astra_impl(self.device))
@@ -256,9 +260,14 @@ class _CTBase(Operator):
         missing = self.rays_missing_image()
         if int(missing.sum()) * y.shape[0] >= MIN_NOISE_SAMPLES:
             estimates.append(robust_std(y[:, :, missing], centre=True))
-        order = max(1, min(4, y.shape[-1] - 1))
-        estimates.append(robust_std(highpass(y, order, dims=(-1,))))
+        estimates.append(self._detector_noise(y))
         return min(estimates)
+
+    @staticmethod
+    def _detector_noise(y: torch.Tensor) -> float:
+        """The noise std from the 4th-difference high-pass along the detector (the last axis;
+        a lower order on a short detector)."""
+        return robust_std(highpass(y, max(1, min(4, y.shape[-1] - 1)), dims=(-1,)))
 
     def initial(self, y):
         """Filtered back-projection with a Hann filter (frequency scaling 0.9)."""

@@ -30,7 +30,7 @@ from odl.applications import tomo
 
 from ..errors import InputError
 from ..params import Param
-from .base import VolumeOperator, highpass, robust_std
+from .base import VolumeOperator
 from .ct import _CTBase
 
 
@@ -99,11 +99,7 @@ class ConeBeamCT(VolumeOperator, _CTBase):
                 f"{self.name} needs a CUDA GPU: ASTRA projects cone beams on the GPU only, and "
                 f"{why or f'the device is {self.device}'}; give device='cuda' on a computer "
                 f"with one, or reconstruct slice by slice with ct-fan")
-        if self.params["views"] < 1:
-            raise InputError(f"{self.name}: views must be >= 1, got {self.params['views']}")
-        if not 0 < self.params["angular_range"] <= 360:
-            raise InputError(f"{self.name}: angular_range must be in (0, 360] degrees, got "
-                             f"{self.params['angular_range']}")
+        self._check_scan()
         if self.params["depth"] is None:
             raise InputError(f"{self.name} measures a whole volume: give depth (simulate and "
                              f"from_measurement set it from the volume)")
@@ -145,11 +141,6 @@ class ConeBeamCT(VolumeOperator, _CTBase):
     def measurement_shape(self):
         return self._meas_shape
 
-    @property
-    def coverage(self) -> float:
-        """The fraction of a complete (360 degree) scan the views cover."""
-        return min(self.params["angular_range"], self.full_range) / self.full_range
-
     def forward(self, x):
         x = self.check_image(x)
         return _VolumeApply.apply(x, self.ray, self._image_to_odl, self._image_from_odl,
@@ -170,5 +161,4 @@ class ConeBeamCT(VolumeOperator, _CTBase):
         """The noise std from the 4th-difference high-pass along the detector columns (as the
         2D CT operators' second estimate; the rays that miss the volume are not counted
         apart here)."""
-        y = self.check_measurement(y).detach().to(torch.float64)
-        return robust_std(highpass(y, max(1, min(4, y.shape[-1] - 1)), dims=(-1,)))
+        return self._detector_noise(self.check_measurement(y).detach().to(torch.float64))

@@ -39,6 +39,7 @@ import torch
 from ..errors import InputError
 from ..params import Param
 from ..priors.lora import add_lora, lora_parameters, merge_lora
+from ..priors.precision import choose_precision
 from ..priors.prior import Prior
 from ..solvers.method import Method
 from .memory import check_adaptation_memory
@@ -153,8 +154,9 @@ class AdaptingPrior(Prior):
         """This prior, set to run at ``precision`` (see :meth:`Prior.with_precision`). Never a
         copy: the adapters, the optimiser, the counters, the history and the stop are the state
         of one adaptation, which the caller's object must see."""
-        chosen = super().with_precision(precision)
-        self.precision, self.precision_reason = chosen.precision, chosen.precision_reason
+        if precision is not None:
+            chosen = choose_precision(precision, self.device)
+            self.precision, self.precision_reason = chosen.name, chosen.reason
         return self
 
     def check(self, image_shape, modality=None):
