@@ -122,6 +122,41 @@ def test_rounds_every_k_calls_a_tv_penalty_and_no_noise_stop(tiny):
     assert not all(torch.equal(a, b) for a, b in zip(plain.adapters, tv.adapters))
 
 
+def test_the_guard_reverts_an_adapter_that_fits_new_iterates_worse(tiny):
+    """``guard`` k: an adapter whose estimate fits each new iterate's data worse than the base
+    network's over k rounds is dropped, and the base network denoises from then on; an
+    adapter no worse than the base (here, fresh adapters: the identity) is kept; off (0, the
+    default) it never reverts."""
+    prior, truth, _ = tiny
+    problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.0)
+    x = problem.truth_batch + 0.2 * torch.randn(problem.truth_batch.shape,
+                                                generator=torch.Generator().manual_seed(1))
+    runs = {}
+    for name, (guard, spoil) in {"kept": (2, False), "reverted": (2, True),
+                                 "off": (0, True)}.items():
+        params = ADAPTATION.resolve(problem.op, 0.0, steps=1, lr=1e-9, discrepancy=0.0,
+                                    guard=guard)
+        adapting = AdaptingPrior(prior, problem.op, problem.y, 0.0, **params)
+        if spoil:  # adapters far from the identity: a worse network than the base
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in adapting.adapters:
+                    p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+        for _ in range(3):
+            adapting.denoise(x, 0.2, torch.Generator().manual_seed(7))
+        runs[name] = adapting
+    kept, reverted, off = runs["kept"], runs["reverted"], runs["off"]
+    assert len(kept.fresh) == 3 and max(abs(f) for f in kept.fresh) < 1e-6
+    assert not kept.reverted and kept.stopped is None
+    assert reverted.reverted and reverted.fresh[0] > 0 and len(reverted.fresh) == 2
+    assert reverted.stopped.startswith("reverted to the base prior")
+    assert reverted.summary()["reverted"] and reverted.calls == 3
+    assert not off.reverted and off.fresh == [] and len(off.history) == 3
+    # after reverting, the base network's own estimate
+    out = reverted.denoise(x, 0.2, torch.Generator().manual_seed(3))
+    assert torch.equal(out, prior.denoise(x, 0.2, torch.Generator().manual_seed(3)))
+
+
 def test_a_shipped_prior_far_from_the_data_recommends_rounds(tiny):
     """The `phantom` prior (synthetic training images) adapts in rounds on CT by default
     (priors/shipped/adaptation.toml); priors trained on the data's kind keep the operator's
