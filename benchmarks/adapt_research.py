@@ -94,6 +94,10 @@ VARIANTS = {
     "long150-none": {"method": {"nfe": 150}, "none": True},
     "long150-rounds": {"steps": 3, "every": 3, "stop": False, "lr": 1e-3, "rank": 8,
                        "method": {"nfe": 150}},
+    # the guard (adapt.py, ``guard``): revert to the base network when the adapter fits new
+    # iterates worse than it over 5 rounds (adapt_guard.py)
+    "rounds-guard5": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8, "guard": 5},
+    "default-guard5": {"guard": 5},
     "rounds-first": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8,
                      "until": 0.5},
 }
@@ -169,6 +173,9 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=["dds"], choices=["dds", "pnp-admm"])
     ap.add_argument("--slice", type=int, help="another validation slice (CT: lung2 45-49, "
                     "the gap between the training and test slices; MRI: brain2 0-4)")
+    ap.add_argument("--seed", type=int, default=0, help="the method's seed: one DDS sample "
+                    "varies by up to 1.1 dB between seeds (ood.py's docstring), more than most "
+                    "differences between variants, so compare variants over several seeds")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prior", help="another checkpoint in place of the case's prior (e.g. a "
                     "longer-trained phantom prior); its name joins the case label")
@@ -194,7 +201,7 @@ def main() -> None:
     x_ref = torch.as_tensor(ref.recon, dtype=torch.float32).reshape(1, 1, *ref.recon.shape[-2:])
     for method in args.methods:
         for name in args.variants:
-            key = f"{label} | {method} | {name}"
+            key = f"{label} | {method} | {name}" + (f" | seed {args.seed}" if args.seed else "")
             if key in data["runs"] and not args.redo:
                 continue
             prior = load_prior(prior_name)
@@ -208,10 +215,10 @@ def main() -> None:
                 prior = Variant(prior, problem.op, problem.y, problem.noise_std, x_ref, extra,
                                 **resolved)
             t0 = time.perf_counter()
-            r = api.solve(problem, method, prior=prior, **extra["method"])
+            r = api.solve(problem, method, prior=prior, seed=args.seed, **extra["method"])
             if setting is not None and extra["passes"] == 2:
                 prior.stopped = "frozen for the second pass"
-                r = api.solve(problem, method, prior=prior, **extra["method"])
+                r = api.solve(problem, method, prior=prior, seed=args.seed, **extra["method"])
             seconds = time.perf_counter() - t0
             row = {"psnr": r.report["psnr"], "ssim": r.report["ssim"], "seconds": seconds,
                    "setting": VARIANTS[name]}
@@ -234,6 +241,8 @@ def main() -> None:
              "| stopped |", "|---|---|---|---|---|---|---|---|---|"]
     for key, r in data["runs"].items():
         parts = key.split(" | ")
+        if len(parts) == 4:  # another seed of the method
+            parts[2] = f"{parts[2]} ({parts[3]})"
         if len(parts) == 2:
             lines.append(f"| {parts[0]} | {parts[1]} | | | {r['psnr']:.2f} | | | | |")
             continue
