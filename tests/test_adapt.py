@@ -59,7 +59,7 @@ def test_lora_starts_as_the_identity_and_merges_exactly():
 def test_adaptation_lowers_the_data_loss_and_keeps_its_history(tiny):
     prior, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.0)
-    params = ADAPTATION.resolve(problem.op, 0.0, steps=3, lr=3e-3)
+    params = ADAPTATION.resolve(problem.op, 0.0, steps=3, lr=3e-3, every=1)
     adapting = AdaptingPrior(prior, problem.op, problem.y, 0.0, **params)
     x = problem.truth_batch + 0.2 * torch.randn(problem.truth_batch.shape,
                                                 generator=torch.Generator().manual_seed(1))
@@ -134,8 +134,8 @@ def test_the_guard_reverts_an_adapter_that_fits_new_iterates_worse(tiny):
     runs = {}
     for name, (guard, spoil) in {"kept": (2, False), "reverted": (2, True),
                                  "off": (0, True)}.items():
-        params = ADAPTATION.resolve(problem.op, 0.0, steps=1, lr=1e-9, discrepancy=0.0,
-                                    guard=guard)
+        params = ADAPTATION.resolve(problem.op, 0.0, steps=1, every=1, lr=1e-9,
+                                    discrepancy=0.0, guard=guard)
         adapting = AdaptingPrior(prior, problem.op, problem.y, 0.0, **params)
         if spoil:  # adapters far from the identity: a worse network than the base
             gen = torch.Generator().manual_seed(0)
@@ -160,15 +160,16 @@ def test_the_guard_reverts_an_adapter_that_fits_new_iterates_worse(tiny):
 def test_a_shipped_prior_far_from_the_data_recommends_rounds(tiny):
     """The `phantom` prior (synthetic training images) adapts in rounds on CT by default
     (priors/shipped/adaptation.toml); priors trained on the data's kind keep the operator's
-    default; values the user gives win; the widget shows the same defaults."""
+    gentle default; values the user gives win; the guard is off unless asked for."""
     _, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.2)
     phantom = adapt_prior(load_prior("phantom"), problem, True)
-    assert {k: phantom.params[k] for k in ("steps", "every", "lr", "rank", "discrepancy")} == {
-        "steps": 3, "every": 3, "lr": 3e-3, "rank": 8, "discrepancy": 0.0}
-    mine = adapt_prior(load_prior("phantom"), problem, {"steps": 1})
-    assert mine.params["steps"] == 1 and mine.params["every"] == 3
+    assert {k: phantom.params[k] for k in ("steps", "every", "lr", "rank", "discrepancy",
+                                           "guard")} == {
+        "steps": 3, "every": 3, "lr": 3e-3, "rank": 8, "discrepancy": 0.0, "guard": 0}
     ct = adapt_prior(load_prior("ct"), problem, True)
+    mine = adapt_prior(load_prior("phantom"), problem, {"steps": 1, "guard": 2})
+    assert mine.params["steps"] == 1 and mine.params["every"] == 3 and mine.params["guard"] == 2
     assert ct.params == ADAPTATION.resolve(problem.op, 0.2)
     from napari_patchdiff.recon.adapt import recommended
 
@@ -183,7 +184,7 @@ def test_one_adapter_for_a_volume_trained_on_slice_minibatches(tiny):
     prior, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)
     assert problem.slices == 4
-    adapting = adapt_prior(prior, problem, {"steps": 1, "batch": 2})
+    adapting = adapt_prior(prior, problem, {"steps": 1, "batch": 2, "guard": 0})
     seen = []
     real = adapting._losses
     adapting._losses = lambda d, idx: (seen.append(len(idx)), real(d, idx))[1]
@@ -194,7 +195,8 @@ def test_one_adapter_for_a_volume_trained_on_slice_minibatches(tiny):
 def test_saved_adapted_prior_loads_as_a_prior_and_names_its_base(tiny, tmp_path):
     prior, truth, path = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)
-    result = api.solve(problem, "dds", prior=prior, nfe=3, adapt={"steps": 2, "lr": 3e-3})
+    result = api.solve(problem, "dds", prior=prior, nfe=3,
+                       adapt={"steps": 2, "every": 1, "lr": 3e-3})
     report = result.report["adaptation"]
     assert report["calls"] == 3 and report["evaluations"] == 6 and report["base_prior"] == "tiny"
     saved = result.prior.save(tmp_path / "adapted", adapted_to="the test crop")
@@ -241,7 +243,8 @@ def test_gui_job_streams_the_adaptation_loss(tiny):
 
     prior, truth, path = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)
-    job = ReconJob("dds", {"nfe": 3}, prior=str(path), adapt={"steps": 1}, interval=0.0)
+    job = ReconJob("dds", {"nfe": 3}, prior=str(path), adapt={"steps": 1, "every": 1},
+                    interval=0.0)
     updates = list(recon_updates(job, problem))
     assert updates[-1].kind is UpdateKind.DONE and updates[-1].prior is not None
     assert any("adapt loss" in u.metrics for u in updates if u.kind is UpdateKind.STEP)
