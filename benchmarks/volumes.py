@@ -242,20 +242,28 @@ def validation_problem(task: Task):
                                   **task.params)
 
 
-def tune_ztv(weights, tasks, method="dds", extra=None) -> None:
+def tune_ztv(weights, tasks, method="dds", extra=None, noise=None) -> None:
     """``z_tv`` of ``method`` (DDS or PnP-ADMM), given as is (not scaled by the spacing), on the
     validation volume of each task (:func:`validation_problem`), with the further parameters
     ``extra`` (``{"cg_iterations": 15}``: recorded in the run's key) ->
     volumes_ztv_tuning.json (DDS) / volumes_ztv_tuning_{method}.json. Each run records its
     data step (:data:`DATA_STEP`); runs without that record ran at the defaults of their time
-    (limited angle: 5 CG steps at gamma 0.25, the full-range values)."""
+    (limited angle: 5 CG steps at gamma 0.25, the full-range values). ``noise``: another noise
+    level than the task's (``0``: noiseless, where the default ``z_tv`` is 0; recorded in the
+    key as ``noise=...``)."""
+    import dataclasses
+
     extra = dict(extra or {})
     suffix = "".join(f" | {k}={v}" for k, v in sorted(extra.items()))
+    if noise is not None:
+        suffix += f" | noise={noise:g}"
     from napari_patchdiff import api
 
     path = RESULTS / ("volumes_ztv_tuning.json" if method == "dds"
                       else f"volumes_ztv_tuning_{method}.json")
     for task in [t for t in TASKS if t.key in tasks]:
+        if noise is not None:
+            task = dataclasses.replace(task, noise=float(noise))
         x, prior, problem = validation_problem(task)
         for w in weights:
             r = api.solve(problem, method, prior=prior, z_tv=w, **extra)
@@ -415,6 +423,9 @@ def main() -> None:
                          "(cg_iterations=15, z_tv_iterations=3, gamma=0.0625, z_tv_step=prox)")
     ap.add_argument("--tune-method", default="dds", choices=("dds", "pnp-admm"),
                     help="with --tune-ztv: the method")
+    ap.add_argument("--tune-noise", type=float, help="with --tune-ztv: this noise level "
+                    "instead of the task's (0: noiseless data, which run slice by slice by "
+                    "default)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--table", action="store_true")
@@ -431,7 +442,7 @@ def main() -> None:
         return
     if args.tune_ztv is not None:
         tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks, args.tune_method,
-                 _tune_with(args.tune_method, args.tune_with))
+                 _tune_with(args.tune_method, args.tune_with), args.tune_noise)
         return
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
     if not args.table:
