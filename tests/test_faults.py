@@ -27,6 +27,10 @@ from napari_patchdiff.cli.outputs import MANIFEST, OutputFolder
 #: is moved into the output folder
 CHILD = r"""
 import os, signal, sys
+# Ctrl-C as a terminal delivers it, even where the suite itself runs with SIGINT ignored (a
+# background job of a non-interactive shell, whose children inherit the ignored SIGINT: Python
+# then installs no KeyboardInterrupt handler and the signal tests wait out their timeout)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from pathlib import Path
 from napari_patchdiff import cli, io
 from napari_patchdiff.cli import outputs

@@ -26,10 +26,12 @@ the base network denoises the new iterate too, and when over the last k rounds t
 estimate fitted the training entries worse than the base network's (mean log ratio of the two
 residuals above 0) the prior reverts to the base network for the rest of the run. An adapter
 that helps fits each new iterate better than the base network before it trains on it; one that
-has learnt the previous iterates' particulars does not (``benchmarks/results/adapt_guard.md``:
-with the `phantom` prior's rounds, k = 5 reverted the `ct` prior after five rounds, -0.04 dB
-instead of -0.93, and left the `phantom` prior's +0.67 dB alone; one validation slice each, so
-not yet a default). It costs one more network evaluation per round, without a backward pass.
+has learnt the previous iterates' particulars does not (``benchmarks/results/adapt_guard.md``,
+validation slices: with the `phantom` prior's rounds and DDS on CT, k = 5 reverted the `ct`
+prior in all five runs, -0.04 dB instead of -0.93 on lung2 47, and never the `phantom` prior,
++0.60 to +0.79 dB kept). It is not a default because it protects neither PnP-ADMM, whose adapter
+fits new iterates far better and still loses, nor MRI, where it never reverts. It costs one
+more network evaluation per round, without a backward pass.
 
 The adapted prior saves as an ordinary checkpoint (adapters merged into the weights) whose
 metadata names its base prior and what it was adapted to (:meth:`AdaptingPrior.save`), so it
