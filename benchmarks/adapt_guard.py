@@ -76,10 +76,6 @@ class Probe(AdaptingPrior):
     def _overfitting(self, train, held):  # held-out views always fit worse than trained ones
         return False
 
-    def _residuals(self, d, idx):
-        r = (self.y[idx] - self.op.forward(d)).abs() ** 2
-        return float(r[:, self.held_out].mean()), float(r[:, ~self.held_out].mean())
-
     def _adapt(self, x, sigma):
         idx = torch.arange(x.shape[0])
         g = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(
@@ -90,10 +86,9 @@ class Probe(AdaptingPrior):
         with torch.no_grad():
             da = self.inner._denoise(x, sigma, torch.Generator().manual_seed(g))
             db = self.base._denoise(x, sigma, torch.Generator().manual_seed(g))
-        ha, ta = self._residuals(da, idx)
-        hb, tb = self._residuals(db, idx)
-        s = float(sigma if not isinstance(sigma, torch.Tensor) else sigma.float().mean())
-        self.log.append({"call": self.calls, "sigma": s,
+        ta, ha, _ = (float(v) for v in self._losses(da, idx))
+        tb, hb, _ = (float(v) for v in self._losses(db, idx))
+        self.log.append({"call": self.calls, "sigma": self.history[-1][0],
                          "fresh_log_ratio": self.fresh[-1] if self.fresh else None,
                          "held_adapted": ha, "held_base": hb,
                          "train_adapted": ta, "train_base": tb,

@@ -248,8 +248,7 @@ def main() -> None:
                 if (cached is not None and cached["slices"] >= n
                         and cached.get("seeds", 1) >= seeds and not args.redo):
                     continue
-                keep = cached["per_slice"] if cached and not args.redo and cached["slices"] == n \
-                    else None
+                keep = None if args.redo or cached is None else cached["per_slice"]
                 c = run_cell(case, row, n, args.device, args.threads, seeds, keep)
                 # several processes may fill ood.json at once (--cases / --rows split between
                 # them): each re-reads it before adding its cell

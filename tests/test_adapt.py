@@ -59,7 +59,7 @@ def test_lora_starts_as_the_identity_and_merges_exactly():
 def test_adaptation_lowers_the_data_loss_and_keeps_its_history(tiny):
     prior, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.0)
-    params = ADAPTATION.resolve(problem.op, 0.0, steps=3, lr=3e-3, every=1)
+    params = ADAPTATION.resolve(problem.op, 0.0, steps=3, lr=3e-3)
     adapting = AdaptingPrior(prior, problem.op, problem.y, 0.0, **params)
     x = problem.truth_batch + 0.2 * torch.randn(problem.truth_batch.shape,
                                                 generator=torch.Generator().manual_seed(1))
@@ -184,7 +184,7 @@ def test_one_adapter_for_a_volume_trained_on_slice_minibatches(tiny):
     prior, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)
     assert problem.slices == 4
-    adapting = adapt_prior(prior, problem, {"steps": 1, "batch": 2, "guard": 0})
+    adapting = adapt_prior(prior, problem, {"steps": 1, "batch": 2})
     seen = []
     real = adapting._losses
     adapting._losses = lambda d, idx: (seen.append(len(idx)), real(d, idx))[1]
@@ -195,8 +195,7 @@ def test_one_adapter_for_a_volume_trained_on_slice_minibatches(tiny):
 def test_saved_adapted_prior_loads_as_a_prior_and_names_its_base(tiny, tmp_path):
     prior, truth, path = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)
-    result = api.solve(problem, "dds", prior=prior, nfe=3,
-                       adapt={"steps": 2, "every": 1, "lr": 3e-3})
+    result = api.solve(problem, "dds", prior=prior, nfe=3, adapt={"steps": 2, "lr": 3e-3})
     report = result.report["adaptation"]
     assert report["calls"] == 3 and report["evaluations"] == 6 and report["base_prior"] == "tiny"
     saved = result.prior.save(tmp_path / "adapted", adapted_to="the test crop")
@@ -243,8 +242,7 @@ def test_gui_job_streams_the_adaptation_loss(tiny):
 
     prior, truth, path = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)
-    job = ReconJob("dds", {"nfe": 3}, prior=str(path), adapt={"steps": 1, "every": 1},
-                    interval=0.0)
+    job = ReconJob("dds", {"nfe": 3}, prior=str(path), adapt={"steps": 1}, interval=0.0)
     updates = list(recon_updates(job, problem))
     assert updates[-1].kind is UpdateKind.DONE and updates[-1].prior is not None
     assert any("adapt loss" in u.metrics for u in updates if u.kind is UpdateKind.STEP)
