@@ -180,6 +180,26 @@ def test_a_shipped_prior_far_from_the_data_recommends_rounds(tiny):
     assert recommended("phantom", mri.op) == {}  # tuned on CT only
 
 
+def test_dds_on_ct_adapts_in_guarded_rounds_with_any_prior(tiny):
+    """When DDS samples CT, adaptation runs in rounds with the guard whatever the prior (the
+    `ct` prior reverts, the `phantom` prior keeps its gains: recon/adapt.toml, [adapt.ct.dds]);
+    PnP-ADMM keeps the operator's gentle values, which the guard cannot protect; what a user
+    gives still wins. The run's report records the values used."""
+    _, truth, _ = tiny
+    problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.2)
+    rounds = {"steps": 3, "every": 3, "lr": 3e-3, "rank": 8, "discrepancy": 0.0, "guard": 5}
+    for name in ("phantom", "ct"):
+        prior = load_prior(name)
+        dds = adapt_prior(prior, problem, True, "dds")
+        assert {k: dds.params[k] for k in rounds} == rounds, name
+        assert adapt_prior(prior, problem, {"guard": 0}, "dds").params["guard"] == 0
+    pnp = adapt_prior(load_prior("ct"), problem, True, "pnp-admm")
+    assert pnp.params == ADAPTATION.resolve(problem.op, 0.2) and pnp.params["guard"] == 0
+    from napari_patchdiff.recon.runs import resolve_prior
+
+    assert resolve_prior(problem, "dds", "ct", True).params == dds.params  # the `ct` prior's
+
+
 def test_one_adapter_for_a_volume_trained_on_slice_minibatches(tiny):
     prior, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)
@@ -195,7 +215,8 @@ def test_one_adapter_for_a_volume_trained_on_slice_minibatches(tiny):
 def test_saved_adapted_prior_loads_as_a_prior_and_names_its_base(tiny, tmp_path):
     prior, truth, path = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)
-    result = api.solve(problem, "dds", prior=prior, nfe=3, adapt={"steps": 2, "lr": 3e-3})
+    result = api.solve(problem, "dds", prior=prior, nfe=3,
+                       adapt={"steps": 2, "lr": 3e-3, "every": 1})
     report = result.report["adaptation"]
     assert report["calls"] == 3 and report["evaluations"] == 6 and report["base_prior"] == "tiny"
     saved = result.prior.save(tmp_path / "adapted", adapted_to="the test crop")
@@ -242,7 +263,8 @@ def test_gui_job_streams_the_adaptation_loss(tiny):
 
     prior, truth, path = tiny
     problem = api.simulate(truth, "ct-parallel", views=10)
-    job = ReconJob("dds", {"nfe": 3}, prior=str(path), adapt={"steps": 1}, interval=0.0)
+    job = ReconJob("dds", {"nfe": 3}, prior=str(path), adapt={"steps": 1, "every": 1},
+                    interval=0.0)
     updates = list(recon_updates(job, problem))
     assert updates[-1].kind is UpdateKind.DONE and updates[-1].prior is not None
     assert any("adapt loss" in u.metrics for u in updates if u.kind is UpdateKind.STEP)

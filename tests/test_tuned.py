@@ -39,8 +39,12 @@ def _strays(tables) -> list[str]:
         m = _method(method)
         names = set(m.names) | set(m.knobs)
         for table, values in rows.items():
-            if table not in tables_ok:
+            where, _, within = table.partition(defaults.WITHIN)
+            if where not in tables_ok:
                 out.append(f"{method}.{table}: no such operator or group")
+            if within and (within not in SOLVERS.names() or where == defaults.FALLBACK_ROW):
+                out.append(f"{method}.{table}: a sub-row names no method, or sits under the "
+                           f"fallback row (read by no one)")
             for key in values:
                 name = key.removesuffix(defaults.LIMITED_ANGLE)
                 if name not in names:
@@ -59,11 +63,30 @@ def test_an_unknown_key_fails():
     """The check above is not vacuous: a misspelt key, an unknown table or method is named."""
     bad = {"dds": {"fallback": {"prior_stdd": 0}, "ct-paralel": {"eta": 1.0},
                    "ct": {"cg_iterations_limited_angel": 5}},
-           "dsd": {"fallback": {"eta": 1.0}}}
+           "dsd": {"fallback": {"eta": 1.0}},
+           "adapt": {"ct.ddss": {"steps": 3}, "fallback.dds": {"steps": 3},
+                     "ct.dds": {"stepz": 3}}}
     strays = _strays(bad)
-    assert len(strays) == 4
-    for word in ("prior_stdd", "ct-paralel", "cg_iterations_limited_angel", "dsd"):
+    assert len(strays) == 7
+    for word in ("prior_stdd", "ct-paralel", "cg_iterations_limited_angel", "dsd", "ct.ddss",
+                 "fallback.dds", "stepz"):
         assert any(word in s for s in strays), word
+
+
+def test_a_methods_sub_row_goes_over_the_operators_row_only_for_that_method():
+    """``[adapt.ct.dds]`` holds the adaptation's values for CT when DDS samples: read with
+    ``within="dds"`` over ``[adapt.ct]``, and by nothing else (another method, another
+    operator, no ``within``)."""
+    sub = defaults.row("ct-parallel", "adapt", "dds")
+    assert sub and sub == defaults.row("ct-fan", "adapt", "dds")  # the group's sub-row
+    plain = defaults.knobs("ct-parallel", "adapt")
+    dds = defaults.knobs("ct-parallel", "adapt", within="dds")
+    assert dds == {**plain, **{k: t.value for k, t in sub.items()}} and dds != plain
+    assert defaults.knobs("ct-parallel", "adapt", within="pnp-admm") == plain
+    assert (defaults.knobs("mri-cartesian", "adapt", within="dds")
+            == defaults.knobs("mri-cartesian", "adapt"))
+    assert ADAPTATION.resolve(make_operator("ct-parallel", (N, N), views=8), 0.1,
+                              within="dds")["guard"] == sub["guard"].value
 
 
 def test_tuned_parameter_values_pass_their_declarations_and_knobs_are_numbers():

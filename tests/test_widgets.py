@@ -291,11 +291,16 @@ def test_adapt_in_the_reconstruct_widget(session, tiny_prior, tmp_path):
 
     session.use_prior(tiny_prior)
     rec = session.reconstructor
-    rec.configure(adapt={"steps": 1})
+    rec.configure(adapt={"steps": 1, "every": 1})
     assert rec.adapt_box.isChecked() and not rec.save_prior_button.isEnabled()
     updates = _run(session, "dds", nfe=3)
     assert updates[-1].kind == "done" and updates[-1].report["adaptation"]["calls"] == 3
     assert "adaptation loss" in rec.metrics.text() and rec.save_prior_button.isEnabled()
+    guard = rec.adapt_form.inputs["guard"]  # the defaults shown follow the method
+    assert guard.placeholderText() == "auto: 5"  # DDS on CT: guarded rounds
+    rec.method_box.setCurrentText("pnp-admm")
+    assert guard.placeholderText() == "auto: 0"
+    rec.method_box.setCurrentText("dds")
     saved = rec.save_prior(tmp_path / "adapted")
     assert read_metadata(saved)["adapted_from"]["name"] == "tiny"
     session.use_prior(saved)

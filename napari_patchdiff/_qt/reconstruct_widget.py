@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..params import CLUSTER, DEVICE, PRECISION, SEED
 from ..plugin.jobs import ReconJob, Update, UpdateKind, bounds_advice, devices, recon_updates
 from ..plugin.state import state_for
-from ..recon.adapt import ADAPT_PARAMS, ADAPTATION, recommended
+from ..recon.adapt import ADAPT_PARAMS, adaptation_params
 from ..recon.executors import CLUSTER_CHOICES
 from ..solvers import SOLVERS
 from ..uncertainty import DESIGNS
@@ -246,8 +246,8 @@ class ReconstructWidget(QWidget):
             defaults = api.method_params(problem, method)
             for form in self._forms():
                 form.show_defaults(defaults)
-            self.adapt_form.show_defaults(ADAPTATION.resolve(
-                problem.op, problem.noise_std, **recommended(self.state.prior, problem.op)))
+            self.adapt_form.show_defaults(adaptation_params(
+                self.state.prior, problem.op, problem.noise_std, method))
         except InputError:
             pass
 

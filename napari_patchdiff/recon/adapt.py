@@ -56,7 +56,7 @@ from ..priors.prior import Prior
 from ..solvers.method import Method
 from .memory import check_adaptation_memory
 
-__all__ = ["ADAPT_PARAMS", "ADAPTATION", "AdaptingPrior", "adapt_prior"]
+__all__ = ["ADAPT_PARAMS", "ADAPTATION", "AdaptingPrior", "adapt_prior", "adaptation_params"]
 
 #: the held-out loss may exceed the training loss by this fraction before it counts as a sign
 #: of over-fitting ...
@@ -350,15 +350,25 @@ def recommended(prior, op) -> dict[str, Any]:
     return out
 
 
-def adapt_prior(prior, problem, adapt) -> AdaptingPrior:
-    """``prior`` wrapped for adaptation to ``problem``: ``adapt`` is True (tuned defaults for
-    the operator, with what a shipped prior recommends for it over them: :func:`recommended`)
-    or a dict of :data:`ADAPT_PARAMS` values, e.g. ``{"steps": 3, "rank": 8}`` (the rest take
-    those defaults; on the command line ``--adapt-steps`` etc.)."""
+def adaptation_params(prior, op, noise_std: float = 0.0, method: str | None = None,
+                      **given) -> dict[str, Any]:
+    """The adaptation's values for ``prior`` on ``op`` when ``method`` samples: the ``given``
+    ones (checked), over what the shipped prior recommends (:func:`recommended`), over the
+    tuned values of ``recon/adapt.toml`` for the operator and the method (its sub-row
+    ``[adapt.ct.dds]`` over ``[adapt.ct]``), over the declared defaults."""
+    return ADAPTATION.resolve(op, noise_std, within=method,
+                              **{**recommended(prior, op), **given})
+
+
+def adapt_prior(prior, problem, adapt, method: str | None = None) -> AdaptingPrior:
+    """``prior`` wrapped for adaptation to ``problem`` while ``method`` samples: ``adapt`` is
+    True (the defaults of :func:`adaptation_params`) or a dict of :data:`ADAPT_PARAMS` values,
+    e.g. ``{"steps": 3, "rank": 8}`` (the rest take those defaults; on the command line
+    ``--adapt-steps`` etc.)."""
     if problem.op.couples_slices:  # its loss draws single slices: one adapter per volume
         raise InputError(f"test-time adaptation does not yet work with {problem.op.name}, whose "
                          f"data couple the slices of the volume (its loss is computed on single "
                          f"slices); drop adapt")
-    given = {**recommended(prior, problem.op), **({} if adapt is True else dict(adapt))}
-    params = ADAPTATION.resolve(problem.op, problem.noise_std, **given)
+    params = adaptation_params(prior, problem.op, problem.noise_std, method,
+                               **({} if adapt is True else dict(adapt)))
     return AdaptingPrior(prior, problem.op, problem.y, problem.noise_std, **params)

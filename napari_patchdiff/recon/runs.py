@@ -85,7 +85,7 @@ def resolve_prior(problem: Problem, method: str, prior=None, adapt=None,
     if adapt and not getattr(prior, "adapting", False):  # not adapting yet
         from .adapt import adapt_prior
 
-        prior = adapt_prior(prior, problem, adapt)
+        prior = adapt_prior(prior, problem, adapt, method)
     return prior
 
 

@@ -15,7 +15,9 @@ and the constants of the method's rule, and ``[METHOD.OPERATOR]`` an operator's 
 geometries). A key names a parameter of the method (that parameter's default for the operator,
 ``eta``) or a knob of the method's rule (``Method.knobs``; ``dds``'s ``prior_std`` sets its data
 weight ``gamma = (prior_std / noise_std)^2``); a key with the suffix :data:`LIMITED_ANGLE` holds
-the value for views covering less than a complete scan. Each value reads
+the value for views covering less than a complete scan. An operator's row may hold sub-rows for
+the method that uses the values, ``[adapt.ct.dds]``: the test-time adaptation's values for CT
+when DDS samples (:data:`WITHIN`; :func:`knobs`' ``within``). Each value reads
 ``name = {value = ..., cite = "..."}``: the result file in ``benchmarks/results/`` and its row
 that chose it (``TUNING_NOTES.md`` there holds what no generated result says), or "untuned".
 ``tests/test_tuned.py`` checks every key against the method's parameters and knobs.
@@ -40,7 +42,7 @@ from types import MappingProxyType
 from typing import Any, Iterator, Mapping
 
 __all__ = ["Tuned", "TABLES", "SOURCES", "FILES", "GROUPS", "FALLBACK_ROW", "LIMITED_ANGLE",
-           "knobs", "row", "overriding", "overridden", "active_overrides"]
+           "WITHIN", "knobs", "row", "overriding", "overridden", "active_overrides"]
 
 #: the data files, relative to the package: each beside the module of the methods it tunes
 FILES = ("solvers/classical.toml", "solvers/diffusion/dds.toml", "solvers/diffusion/pnp.toml",
@@ -54,6 +56,9 @@ GROUPS = MappingProxyType({"ct": ("ct-parallel", "ct-fan", "ct-cone")})
 #: suffix of a value for views covering less than a complete scan (``z_tv_ref`` and
 #: ``z_tv_ref_limited_angle``): limited-angle CT needs its own coupling and data step
 LIMITED_ANGLE = "_limited_angle"
+#: joins an operator's row and the method of its sub-row in :data:`TABLES`' row names: the file's
+#: ``[adapt.ct.dds]`` is the row ``"ct.dds"`` of ``adapt``, read with ``within="dds"``
+WITHIN = "."
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,10 @@ class Tuned:
 
     value: Any
     cite: str
+
+
+def _row(values: Mapping[str, Mapping]) -> Mapping[str, Tuned]:
+    return MappingProxyType({k: Tuned(v["value"], v["cite"]) for k, v in values.items()})
 
 
 def _load() -> tuple[Mapping, Mapping]:
@@ -77,9 +86,12 @@ def _load() -> tuple[Mapping, Mapping]:
                 raise RuntimeError(f"tuned values of {method!r} in both {source[method]} "
                                    f"and {path}")
             source[method] = path
-            tables[method] = {
-                name: MappingProxyType({k: Tuned(v["value"], v["cite"]) for k, v in r.items()})
-                for name, r in rows.items()}
+            tables[method] = {}
+            for name, r in rows.items():
+                subrows = {k: v for k, v in r.items() if "value" not in v}
+                tables[method][name] = _row({k: v for k, v in r.items() if k not in subrows})
+                for within, sub in subrows.items():
+                    tables[method][name + WITHIN + within] = _row(sub)
     return (MappingProxyType({m: MappingProxyType(t) for m, t in tables.items()}),
             MappingProxyType(source))
 
@@ -93,15 +105,17 @@ _ACTIVE: contextvars.ContextVar[Mapping[str, Mapping[str, Any]]] = contextvars.C
     "napari_patchdiff_tuned_overrides", default=MappingProxyType({}))
 
 
-def row(operator: str, method: str) -> dict[str, Tuned]:
+def row(operator: str, method: str, within: str | None = None) -> dict[str, Tuned]:
     """The values ``method`` has for ``operator`` in its file, without the fallbacks: its
-    group's row, with the operator's own over it."""
+    group's row, with the operator's own over it; with ``within``, their sub-rows for that
+    method instead (``row("ct-parallel", "adapt", "dds")``: ``[adapt.ct.dds]``)."""
     table = TABLES.get(method, {})
+    suffix = "" if within is None else WITHIN + within
     out: dict[str, Tuned] = {}
     for group, members in GROUPS.items():
         if operator in members:
-            out.update(table.get(group, {}))
-    out.update(table.get(operator, {}))
+            out.update(table.get(group + suffix, {}))
+    out.update(table.get(operator + suffix, {}))
     return out
 
 
@@ -112,21 +126,25 @@ def active_overrides() -> Mapping[str, Mapping[str, Any]]:
 
 
 def knobs(operator: str, method: str, limited_angle: bool = False,
-          overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+          overrides: Mapping[str, Mapping[str, Any]] | None = None,
+          within: str | None = None) -> dict[str, Any]:
     """The tuned values of ``method`` for ``operator`` (fallbacks where the operator has none),
-    by name: ``knobs("ct-parallel", "dds")["eta"] == 1.0``.
+    by name: ``knobs("ct-parallel", "dds")["eta"] == 1.0``. ``within``: the method these values
+    serve (the adaptation's ``"dds"``); the operator's sub-rows for it go over its rows.
 
     ``overrides`` (``{operator: {"method.name": value}}``; default: those of the enclosing
     :func:`overriding` blocks) go over the files' values. A name with the suffix
     :data:`LIMITED_ANGLE` holds the value for views covering less than a complete scan: with
     ``limited_angle`` it replaces the plain name's value of the same layer (fallbacks, then the
-    operator's row, then the overrides, each over the last); it is never returned itself."""
+    operator's row, its sub-row, then the overrides, each over the last); it is never returned
+    itself."""
     prefix = method + "."
     if overrides is None:
         overrides = _ACTIVE.get()
     layers = (
         {k: t.value for k, t in TABLES.get(method, {}).get(FALLBACK_ROW, {}).items()},
         {k: t.value for k, t in row(operator, method).items()},
+        {} if within is None else {k: t.value for k, t in row(operator, method, within).items()},
         {k[len(prefix):]: v for k, v in overrides.get(operator, {}).items()
          if k.startswith(prefix)},
     )

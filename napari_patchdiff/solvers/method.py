@@ -100,10 +100,12 @@ class Method:
         return [p.name for p in self.params]
 
     def resolve(self, op, noise_std: float = 0.0, volume: Volume | None = None,
-                **given) -> dict[str, Any]:
+                within: str | None = None, **given) -> dict[str, Any]:
         """The method's parameter values for ``op`` at measurement noise ``noise_std`` (and for
         a ``volume``, see :class:`Volume`): the given ones (checked), the rest filled by the
-        tuned table, the rule and the declared defaults (module docstring). InputError for an
+        tuned table, the rule and the declared defaults (module docstring); ``within``: the
+        method these values serve, whose sub-rows of the table go over the operator's rows (the
+        adaptation's values when ``"dds"`` samples). InputError for an
         unknown name or a bad value; RuntimeError for a tuned name that is neither a parameter
         nor one of ``knobs``."""
         declared = {p.name: p for p in self.params}
@@ -113,7 +115,8 @@ class Method:
                              f"it takes {sorted(declared) or 'none'}")
         noise_std = NOISE_STD.check(noise_std)
         values = {k: declared[k].check(v, self.name) for k, v in given.items() if v is not None}
-        tuned = defaults.knobs(op.name, self.name, getattr(op, "coverage", 1.0) < 1.0)
+        tuned = defaults.knobs(op.name, self.name, getattr(op, "coverage", 1.0) < 1.0,
+                               within=within)
         stray = sorted(set(tuned) - set(declared) - set(self.knobs))
         if stray:  # a data file's or a tuning script's typo: a bug, not input
             raise RuntimeError(f"method {self.name!r}: tuned value(s) for {stray}, neither "
