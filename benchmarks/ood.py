@@ -133,15 +133,16 @@ def _prior(name: str, device: str):
 
 
 def run_cell(case: Case, row: str, n: int, device: str, threads: int, seeds: int = 1,
-             done: list | None = None) -> dict:
+             done: list | None = None, done_seeds: int = 1) -> dict:
     """A cell: each slice and seed in a child process, which reports its own peak resident
-    memory; the runs in ``done`` (a cached cell's, same slice and seed) are kept."""
-    have = {_run_key(p, j): p for j, p in enumerate(done or [])}
+    memory; the runs in ``done`` (a cached cell's of ``done_seeds`` seeds, same slice and seed)
+    are kept, with their slice and seed written in."""
+    have = {_run_key(p, j, done_seeds): p for j, p in enumerate(done or [])}
     per = []
     for i in range(n):
         for seed in range(seeds):
             if (i, seed) in have:
-                per.append(have[(i, seed)])
+                per.append({**have[(i, seed)], "slice": i, "seed": seed})
                 continue
             cmd = [sys.executable, str(HERE / "ood.py"), "--child", case.key, row, str(i),
                    str(n), "--seed", str(seed), "--device", device, "--threads", str(threads)]
@@ -157,16 +158,19 @@ def run_cell(case: Case, row: str, n: int, device: str, threads: int, seeds: int
     return cell
 
 
-def _run_key(run: dict, position: int) -> tuple[int, int]:
-    """(slice, seed) of a cell's run; runs recorded before seeds were: their position, seed 0."""
-    return int(run.get("slice", position)), int(run.get("seed", 0))
+def _run_key(run: dict, position: int, seeds: int = 1) -> tuple[int, int]:
+    """(slice, seed) of a run of a cell of ``seeds`` seeds; a run recorded before seeds were has
+    neither, and sits where :func:`run_cell` fills it in: ``slice * seeds + seed``."""
+    return (int(run.get("slice", position // seeds)), int(run.get("seed", position % seeds)))
 
 
 def paired(adapted: dict, plain: dict) -> tuple[float, float, int] | None:
     """Mean and standard error of adapted - plain PSNR over the runs both cells hold (same
     slice, same seed), and their number; None where they share none."""
-    a = {_run_key(p, j): p["psnr"] for j, p in enumerate(adapted["per_slice"])}
-    b = {_run_key(p, j): p["psnr"] for j, p in enumerate(plain["per_slice"])}
+    a = {_run_key(p, j, adapted.get("seeds", 1)): p["psnr"]
+         for j, p in enumerate(adapted["per_slice"])}
+    b = {_run_key(p, j, plain.get("seeds", 1)): p["psnr"]
+         for j, p in enumerate(plain["per_slice"])}
     d = np.array([a[k] - b[k] for k in sorted(a.keys() & b.keys())])
     if d.size == 0:
         return None
@@ -249,7 +253,8 @@ def main() -> None:
                         and cached.get("seeds", 1) >= seeds and not args.redo):
                     continue
                 keep = None if args.redo or cached is None else cached["per_slice"]
-                c = run_cell(case, row, n, args.device, args.threads, seeds, keep)
+                c = run_cell(case, row, n, args.device, args.threads, seeds, keep,
+                             1 if cached is None else cached.get("seeds", 1))
                 # several processes may fill ood.json at once (--cases / --rows split between
                 # them): each re-reads it before adding its cell
                 data = json.loads(JSON.read_text()) if JSON.exists() else data

@@ -183,7 +183,7 @@ def _adaptation_options(p) -> None:
     group = p.add_argument_group("test-time adaptation of the prior (diffusion methods)")
     group.add_argument("--adapt", action="store_true", help="adapt the prior to this "
                        "measurement while reconstructing (low-rank adapters, self-supervised "
-                       "data loss; the defaults are tuned per operator)")
+                       "data loss; the defaults are tuned per operator and method)")
     for param in ADAPT_PARAMS:
         group.add_argument(f"--adapt-{param.name}", dest=f"adapt_{param.name}", type=param.type,
                            default=None, metavar=param.name.upper(), help=param.help)

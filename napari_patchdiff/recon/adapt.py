@@ -21,17 +21,21 @@ adapter has learnt something the held-out entries do not share: noise) the adapt
 and it ends when the training residual reaches the noise level (``noise_std``, known or
 estimated: the discrepancy principle). Afterwards the adapter is frozen and keeps being used.
 
-An opt-in third guard (``guard`` k > 0) drops an adapter that does not help: before each round
-the base network denoises the new iterate too, and when over the last k rounds the adapter's
-estimate fitted the training entries worse than the base network's (mean log ratio of the two
-residuals above 0) the prior reverts to the base network for the rest of the run. An adapter
-that helps fits each new iterate better than the base network before it trains on it; one that
-has learnt the previous iterates' particulars does not (``benchmarks/results/adapt_guard.md``,
-validation slices: with the `phantom` prior's rounds and DDS on CT, k = 5 reverted the `ct`
-prior in all five runs, -0.04 dB instead of -0.93 on lung2 47, and never the `phantom` prior,
-+0.60 to +0.79 dB kept). It is not a default because it protects neither PnP-ADMM, whose adapter
-fits new iterates far better and still loses, nor MRI, where it never reverts. It costs one
-more network evaluation per round, without a backward pass.
+A third guard (``guard`` k > 0) drops an adapter that does not help: before each round the base
+network denoises the new iterate too, and when over the last k rounds the adapter's estimate
+fitted the training entries worse than the base network's (mean log ratio of the two residuals
+above 0) the prior reverts to the base network for the rest of the run. An adapter that helps
+fits each new iterate better than the base network before it trains on it; one that has learnt
+the previous iterates' particulars does not (``benchmarks/results/adapt_guard.md``, validation
+slices: with rounds of 3 steps and DDS on CT, k = 5 reverted the `ct` prior in every run, -0.04
+dB instead of -0.93 on lung2 47, and never the `phantom` prior, +0.60 to +0.79 dB kept). It is
+on by default where it protects, DDS on CT (``adapt.toml``, ``[adapt.ct.dds]``); it protects
+neither PnP-ADMM, whose adapter fits new iterates far better and still loses, nor MRI, where it
+never reverts, and those keep gentle defaults. It costs one more network evaluation per round,
+without a backward pass.
+
+The defaults depend on the operator, on the method that samples (:func:`adaptation_params`) and
+on the prior: a shipped prior far from the data recommends stronger values (:func:`recommended`).
 
 The adapted prior saves as an ordinary checkpoint (adapters merged into the weights) whose
 metadata names its base prior and what it was adapted to (:meth:`AdaptingPrior.save`), so it
