@@ -36,7 +36,7 @@ import torch
 from common import RESULTS, ct_slices, machine
 from napari_patchdiff import api
 from napari_patchdiff.priors import load_prior
-from napari_patchdiff.recon.adapt import ADAPTATION, AdaptingPrior, recommended
+from napari_patchdiff.recon.adapt import AdaptingPrior, adaptation_params
 from napari_patchdiff.recon.metrics import psnr
 
 #: the `phantom` prior's recommended rounds (priors/shipped/adaptation.toml)
@@ -117,9 +117,9 @@ def main() -> None:
                            noise_std=0.2, seed=0, views=20)
     base = load_prior(prior_name)
     plain = api.solve(problem, args.method, prior=base, seed=args.seed)
-    params = ADAPTATION.resolve(problem.op, problem.noise_std,
-                                **{**recommended(base, problem.op), **given,
-                                   **({"guard": args.guard} if args.guard else {})})
+    # the operator's values (no method's sub-row: each case names the rounds it runs)
+    params = adaptation_params(base, problem.op, problem.noise_std, None,
+                               **given, **({"guard": args.guard} if args.guard else {}))
     probe = Probe(base, problem.op, problem.y, problem.noise_std, x,
                   args.holdout == "views", **params)
     t0 = time.perf_counter()

@@ -28,6 +28,21 @@ CT_VAL = [47]
 MRI_VAL = [15]
 
 
+def method_values(method: str, pairs, option: str) -> dict:
+    """``option``'s NAME=VALUE pairs for ``method``, each value parsed and checked by the
+    parameter the method declares under that name (as a form field's text is)."""
+    from napari_patchdiff.errors import InputError
+    from napari_patchdiff.solvers import get_solver
+
+    declared = {p.name: p for p in get_solver(method).params}
+    out = {}
+    for name, text in (kv.split("=", 1) for kv in pairs):
+        if name not in declared:
+            raise InputError(f"{option}: {method} has no parameter {name!r}")
+        out[name] = declared[name].check(text, method, text=True)
+    return out
+
+
 def record(path: Path, key: str, value) -> None:
     """Store ``value`` under ``key`` in the JSON file ``path`` (created if missing), keeping the
     runs recorded there before; written after every run, so a stopped tuning keeps its runs."""

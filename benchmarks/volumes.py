@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, ct_slices, machine, mri_slices, record
+from common import RESULTS, ct_slices, machine, method_values, mri_slices, record
 
 JSON = RESULTS / "volumes.json"
 #: ``--errors``: how much of each cell's error neighbouring slices share (:func:`z_error`)
@@ -369,21 +369,6 @@ def table(data: dict) -> None:
     print(f"wrote {RESULTS / 'volumes.md'}")
 
 
-def _tune_with(method: str, pairs) -> dict:
-    """``--tune-with`` NAME=VALUE pairs, each value parsed and checked by the parameter the
-    method declares under that name (as a form field's text is)."""
-    from napari_patchdiff.errors import InputError
-    from napari_patchdiff.solvers import get_solver
-
-    declared = {p.name: p for p in get_solver(method).params}
-    out = {}
-    for name, text in (kv.split("=", 1) for kv in pairs):
-        if name not in declared:
-            raise InputError(f"--tune-with: {method} has no parameter {name!r}")
-        out[name] = declared[name].check(text, method, text=True)
-    return out
-
-
 def _write(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
 
@@ -442,7 +427,7 @@ def main() -> None:
         return
     if args.tune_ztv is not None:
         tune_ztv(args.tune_ztv or [0.0, 0.01, 0.03], args.tune_tasks, args.tune_method,
-                 _tune_with(args.tune_method, args.tune_with), args.tune_noise)
+                 method_values(args.tune_method, args.tune_with, "--tune-with"), args.tune_noise)
         return
     data = json.loads(JSON.read_text()) if JSON.exists() else {"cells": {}}
     if not args.table:

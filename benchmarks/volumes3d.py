@@ -43,7 +43,7 @@ import time
 import numpy as np
 import torch
 
-from common import RESULTS, machine, record
+from common import RESULTS, machine, method_values, record
 from napari_patchdiff import api
 from napari_patchdiff.conventions import normalise
 from napari_patchdiff.io.samples import load_sample
@@ -142,10 +142,8 @@ def main() -> None:
     x, spacing = volume(args.volume, factor)
     # another block size is another volume of the table (the tuning volume: mni at 4 mm)
     name = args.volume if factor == default_factor else f"{args.volume}/{factor}"
-    given = {}
-    for item in args.set:
-        k, _, v = item.partition("=")
-        given[k] = v if v.isalpha() else (int(v) if v.lstrip("-").isdigit() else float(v))
+    # the row's key names the values as given; each method parses them by its declarations
+    shown = "".join(" ({} {})".format(*kv.split("=", 1)) for kv in args.set)
     path = RESULTS / "volumes3d.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     meta = {k: v for k, v in done.get("_meta", {}).items() if k != "machine"}
@@ -159,7 +157,7 @@ def main() -> None:
         diffusion = method in ("dds", "pnp-admm")
         key = (("" if name == "mni" else f"{name}|") + f"{args.task}|{label}"
                + (f" (nfe {args.nfe})" if args.nfe and diffusion else "")
-               + "".join(f" ({k} {v})" for k, v in given.items() if diffusion))
+               + (shown if diffusion else ""))
         if key in done:
             continue
         kw = dict(params)
@@ -167,7 +165,7 @@ def main() -> None:
             kw.update(prior="mri", seed=0)
             if args.nfe:
                 kw["nfe"] = args.nfe
-            kw.update(given)
+            kw.update(method_values(method, args.set, "--set"))
         t0 = time.perf_counter()
         res = api.solve(problem, method, **kw)
         seconds = time.perf_counter() - t0

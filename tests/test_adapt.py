@@ -184,7 +184,7 @@ def test_dds_on_ct_adapts_in_guarded_rounds_with_any_prior(tiny):
     """When DDS samples CT, adaptation runs in rounds with the guard whatever the prior (the
     `ct` prior reverts, the `phantom` prior keeps its gains: recon/adapt.toml, [adapt.ct.dds]);
     PnP-ADMM keeps the operator's gentle values, which the guard cannot protect; what a user
-    gives still wins. The run's report records the values used."""
+    gives still wins; resolve_prior, the path of every run, passes the method."""
     _, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.2)
     rounds = {"steps": 3, "every": 3, "lr": 3e-3, "rank": 8, "discrepancy": 0.0, "guard": 5}
