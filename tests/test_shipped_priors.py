@@ -78,11 +78,14 @@ def test_shipped_mri_prior_is_trained_on_brain1_and_denoises_brain2():
 
 
 def test_shipped_phantom_prior_saw_only_synthetic_images_and_denoises_real_ct():
-    """The phantom prior was trained on the 'phantoms' set alone, and one denoiser call still
-    removes most of the noise of a real CT slice it never saw anything like."""
+    """The phantom prior was trained on synthetic sets alone (the 'phantoms' set, then the
+    'textured-phantoms' set from those weights), and one denoiser call still removes most of the
+    noise of a real CT slice it never saw."""
     meta = read_metadata(shipped_priors()["phantom"])
     assert meta["modality"] == "ct" and meta["kind"] == "patch"
-    assert [d["name"] for d in meta["training_data"]] == ["phantoms (seed 0)"]
+    assert [d["name"] for d in meta["training_data"]] == ["textured phantoms (4000, seed 0)"]
+    assert meta["initialised_from"] == {"name": "phantom", "steps": 3400,
+                                        "same_training_data": False}
     prior = load_prior("phantom")
     x = torch.from_numpy(hu_to_unit(load_sample("ct")[0][[10]]))[:, None]
     noisy = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))

@@ -36,8 +36,8 @@ def add_parser(sub) -> None:
         "PRIOR.state.safetensors.",
     )
     tr.add_argument("volumes", nargs="+", help="training images or volumes; 'ct' / 'mri' name "
-                    "the training split of the development data (shared/data), 'phantoms' "
-                    "synthetic CT-like images (no data needed)")
+                    "the training split of the development data (shared/data), 'phantoms' and "
+                    "'textured-phantoms' synthetic CT-like images (no data needed)")
     tr.add_argument("--out", required=True, help="checkpoint path (without or with .safetensors)")
     _option(tr, "modality")
     tr.add_argument("--bin", type=int, default=1, help="average BIN x BIN blocks first "

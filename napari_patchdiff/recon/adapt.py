@@ -28,14 +28,16 @@ above 0) the prior reverts to the base network for the rest of the run. An adapt
 fits each new iterate better than the base network before it trains on it; one that has learnt
 the previous iterates' particulars does not (``benchmarks/results/adapt_guard.md``, validation
 slices: with rounds of 3 steps and DDS on CT, k = 5 reverted the `ct` prior in every run, -0.04
-dB instead of -0.93 on lung2 47, and never the `phantom` prior, +0.60 to +0.79 dB kept). It is
+dB instead of -0.93 on lung2 47, and never the first, untextured `phantom` prior, +0.60 to
++0.79 dB kept). It is
 on by default where it protects, DDS on CT (``adapt.toml``, ``[adapt.ct.dds]``); it protects
 neither PnP-ADMM, whose adapter fits new iterates far better and still loses, nor MRI, where it
 never reverts, and those keep gentle defaults. It costs one more network evaluation per round,
 without a backward pass.
 
 The defaults depend on the operator, on the method that samples (:func:`adaptation_params`) and
-on the prior: a shipped prior far from the data recommends stronger values (:func:`recommended`).
+on the prior: a shipped prior far from the data may recommend its own values (:func:`recommended`;
+none does now: the textured `phantom` prior lost with the rounds its first version recommended).
 
 The adapted prior saves as an ordinary checkpoint (adapters merged into the weights) whose
 metadata names its base prior and what it was adapted to (:meth:`AdaptingPrior.save`), so it
@@ -340,8 +342,8 @@ def recommended(prior, op) -> dict[str, Any]:
     """The adaptation values the shipped prior ``prior`` (loaded, or its name or checkpoint
     path) recommends for ``op``: its row of ``priors/shipped/adaptation.toml``, the operator
     group's under the operator's own; ``{}`` for other priors. A prior trained far from the
-    data (``phantom``: synthetic images) adapts harder than the operator's default, which
-    suits priors trained on the data's kind."""
+    data can adapt harder than the operator's default, which suits priors trained on the
+    data's kind (the table holds no row now; its comment says why)."""
     from ..solvers.defaults import GROUPS
 
     name = _prior_name(prior)

@@ -30,9 +30,11 @@ __all__ = ["TrainingVolume", "training_volumes", "load_training_slices", "split_
 DATA_DIR = Path(os.environ.get("NAPARI_PATCHDIFF_DATA",
                               Path(__file__).resolve().parents[3] / "shared" / "data"))
 #: the named training sets (:func:`load_training_slices`) and the modality of each
-SPLITS = {"ct": "ct", "mri": "mri", "phantoms": "ct"}
+SPLITS = {"ct": "ct", "mri": "mri", "phantoms": "ct", "textured-phantoms": "ct"}
 #: how many synthetic images the "phantoms" set holds (seed 0; see training/phantoms.py)
 PHANTOM_COUNT = 400
+#: how many the "textured-phantoms" set holds (seed 0; 3 in 4 textured bodies)
+TEXTURED_COUNT = 4000
 
 
 @dataclass
@@ -83,11 +85,17 @@ def load_training_slices(spec: str = "ct", data_dir=None) -> list[TrainingVolume
     ``$NAPARI_PATCHDIFF_DATA`` or ``shared/data`` beside the repository.
     ``"phantoms"``: :data:`PHANTOM_COUNT` synthetic 256 x 256 images on the CT normalised scale
     (:func:`napari_patchdiff.training.phantoms.phantom_slices`, seed 0): no data needed.
+    ``"textured-phantoms"``: :data:`TEXTURED_COUNT` synthetic images, three in four of them
+    textured bodies with lungs, vessels and bone rims (``phantom_slices(..., textured=True)``,
+    seed 0; about 4 minutes to generate).
     """
-    if spec == "phantoms":
+    if spec in ("phantoms", "textured-phantoms"):
         from .phantoms import phantom_slices
 
-        return [TrainingVolume(phantom_slices(PHANTOM_COUNT, seed=0), "phantoms (seed 0)")]
+        if spec == "phantoms":
+            return [TrainingVolume(phantom_slices(PHANTOM_COUNT, seed=0), "phantoms (seed 0)")]
+        return [TrainingVolume(phantom_slices(TEXTURED_COUNT, seed=0, textured=True),
+                               f"textured phantoms ({TEXTURED_COUNT}, seed 0)")]
     root = Path(data_dir) if data_dir is not None else DATA_DIR
     if spec == "ct":
         out = []
@@ -110,8 +118,8 @@ def training_volumes(items, modality: str | None = None,
                      bin: int = 1) -> tuple[list[TrainingVolume], str]:
     """Normalised training volumes and their modality from ``items`` (one item or a list):
 
-    - ``"ct"`` / ``"mri"``: the development training split, ``"phantoms"``: synthetic CT-like
-      images (:func:`load_training_slices`);
+    - ``"ct"`` / ``"mri"``: the development training split, ``"phantoms"`` and
+      ``"textured-phantoms"``: synthetic CT-like images (:func:`load_training_slices`);
     - a file path (TIFF, NumPy, NIfTI, DICOM; :func:`napari_patchdiff.io.read_image`);
     - an array (D, H, W) or (H, W) in its own units (HU for CT, magnitude for MRI);
     - a tuple ``(name, array)``, ``(name, array, metadata dict)`` (an image layer: the metadata
