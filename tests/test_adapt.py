@@ -158,19 +158,20 @@ def test_the_guard_reverts_an_adapter_that_fits_new_iterates_worse(tiny):
 
 
 def test_a_shipped_prior_can_recommend_its_own_adaptation(tiny, tmp_path, monkeypatch):
-    """A row of priors/shipped/adaptation.toml goes over the operator's defaults for that prior
-    only, and values the user gives win. No shipped prior has a row now (the textured `phantom`
-    prior lost with the rounds its first version recommended), so every prior gets the
-    operator's defaults; the mechanism is checked with a table of one row."""
+    """A row of priors/shipped/adaptation.toml goes over the operator's and the method's
+    defaults for that prior only, and values the user gives win. The shipped `phantom` prior's
+    row keeps the operator's gentle values with every method, DDS included (its guarded rounds
+    lost on the validation slices); the mechanism is also checked with a table of one row."""
     from napari_patchdiff.recon import adapt as adapt_mod
     from napari_patchdiff.recon.adapt import recommended
 
     _, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.2)
-    for name in ("phantom", "ct", "mri"):
-        assert recommended(name, problem.op) == {}
-    assert adapt_prior(load_prior("phantom"), problem, True).params == ADAPTATION.resolve(
-        problem.op, 0.2)
+    gentle = ADAPTATION.resolve(problem.op, 0.2)
+    for method in (None, "dds", "pnp-admm"):
+        assert adapt_prior(load_prior("phantom"), problem, True, method).params == gentle
+    assert recommended("ct", problem.op) == {} and recommended(None, problem.op) == {}
+    assert recommended("phantom", problem.op) == recommended(load_prior("phantom"), problem.op)
     table = tmp_path / "adaptation.toml"
     table.write_text('[phantom.ct]\nsteps = {value = 3, cite = "test"}\n'
                      'rank = {value = 8, cite = "test"}\n', encoding="utf-8")
@@ -178,26 +179,25 @@ def test_a_shipped_prior_can_recommend_its_own_adaptation(tiny, tmp_path, monkey
     phantom = adapt_prior(load_prior("phantom"), problem, True)
     assert phantom.params["steps"] == 3 and phantom.params["rank"] == 8
     assert phantom.params["guard"] == 0  # the guard is DDS's ([adapt.ct.dds])
+    assert adapt_prior(load_prior("phantom"), problem, True, "dds").params["guard"] == 5
     mine = adapt_prior(load_prior("phantom"), problem, {"steps": 1, "guard": 2})
     assert mine.params["steps"] == 1 and mine.params["rank"] == 8 and mine.params["guard"] == 2
-    assert adapt_prior(load_prior("ct"), problem, True).params == ADAPTATION.resolve(
-        problem.op, 0.2)
-    assert recommended("phantom", problem.op) == recommended(load_prior("phantom"), problem.op)
-    assert recommended(None, problem.op) == {}
+    assert adapt_prior(load_prior("ct"), problem, True).params == gentle
     mri = api.simulate(api.truth_from_array(np.ones((32, 32), np.float32), modality="unit"),
                        "mri-cartesian", acceleration=4)
     assert recommended("phantom", mri.op) == {}  # a row for CT only
 
 
 def test_dds_on_ct_adapts_in_guarded_rounds_with_any_prior(tiny):
-    """When DDS samples CT, adaptation runs in rounds with the guard whatever the prior (the
-    `ct` prior reverts, the `phantom` prior keeps its gains: recon/adapt.toml, [adapt.ct.dds]);
+    """When DDS samples CT, adaptation runs in rounds with the guard for a prior without its own
+    row (the `ct` prior reverts, the first `phantom` prior kept its gains: recon/adapt.toml,
+    [adapt.ct.dds]);
     PnP-ADMM keeps the operator's gentle values, which the guard cannot protect; what a user
     gives still wins; resolve_prior, the path of every run, passes the method."""
     _, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.2)
     rounds = {"steps": 3, "every": 3, "lr": 3e-3, "rank": 8, "discrepancy": 0.0, "guard": 5}
-    for name in ("phantom", "ct"):
+    for name in ("ct", "mri"):  # the mri prior on CT: no row of its own for CT either
         prior = load_prior(name)
         dds = adapt_prior(prior, problem, True, "dds")
         assert {k: dds.params[k] for k in rounds} == rounds, name
