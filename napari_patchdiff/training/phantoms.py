@@ -73,7 +73,7 @@ def _curves(rng, shape, mask, n, width):
         amp = rng.uniform(0.5, 1.0)
         for _ in range(length):
             ang += rng.normal(0, turn)
-            y += np.sin(ang); x += np.cos(ang)
+            y, x = y + np.sin(ang), x + np.cos(ang)
             iy, ix = int(round(y)), int(round(x))
             if not (0 <= iy < h and 0 <= ix < w) or not mask[iy, ix]:
                 break
@@ -118,8 +118,9 @@ def textured_body(rng: np.random.Generator, shape=(256, 256)) -> np.ndarray:
             lung = _ellipse(yy, xx, rng.uniform(-0.3, 0.2), side * rng.uniform(0.2, 0.45),
                             ay, ax, rng.uniform(-0.4, 0.4)) & body
             lung = lung & nd.binary_erosion(body, iterations=6)
-            img = np.where(lung, rng.uniform(0.005, 0.1)
-                           + _field(rng, shape, rng.uniform(0.6, 3), rng.uniform(0.002, 0.015)), img)
+            level = rng.uniform(0.005, 0.1)  # drawn before the texture (the shipped prior's data)
+            parenchyma = _field(rng, shape, rng.uniform(0.6, 3), rng.uniform(0.002, 0.015))
+            img = np.where(lung, level + parenchyma, img)
             for width in (0.6, 1.0, 1.6):
                 v = _curves(rng, shape, lung, int(rng.integers(1, 8)), width)
                 img += lung * v * rng.uniform(0.15, 0.45)
