@@ -36,8 +36,9 @@ never reverts, and those keep gentle defaults. It costs one more network evaluat
 without a backward pass.
 
 The defaults depend on the operator, on the method that samples (:func:`adaptation_params`) and
-on the prior: a shipped prior far from the data may recommend its own values (:func:`recommended`;
-none does now: the textured `phantom` prior lost with the rounds its first version recommended).
+on the prior: a shipped prior may recommend its own values (:func:`recommended`; the textured
+`phantom` prior keeps the operator's gentle values with every method, DDS included, because the
+rounds its first version recommended lose with it).
 
 The adapted prior saves as an ordinary checkpoint (adapters merged into the weights) whose
 metadata names its base prior and what it was adapted to (:meth:`AdaptingPrior.save`), so it
@@ -343,7 +344,8 @@ def recommended(prior, op) -> dict[str, Any]:
     path) recommends for ``op``: its row of ``priors/shipped/adaptation.toml``, the operator
     group's under the operator's own; ``{}`` for other priors. A prior trained far from the
     data can adapt harder than the operator's default, which suits priors trained on the
-    data's kind (the table holds no row now; its comment says why)."""
+    data's kind; one close to the data can keep the gentle values where a method's row would
+    adapt harder (the table's comment says which prior does what, and why)."""
     from ..solvers.defaults import GROUPS
 
     name = _prior_name(prior)

@@ -89,11 +89,11 @@ def load_training_slices(spec: str = "ct", data_dir=None) -> list[TrainingVolume
     textured bodies with lungs, vessels and bone rims (``phantom_slices(..., textured=True)``,
     seed 0; about 4 minutes to generate).
     """
-    if spec in ("phantoms", "textured-phantoms"):
-        from .phantoms import phantom_slices
+    from .phantoms import phantom_slices
 
-        if spec == "phantoms":
-            return [TrainingVolume(phantom_slices(PHANTOM_COUNT, seed=0), "phantoms (seed 0)")]
+    if spec == "phantoms":
+        return [TrainingVolume(phantom_slices(PHANTOM_COUNT, seed=0), "phantoms (seed 0)")]
+    if spec == "textured-phantoms":
         return [TrainingVolume(phantom_slices(TEXTURED_COUNT, seed=0, textured=True),
                                f"textured phantoms ({TEXTURED_COUNT}, seed 0)")]
     root = Path(data_dir) if data_dir is not None else DATA_DIR
