@@ -148,7 +148,8 @@ def main() -> None:
     done = json.loads(path.read_text()) if path.exists() else {}
     meta = {k: v for k, v in done.get("_meta", {}).items() if k != "machine"}
     meta[name] = {"shape": list(x.shape), "spacing": list(spacing), "factor": factor}
-    record(path, "_meta", {"machine": machine(), **meta})
+    stamped = False  # the machine line names the machine of the last row run, so a run with
+    # nothing left to do leaves it as it is
     truth = api.truth_from_array(x, {"spacing": spacing}, modality="unit")
     problem = api.simulate(truth, "mri-cartesian-3d", acceleration=TASKS[args.task],
                            mask="poisson", noise_std=NOISE, seed=0)
@@ -166,6 +167,9 @@ def main() -> None:
             if args.nfe:
                 kw["nfe"] = args.nfe
             kw.update(method_values(method, args.set, "--set"))
+        if not stamped:
+            record(path, "_meta", {"machine": machine(), **meta})
+            stamped = True
         t0 = time.perf_counter()
         res = api.solve(problem, method, **kw)
         seconds = time.perf_counter() - t0
