@@ -87,6 +87,25 @@ def test_an_adapting_prior_given_to_solve_is_the_one_that_adapts(tiny):
     assert result.report["adaptation"]["evaluations"] == adapting.evaluations
 
 
+def test_adaptation_runs_in_bfloat16_with_its_data_loss_in_float32(tiny):
+    """With the network in bfloat16 (what ``precision="auto"`` picks on a CPU with AVX-512
+    BF16 or AMX) the adapter still trains: its data loss leaves autocast, because the CT
+    operator's sparse matrices have no bfloat16 product (it raised NotImplementedError)."""
+    prior, truth, _ = tiny
+    problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.0)
+    params = ADAPTATION.resolve(problem.op, 0.0, steps=2, lr=3e-3, discrepancy=0.0)
+    adapting = AdaptingPrior(prior, problem.op, problem.y, 0.0, **params)
+    adapting.with_precision("bfloat16")
+    x = problem.truth_batch + 0.2 * torch.randn(problem.truth_batch.shape,
+                                                generator=torch.Generator().manual_seed(1))
+    out = adapting.denoise(x, 0.2)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert adapting.evaluations == 2 and np.isfinite(adapting.history[0][1:]).all()
+    result = api.solve(problem, "dds", prior=prior, nfe=3, adapt={"steps": 1},
+                       precision="bfloat16")
+    assert result.report["adaptation"]["evaluations"] > 0
+
+
 def test_adaptation_stops_at_the_noise_level(tiny):
     prior, truth, _ = tiny
     problem = api.simulate(truth, "denoise", noise_std=0.1)
@@ -234,9 +253,9 @@ def test_saved_adapted_prior_loads_as_a_prior_and_names_its_base(tiny, tmp_path)
         "the test crop"
     reloaded = load_prior(saved)
     x = problem.truth_batch
+    adapted = result.prior.inner.with_precision("float32")  # the run's may be bfloat16 ("auto")
     torch.testing.assert_close(reloaded.denoise(x, 0.1, generator=torch.Generator().manual_seed(3)),
-                               result.prior.inner.denoise(x, 0.1,
-                                                          generator=torch.Generator().manual_seed(3)),
+                               adapted.denoise(x, 0.1, generator=torch.Generator().manual_seed(3)),
                                rtol=1e-4, atol=1e-4)
 
 

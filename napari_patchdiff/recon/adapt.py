@@ -193,17 +193,21 @@ class AdaptingPrior(Prior):
     # -- adaptation -----------------------------------------------------------------------------
     def _losses(self, d: torch.Tensor, idx) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """Per measurement entry: the training entries' and the held-out entries' squared
-        residual of the (CG-corrected) estimate ``d``, and the TV penalty on it."""
+        residual of the (CG-corrected) estimate ``d``, and the TV penalty on it. In float32
+        outside autocast whatever the network's precision: the operators' products (the CT
+        matrices are sparse) have no bfloat16 form, and the loss needs the range anyway."""
         rows = idx % self.y.shape[0]  # an ensemble's batch repeats the measurement's slices
-        if self.aty is not None:
-            d = self.op.solve(d, self.aty[rows], math.inf,
-                              iterations=int(self.params["cg"]))
-        r = (self.y[rows] - self.op.forward(d)).abs() ** 2
-        train = r[:, ~self.held_out] if self.held_out.any() else r.reshape(r.shape[0], -1)
-        held = r[:, self.held_out] if self.held_out.any() else None
-        train, held = train.mean(), (held.mean() if held is not None else train.mean())
-        weight = float(self.params["tv"])
-        return train, held, (weight * total_variation(d) if weight else 0.0)
+        with torch.autocast(d.device.type, enabled=False):
+            d = d.float()
+            if self.aty is not None:
+                d = self.op.solve(d, self.aty[rows], math.inf,
+                                  iterations=int(self.params["cg"]))
+            r = (self.y[rows] - self.op.forward(d)).abs() ** 2
+            train = r[:, ~self.held_out] if self.held_out.any() else r.reshape(r.shape[0], -1)
+            held = r[:, self.held_out] if self.held_out.any() else None
+            train, held = train.mean(), (held.mean() if held is not None else train.mean())
+            weight = float(self.params["tv"])
+            return train, held, (weight * total_variation(d) if weight else 0.0)
 
     def _adapt(self, x: torch.Tensor, sigma) -> None:
         b = x.shape[0]
@@ -231,7 +235,8 @@ class AdaptingPrior(Prior):
                     self.stopped = self.stopped or "the training residual reached the noise level"
                     break
                 self.optimizer.zero_grad(set_to_none=True)
-                (train + penalty).backward()
+                with torch.autocast(x.device.type, enabled=False):  # the operator's backward too
+                    (train + penalty).backward()
                 self.optimizer.step()
         sig = float(s if not isinstance(s, torch.Tensor) else s.float().mean())
         self.history.append((sig, *loss))
