@@ -98,6 +98,9 @@ VARIANTS = {
     # iterates worse than it over 5 rounds (adapt_guard.py)
     "rounds-guard5": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8, "guard": 5},
     "default-guard5": {"guard": 5},
+    # the gentle default at smaller learning rates (DDS with the phantom prior at step 10,000)
+    "default-lr3e4": {"lr": 3e-4},
+    "default-lr1e4": {"lr": 1e-4},
     "rounds-first": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8,
                      "until": 0.5},
 }

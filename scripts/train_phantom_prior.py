@@ -3,12 +3,13 @@
     python scripts/train_phantom_prior.py --out napari_patchdiff/priors/shipped/phantom \
         --steps 4000 --threads 1 [--resume | --init phantom] [--data phantoms]
 
-The shipped prior was made in two stretches. First 3,400 steps on ``--data phantoms``: 400
+The shipped prior was made in three stretches. First 3,400 steps on ``--data phantoms``: 400
 random-ellipse bodies and ODL phantoms on the CT normalised scale
 (napari_patchdiff/training/phantoms.py, seed 0). Then, with ``--init phantom``, on the default
 ``--data textured-phantoms``: 4,000 synthetic images, three in four of them textured bodies with
 lungs, vessels, bone rims and random-field texture (``phantom_slices(4000, textured=True)``), the
-rest drawn as before. Every 10th image is held out for validation. The recipe is the shipped
+rest drawn as before: to step 5,100 (``--steps 9400``, stopped), then again with ``--init
+phantom`` from that prior to step 10,000 (``--steps 12000``, stopped; 66 minutes on two cores). Every 10th image is held out for validation. The recipe is the shipped
 ``ct`` prior's (the ``cpu`` U-Net, patches 16/32/64 with probabilities 0.2/0.3/0.5, 8 patches of
 64 per step, pad 24, inference patch 56), so the two differ only in their training images.
 Checkpoints every 100 steps; ``--resume`` continues a stopped run bit-identically; ``--init

@@ -178,27 +178,34 @@ def test_the_guard_reverts_an_adapter_that_fits_new_iterates_worse(tiny):
 
 def test_a_shipped_prior_can_recommend_its_own_adaptation(tiny, tmp_path, monkeypatch):
     """A row of priors/shipped/adaptation.toml goes over the operator's and the method's
-    defaults for that prior only, and values the user gives win. The shipped `phantom` prior's
-    row keeps the operator's gentle values with every method, DDS included (its guarded rounds
-    lost on the validation slices); the mechanism is also checked with a table of one row."""
+    defaults for that prior only, a method's sub-row of it over the row, and values the user
+    gives win. The shipped `phantom` prior's row keeps the operator's gentle values (its guarded
+    rounds lost on the validation slices), with DDS at a third of the learning rate (lr 1e-3
+    lost with DDS, 3e-4 gained); the mechanism is also checked with a table of one row."""
     from napari_patchdiff.recon import adapt as adapt_mod
     from napari_patchdiff.recon.adapt import recommended
 
     _, truth, _ = tiny
     problem = api.simulate(truth, "ct-parallel", views=10, noise_std=0.2)
     gentle = ADAPTATION.resolve(problem.op, 0.2)
-    for method in (None, "dds", "pnp-admm"):
+    for method in (None, "pnp-admm"):
         assert adapt_prior(load_prior("phantom"), problem, True, method).params == gentle
+    assert adapt_prior(load_prior("phantom"), problem, True, "dds").params == {**gentle,
+                                                                               "lr": 3e-4}
     assert recommended("ct", problem.op) == {} and recommended(None, problem.op) == {}
     assert recommended("phantom", problem.op) == recommended(load_prior("phantom"), problem.op)
     table = tmp_path / "adaptation.toml"
     table.write_text('[phantom.ct]\nsteps = {value = 3, cite = "test"}\n'
-                     'rank = {value = 8, cite = "test"}\n', encoding="utf-8")
+                     'rank = {value = 8, cite = "test"}\n'
+                     '[phantom.ct.pnp-admm]\nrank = {value = 2, cite = "test"}\n',
+                     encoding="utf-8")
     monkeypatch.setattr(adapt_mod, "RECOMMENDED", table)
     phantom = adapt_prior(load_prior("phantom"), problem, True)
     assert phantom.params["steps"] == 3 and phantom.params["rank"] == 8
     assert phantom.params["guard"] == 0  # the guard is DDS's ([adapt.ct.dds])
     assert adapt_prior(load_prior("phantom"), problem, True, "dds").params["guard"] == 5
+    pnp = adapt_prior(load_prior("phantom"), problem, True, "pnp-admm").params
+    assert pnp["rank"] == 2 and pnp["steps"] == 3  # the method's sub-row over the prior's row
     mine = adapt_prior(load_prior("phantom"), problem, {"steps": 1, "guard": 2})
     assert mine.params["steps"] == 1 and mine.params["rank"] == 8 and mine.params["guard"] == 2
     assert adapt_prior(load_prior("ct"), problem, True).params == gentle

@@ -79,13 +79,16 @@ def test_shipped_mri_prior_is_trained_on_brain1_and_denoises_brain2():
 
 def test_shipped_phantom_prior_saw_only_synthetic_images_and_denoises_real_ct():
     """The phantom prior was trained on synthetic sets alone (the 'phantoms' set, then the
-    'textured-phantoms' set from those weights), and one denoiser call still removes most of the
+    'textured-phantoms' set from those weights, in two stretches), and one denoiser call still removes most of the
     noise of a real CT slice it never saw."""
     meta = read_metadata(shipped_priors()["phantom"])
     assert meta["modality"] == "ct" and meta["kind"] == "patch"
     assert [d["name"] for d in meta["training_data"]] == ["textured phantoms (4000, seed 0)"]
-    assert meta["initialised_from"] == {"name": "phantom", "steps": 3400,
-                                        "same_training_data": False}
+    # three stretches: 3,400 steps on 'phantoms', then twice continued on 'textured-phantoms'
+    assert [(s["start_step"], s["end_step"]) for s in meta["segments"]] == [
+        (0, 3400), (3400, 5100), (5100, 10000)]
+    assert meta["initialised_from"] == {"name": "phantom", "steps": 5100,
+                                        "same_training_data": True}
     prior = load_prior("phantom")
     x = torch.from_numpy(hu_to_unit(load_sample("ct")[0][[10]]))[:, None]
     noisy = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))

@@ -344,22 +344,27 @@ def _prior_name(prior) -> str | None:
         return None
 
 
-def recommended(prior, op) -> dict[str, Any]:
+def recommended(prior, op, method: str | None = None) -> dict[str, Any]:
     """The adaptation values the shipped prior ``prior`` (loaded, or its name or checkpoint
-    path) recommends for ``op``: its row of ``priors/shipped/adaptation.toml``, the operator
-    group's under the operator's own; ``{}`` for other priors. A prior trained far from the
-    data can adapt harder than the operator's default, which suits priors trained on the
-    data's kind; one close to the data can keep the gentle values where a method's row would
-    adapt harder (the table's comment says which prior does what, and why)."""
+    path) recommends for ``op`` when ``method`` samples: its row of
+    ``priors/shipped/adaptation.toml``, the operator group's under the operator's own, and
+    over both the method's sub-row of each (``[phantom.ct.dds]``); ``{}`` for other priors. A
+    prior trained far from the data can adapt harder than the operator's default, which suits
+    priors trained on the data's kind; one close to the data can keep the gentle values where a
+    method's row would adapt harder (the table's comment says which prior does what, and why)."""
     from ..solvers.defaults import GROUPS
+
+    def values(row: dict) -> dict[str, Any]:  # a parameter is {value, cite}, a method a table
+        return {k: v["value"] for k, v in row.items() if "value" in v}
 
     name = _prior_name(prior)
     rows = tomllib.loads(RECOMMENDED.read_text(encoding="utf-8")).get(name, {})
+    levels = [rows.get(g, {}) for g, members in GROUPS.items() if op.name in members]
+    levels.append(rows.get(op.name, {}))
+    levels += [row.get(method, {}) for row in levels] if method else []
     out: dict[str, Any] = {}
-    for group, members in GROUPS.items():
-        if op.name in members:
-            out.update({k: v["value"] for k, v in rows.get(group, {}).items()})
-    out.update({k: v["value"] for k, v in rows.get(op.name, {}).items()})
+    for row in levels:
+        out.update(values(row))
     return out
 
 
@@ -370,7 +375,7 @@ def adaptation_params(prior, op, noise_std: float = 0.0, method: str | None = No
     tuned values of ``recon/adapt.toml`` for the operator and the method (its sub-row
     ``[adapt.ct.dds]`` over ``[adapt.ct]``), over the declared defaults."""
     return ADAPTATION.resolve(op, noise_std, within=method,
-                              **{**recommended(prior, op), **given})
+                              **{**recommended(prior, op, method), **given})
 
 
 def adapt_prior(prior, problem, adapt, method: str | None = None) -> AdaptingPrior:
