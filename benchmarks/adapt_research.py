@@ -101,6 +101,10 @@ VARIANTS = {
     # the gentle default at smaller learning rates (DDS with the phantom prior at step 10,000)
     "default-lr3e4": {"lr": 3e-4},
     "default-lr1e4": {"lr": 1e-4},
+    # half the adapter steps (every 2nd call): bfloat16 makes the network 2x as fast but not
+    # the adapter's backward pass, so adapted DDS took 5.8x the unadapted run there
+    "default-lr3e4-every2": {"lr": 3e-4, "every": 2},
+    "default-lr6e4-every2": {"lr": 6e-4, "every": 2},
     "rounds-first": {"steps": 3, "every": 3, "stop": False, "lr": 3e-3, "rank": 8,
                      "until": 0.5},
 }
@@ -242,8 +246,10 @@ def main() -> None:
              f"Machine: {data['machine']}.", "",
              "Rows naming the `phantom` prior without a checkpoint ran with its first version "
              "(3,400 steps on 400 untextured phantoms); `checkpoint textured-sN` rows with the "
-             "textured continuation at step N (the shipped prior since 2026-12-07 is its step "
-             "5,100 checkpoint, `scripts/train_phantom_prior.py`).", "",
+             "textured continuation at step N (the shipped prior is its step 10,000 checkpoint "
+             "since 2026-12-08, step 5,100 before; `scripts/train_phantom_prior.py`). The "
+             "step 10,000 rows ran at `precision=\"auto\"` on a CPU with AVX-512 BF16, so in "
+             "bfloat16; the step 5,100 rows in float32 (a CPU without bfloat16 instructions).", "",
              "| case | method | variant | setting | PSNR (dB) | SSIM | s | adapter evaluations "
              "| stopped |", "|---|---|---|---|---|---|---|---|---|"]
     for key, r in data["runs"].items():

@@ -180,8 +180,8 @@ def test_a_shipped_prior_can_recommend_its_own_adaptation(tiny, tmp_path, monkey
     """A row of priors/shipped/adaptation.toml goes over the operator's and the method's
     defaults for that prior only, a method's sub-row of it over the row, and values the user
     gives win. The shipped `phantom` prior's row keeps the operator's gentle values (its guarded
-    rounds lost on the validation slices), with DDS at a third of the learning rate (lr 1e-3
-    lost with DDS, 3e-4 gained); the mechanism is also checked with a table of one row."""
+    rounds lost on the validation slices), with DDS stepping at every 2nd call at lr 6e-4 (lr
+    1e-3 at every call lost with DDS); the mechanism is also checked with a table of one row."""
     from napari_patchdiff.recon import adapt as adapt_mod
     from napari_patchdiff.recon.adapt import recommended
 
@@ -190,8 +190,8 @@ def test_a_shipped_prior_can_recommend_its_own_adaptation(tiny, tmp_path, monkey
     gentle = ADAPTATION.resolve(problem.op, 0.2)
     for method in (None, "pnp-admm"):
         assert adapt_prior(load_prior("phantom"), problem, True, method).params == gentle
-    assert adapt_prior(load_prior("phantom"), problem, True, "dds").params == {**gentle,
-                                                                               "lr": 3e-4}
+    assert adapt_prior(load_prior("phantom"), problem, True, "dds").params == {
+        **gentle, "lr": 6e-4, "every": 2}
     assert recommended("ct", problem.op) == {} and recommended(None, problem.op) == {}
     assert recommended("phantom", problem.op) == recommended(load_prior("phantom"), problem.op)
     table = tmp_path / "adaptation.toml"
