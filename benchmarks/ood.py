@@ -200,10 +200,12 @@ def table(data: dict) -> None:
         lines += [f"## {case.key} (noise {case.noise:g}, prior `{case.prior}`)", "",
                   "| row | PSNR / SSIM | vs ADMM-TV | vs unadapted | s / slice | peak MiB | runs |",
                   "|---|---|---|---|---|---|---|"]
+        where: dict[str | None, list[str]] = {}  # machine -> its rows (None: not recorded)
         for row in ROWS:
             c = cells.get(f"{case.key} | {row}")
             if c is None:
                 continue
+            where.setdefault(c.get("machine"), []).append(row)
             d = "" if tv is None or row == "ADMM-TV" else f"{c['psnr'] - tv['psnr']:+.2f}"
             plain = cells.get(f"{case.key} | {row.removesuffix(', adapted')}")
             pair = paired(c, plain) if row.endswith("adapted") and plain else None
@@ -212,13 +214,10 @@ def table(data: dict) -> None:
             runs = f"{c['slices']} x {c.get('seeds', 1)}"
             lines.append(f"| {row} | {c['psnr']:.2f} / {c['ssim']:.3f} | {d} | {u} | "
                          f"{c['seconds']:.1f} | {c['peak_mib']:.0f} | {runs} |")
-        where: dict[str, list[str]] = {}
-        for row in ROWS:
-            c = cells.get(f"{case.key} | {row}")
-            if c is not None:
-                where.setdefault(c.get("machine", "not recorded (an earlier run)"), []).append(row)
-        if any(not m.startswith("not recorded") for m in where):
-            lines += [""] + [f"Machine of {', '.join(rows)}: {m}." for m, rows in where.items()]
+        if any(m is not None for m in where):
+            unknown = "not recorded (an earlier run)"
+            lines += [""] + [f"Machine of {', '.join(rows)}: {m or unknown}."
+                             for m, rows in where.items()]
         lines.append("")
     (RESULTS / "ood.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'ood.md'}")
@@ -269,7 +268,7 @@ def main() -> None:
                 # them): each re-reads it before adding its cell
                 data = json.loads(JSON.read_text()) if JSON.exists() else data
                 data["machine"] = machine(args.device)
-                data["cells"][key] = {**c, "machine": machine(args.device)}
+                data["cells"][key] = {**c, "machine": data["machine"]}
                 print(f"{key}: {c['psnr']:.2f} dB, {c['seconds']:.1f} s/slice, "
                       f"{c['peak_mib']:.0f} MiB", flush=True)
                 JSON.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

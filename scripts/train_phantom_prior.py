@@ -9,9 +9,10 @@ random-ellipse bodies and ODL phantoms on the CT normalised scale
 ``--data textured-phantoms``: 4,000 synthetic images, three in four of them textured bodies with
 lungs, vessels, bone rims and random-field texture (``phantom_slices(4000, textured=True)``), the
 rest drawn as before: to step 5,100 (``--steps 9400``, stopped), then again with ``--init
-phantom`` from that prior to step 10,000 (``--steps 12000``, stopped; 66 minutes on two cores). Every 10th image is held out for validation. The recipe is the shipped
-``ct`` prior's (the ``cpu`` U-Net, patches 16/32/64 with probabilities 0.2/0.3/0.5, 8 patches of
-64 per step, pad 24, inference patch 56), so the two differ only in their training images.
+phantom`` from that prior to step 10,000 (``--steps 12000``, stopped; 66 minutes on two
+cores). Every 10th image is held out for validation. The recipe is the shipped ``ct`` prior's
+(the ``cpu`` U-Net, patches 16/32/64 with probabilities 0.2/0.3/0.5, 8 patches of 64 per step,
+pad 24, inference patch 56), so the two differ only in their training images.
 Checkpoints every 100 steps; ``--resume`` continues a stopped run bit-identically; ``--init
 phantom`` continues the shipped prior (whose training state is not shipped) from its weights with
 a fresh Adam, the step count going on from its last step.

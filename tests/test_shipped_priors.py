@@ -79,8 +79,8 @@ def test_shipped_mri_prior_is_trained_on_brain1_and_denoises_brain2():
 
 def test_shipped_phantom_prior_saw_only_synthetic_images_and_denoises_real_ct():
     """The phantom prior was trained on synthetic sets alone (the 'phantoms' set, then the
-    'textured-phantoms' set from those weights, in two stretches), and one denoiser call still removes most of the
-    noise of a real CT slice it never saw."""
+    'textured-phantoms' set from those weights, in two stretches), and one denoiser call still
+    removes most of the noise of a real CT slice it never saw."""
     meta = read_metadata(shipped_priors()["phantom"])
     assert meta["modality"] == "ct" and meta["kind"] == "patch"
     assert [d["name"] for d in meta["training_data"]] == ["textured phantoms (4000, seed 0)"]

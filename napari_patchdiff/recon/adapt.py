@@ -36,9 +36,10 @@ never reverts, and those keep gentle defaults. It costs one more network evaluat
 without a backward pass.
 
 The defaults depend on the operator, on the method that samples (:func:`adaptation_params`) and
-on the prior: a shipped prior may recommend its own values (:func:`recommended`; the textured
-`phantom` prior keeps the operator's gentle values with every method, DDS included, because the
-rounds its first version recommended lose with it).
+on the prior: a shipped prior may recommend its own values, per method where they differ
+(:func:`recommended`; the textured `phantom` prior keeps the operator's gentle values, because
+the rounds its first version recommended lose with it, and DDS steps at every 2nd call at a
+smaller learning rate).
 
 The adapted prior saves as an ordinary checkpoint (adapters merged into the weights) whose
 metadata names its base prior and what it was adapted to (:meth:`AdaptingPrior.save`), so it
